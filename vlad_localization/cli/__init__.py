@@ -1,0 +1,1 @@
+"""Command-line adapters: each module parses arguments and forwards to the core library."""

@@ -1,0 +1,5 @@
+import sys
+
+from vlad_localization.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,11 @@
+"""`vlad-localization init-model` (placeholder: implemented by its issue)."""
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("init-model", help="(not implemented yet)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    raise NotImplementedError("init-model is not implemented yet")

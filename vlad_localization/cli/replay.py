@@ -1,0 +1,11 @@
+"""`vlad-localization replay` (placeholder: implemented by its issue)."""
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("replay", help="(not implemented yet)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    raise NotImplementedError("replay is not implemented yet")

@@ -1,0 +1,199 @@
+"""One typed configuration, shared by the library, the CLI and the ROS 2 node.
+
+A configuration is a YAML file with up to four sections (``model``, ``matching``, ``map``,
+``localizer``); anything left out keeps its default. The three official Patch-NetVLAD presets
+(``performance``, ``speed``, ``storage``; same meaning as the official ``.ini`` files) ship as YAML
+data in ``config/`` and are loaded by name::
+
+    cfg = load_config("speed")            # a preset
+    cfg = load_config("my_robot.yaml")    # a file, optionally ``base: speed`` to start from a preset
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+PRESETS = ("performance", "speed", "storage")
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message says which and why."""
+
+
+@dataclass
+class ModelConfig:
+    """The Patch-NetVLAD encoder: backbone, NetVLAD pooling, patch sizes and WPCA."""
+
+    backbone: str = "vgg16"  # vgg16 | resnet18 | resnet50
+    num_clusters: int = 64
+    num_pcs: int | None = 4096  # WPCA output dims; None = no WPCA (raw K*C VLAD)
+    vladv2: bool = False
+    normalize_input: bool = True
+    patch_sizes: list[int] = field(default_factory=lambda: [2, 5, 8])
+    strides: list[int] = field(default_factory=lambda: [1, 1, 1])
+    image_height: int = 480  # network input size; 0 keeps the image's own size
+    image_width: int = 640
+    device: str = "auto"  # auto (cuda, mps, cpu) | cpu | cuda | cuda:N | mps
+    half: bool = False  # fp16 on CUDA
+    batch_size: int = 4
+
+    def validate(self) -> None:
+        if len(self.patch_sizes) != len(self.strides):
+            raise ConfigError(
+                f"model.patch_sizes {self.patch_sizes} and model.strides {self.strides} "
+                "must have the same length"
+            )
+        if any(p < 1 for p in self.patch_sizes) or any(s < 1 for s in self.strides):
+            raise ConfigError("model.patch_sizes and model.strides must be positive integers")
+        if self.num_clusters < 1:
+            raise ConfigError("model.num_clusters must be >= 1")
+        if self.backbone not in ("vgg16", "resnet18", "resnet50"):
+            raise ConfigError(f"model.backbone {self.backbone!r}: use vgg16, resnet18 or resnet50")
+
+
+@dataclass
+class MatchingConfig:
+    """Patch matching and re-ranking (Hausler et al., Sec. 3.4-3.5)."""
+
+    matcher: str = "ransac"  # ransac | spatial (the official "spatialApproximator")
+    patch_weights: list[float] = field(default_factory=lambda: [0.45, 0.15, 0.4])
+    fusion: str = "absolute"  # absolute (thresholdable, [0, 1]) | reference (official z-scores)
+    ransac_threshold_factor: float = 1.5  # reprojection threshold = stride * patch stride * this
+    ransac_seed: int | None = 0  # seeds OpenCV's RNG before each RANSAC for repeatable scores
+
+    def validate(self, model: ModelConfig) -> None:
+        if self.matcher not in ("ransac", "spatial"):
+            raise ConfigError(f"matching.matcher {self.matcher!r}: use ransac or spatial")
+        if self.fusion not in ("absolute", "reference"):
+            raise ConfigError(f"matching.fusion {self.fusion!r}: use absolute or reference")
+        if len(self.patch_weights) != len(model.patch_sizes):
+            raise ConfigError(
+                f"matching.patch_weights {self.patch_weights} needs one weight per patch size "
+                f"{model.patch_sizes}"
+            )
+
+
+@dataclass
+class MapConfig:
+    """Map database: faiss index, keyframe selection and what is stored per keyframe."""
+
+    index: str = "Flat"  # Flat | IVF<n>,Flat | IVF<n>,PQ<m> | HNSW<M>
+    nprobe: int = 16  # IVF search parameter
+    ef_search: int = 128  # HNSW search parameter
+    use_gpu: bool = False  # search on GPU when faiss-gpu is installed
+    min_time_gap_s: float = 0.0  # keyframe selection: at least this much time between keyframes
+    min_distance_m: float = 0.0  # ... and this much travel (when poses exist)
+    min_descriptor_change: float = 0.0  # ... and 1 - cosine(global) to the last keyframe above this
+    store_thumbnails: bool = True
+    thumbnail_width: int = 160
+
+
+@dataclass
+class LocalizerConfig:
+    """The query pipeline: global top-k, then patch re-ranking of the first ``rerank_k``."""
+
+    top_k: int = 20
+    rerank_k: int = 10
+    rerank: bool = True
+    max_image_pixels: int = 24_000_000  # larger inputs are rejected, not resized
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
+    map: MapConfig = field(default_factory=MapConfig)
+    localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
+    name: str = "custom"
+
+    def validate(self) -> "Config":
+        self.model.validate()
+        self.matching.validate(self.model)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+
+_SECTION_TYPES = {
+    "model": ModelConfig,
+    "matching": MatchingConfig,
+    "map": MapConfig,
+    "localizer": LocalizerConfig,
+}
+
+
+def _build_section(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    return cls(**dict(values))
+
+
+def config_from_dict(data: Mapping[str, Any], where: str = "config", base: Config | None = None) -> Config:
+    """Build a validated :class:`Config` from a mapping, on top of ``base`` (defaults if None)."""
+    cfg = dataclasses.replace(base) if base is not None else Config()
+    data = dict(data or {})
+    data.pop("base", None)
+    name = data.pop("name", None)
+    unknown = sorted(set(data) - set(_SECTION_TYPES))
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {unknown}; known: {sorted(_SECTION_TYPES)}")
+    for section, cls in _SECTION_TYPES.items():
+        current = dataclasses.asdict(getattr(cfg, section))
+        values = data.get(section) or {}
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{where}: section {section!r} must be a mapping")
+        current.update(values)
+        setattr(cfg, section, _build_section(cls, current, f"{where}: {section}"))
+    if name:
+        cfg.name = str(name)
+    return cfg.validate()
+
+
+def preset_path(name: str) -> Path:
+    """Path of a shipped preset YAML (``performance``, ``speed`` or ``storage``)."""
+    try:
+        path = Path(str(resources.files("vlad_localization.presets").joinpath(f"{name}.yaml")))
+    except ModuleNotFoundError:
+        path = Path(__file__).resolve().parents[1] / "config" / f"{name}.yaml"
+    if not path.is_file():  # running from a source checkout
+        path = Path(__file__).resolve().parents[1] / "config" / f"{name}.yaml"
+    return path
+
+
+def load_config(name_or_path: str | Path | None = None) -> Config:
+    """Load a preset by name or a YAML file (which may say ``base: <preset>``)."""
+    if name_or_path is None:
+        return Config().validate()
+    text = str(name_or_path)
+    if text in PRESETS:
+        path = preset_path(text)
+    else:
+        path = Path(text)
+        if not path.is_file():
+            raise ConfigError(
+                f"config {text!r} is neither a preset ({', '.join(PRESETS)}) nor an existing YAML file"
+            )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = None
+    if data.get("base"):
+        if data["base"] not in PRESETS:
+            raise ConfigError(f"{path}: base {data['base']!r} is not a preset ({', '.join(PRESETS)})")
+        base = load_config(data["base"])
+    cfg = config_from_dict(data, where=str(path), base=base)
+    if cfg.name == "custom" and text in PRESETS:
+        cfg.name = text
+    return cfg

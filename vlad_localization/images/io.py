@@ -1,0 +1,48 @@
+"""Reading image files as RGB uint8 arrays (the library's one image layout: H x W x 3, RGB)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file (any OpenCV-readable format, grey or colour) as H x W x 3 RGB uint8."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise ValueError(f"image {path} could not be decoded (corrupt or unsupported format)")
+    return to_rgb8(img, bgr=True)
+
+
+def to_rgb8(img: np.ndarray, bgr: bool = False) -> np.ndarray:
+    """Grey / BGR(A) / RGB(A), 8 or 16 bit -> H x W x 3 RGB uint8 (16-bit scaled by 1/256)."""
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+        return np.ascontiguousarray(np.repeat(img.reshape(img.shape[0], img.shape[1], 1), 3, axis=2))
+    if img.shape[2] == 4:
+        img = img[:, :, :3]
+    return np.ascontiguousarray(img[:, :, ::-1] if bgr else img)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in ``folder`` in natural order (``img_2`` before ``img_10``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
+
+
+def natural_key(path: Path) -> list:
+    """Sort key that orders embedded numbers numerically."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
