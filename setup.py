@@ -36,6 +36,7 @@ ROS_WHEELS = [
 
 TEST_REQUIRES = [
     "pytest>=7",
+    "pytest-timeout>=2",
     "hypothesis>=6",
     "psutil>=5",
     "scikit-learn>=1.2",  # imported by the reference patchnetvlad module (installed --no-deps)
@@ -64,7 +65,6 @@ setup(
     install_requires=CORE_REQUIRES,
     extras_require={"ros": ROS_WHEELS, "test": TEST_REQUIRES},
     zip_safe=True,
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             f"vlad-localization = {PACKAGE}.cli.main:main",

@@ -23,16 +23,21 @@ def load_rgb(path: str | Path) -> np.ndarray:
 
 
 def to_rgb8(img: np.ndarray, bgr: bool = False) -> np.ndarray:
-    """Grey / BGR(A) / RGB(A), 8 or 16 bit -> H x W x 3 RGB uint8 (16-bit scaled by 1/256)."""
+    """Grey / BGR(A) / RGB(A), 8 or 16 bit -> H x W x 3 RGB uint8 (a new array).
+
+    16-bit values are scaled by 1/256 with OpenCV ``convertTo`` rounding (half to even, saturating),
+    as ``cv_bridge`` does for ``mono16`` -> ``rgb8``; alpha is dropped.
+    """
     if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
+        img = cv2.convertScaleAbs(img, alpha=1.0 / 256.0).reshape(img.shape)
     elif img.dtype != np.uint8:
         img = np.clip(img, 0, 255).astype(np.uint8)
     if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
-        return np.ascontiguousarray(np.repeat(img.reshape(img.shape[0], img.shape[1], 1), 3, axis=2))
-    if img.shape[2] == 4:
-        img = img[:, :, :3]
-    return np.ascontiguousarray(img[:, :, ::-1] if bgr else img)
+        return np.repeat(img.reshape(img.shape[0], img.shape[1], 1), 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ValueError(f"expected a grey, 3- or 4-channel image, got shape {img.shape}")
+    img = img[:, :, 2::-1] if bgr else img[:, :, :3]
+    return np.array(img, dtype=np.uint8, order="C", copy=True)
 
 
 def list_images(folder: str | Path) -> list[Path]:
