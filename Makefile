@@ -43,6 +43,7 @@ bench: $(VENV)/.installed-test
 	$(PY) benchmarks/encode.py
 	$(PY) benchmarks/rerank.py
 	$(PY) benchmarks/mapdb.py
+	$(PY) benchmarks/node.py
 
 clean:
 	rm -rf $(VENV) build install log *.egg-info

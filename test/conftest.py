@@ -45,3 +45,72 @@ def ros_domain_id(monkeypatch) -> int:
     _DOMAIN[0] = 1 + (_DOMAIN[0] % 200)
     monkeypatch.setenv("ROS_DOMAIN_ID", str(_DOMAIN[0]))
     return _DOMAIN[0]
+
+
+# ---------------------------------------------------------------- model fixtures (vlad_localization.model)
+SPEED_IMAGE_SIZE = (240, 320)
+
+
+def _speed_images(datasets_dir: Path) -> list[Path]:
+    """A dozen real images of varied places: campus loop keyframes and Gardens Point (day/night)."""
+    campus = [datasets_dir / "campus_loop_72" / f"image_{i}.png" for i in range(0, 72, 12)]
+    garden = [datasets_dir / "gardenspoint_10" / sub / f"{i}.jpg" for sub in ("ref", "query") for i in (0, 4, 8)]
+    return [p for p in campus + garden if p.is_file()]
+
+
+@pytest.fixture(scope="session")
+def speed_checkpoint(tmp_path_factory, vgg16_weights, datasets_dir) -> Path:
+    """A small off-the-shelf VGG16 Patch-NetVLAD checkpoint in the official format, built once per
+    session from 12 real images: 16 clusters, 128 WPCA dims, patch size 5 / stride 1, fitted at
+    240x320. Use it with :func:`speed_config` (or a ModelConfig with image_height=240,
+    image_width=320, patch_sizes=[5], strides=[1]; num_clusters/num_pcs come from the checkpoint).
+    Descriptors are 128-D; the conv grid is 15x20, so 11x16 = 176 patches per image."""
+    from vlad_localization.model.init_model import build_offtheshelf_checkpoint
+
+    out = tmp_path_factory.mktemp("model") / "speed_vgg16_k16_pcs128.pth.tar"
+    return build_offtheshelf_checkpoint(
+        vgg16_weights,
+        _speed_images(datasets_dir),
+        out,
+        num_clusters=16,
+        num_pcs=128,
+        patch_sizes=(5,),
+        strides=(1,),
+        image_size=SPEED_IMAGE_SIZE,
+        device="cpu",
+        seed=0,
+        max_pca_samples=1000,
+        kmeans_iterations=25,
+        progress=False,
+    )
+
+
+@pytest.fixture
+def speed_config():
+    """A fresh ``Config``: the ``speed`` preset with the model section matching
+    :func:`speed_checkpoint` (16 clusters, 128 PCs, patch 5 stride 1, 240x320 input, CPU,
+    batch 4). Function-scoped, so tests may modify it."""
+    from vlad_localization.config import load_config
+
+    cfg = load_config("speed")
+    cfg.model.num_clusters = 16
+    cfg.model.num_pcs = 128
+    cfg.model.patch_sizes = [5]
+    cfg.model.strides = [1]
+    cfg.model.image_height, cfg.model.image_width = SPEED_IMAGE_SIZE
+    cfg.model.device = "cpu"
+    cfg.model.batch_size = 4
+    return cfg.validate()
+
+
+@pytest.fixture(scope="session")
+def speed_encoder(speed_checkpoint):
+    """A CPU :class:`~vlad_localization.model.encoder.Encoder` on :func:`speed_checkpoint`
+    (shared by the session: do not modify it)."""
+    from vlad_localization.config import load_config
+    from vlad_localization.model.encoder import Encoder
+
+    cfg = load_config("speed").model
+    cfg.patch_sizes, cfg.strides = [5], [1]
+    cfg.image_height, cfg.image_width = SPEED_IMAGE_SIZE
+    return Encoder.from_checkpoint(speed_checkpoint, cfg, device="cpu")

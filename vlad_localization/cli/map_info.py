@@ -1,11 +1,41 @@
-"""`vlad-localization map-info` (placeholder: implemented by its issue)."""
+"""`vlad-localization map-info`: a map's manifest and statistics."""
 from __future__ import annotations
+
+import json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("map-info", help="(not implemented yet)")
+    p = sub.add_parser("map-info", help="print a map's manifest and statistics")
+    p.add_argument("map", help="map directory")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    raise NotImplementedError("map-info is not implemented yet")
+    from vlad_localization.mapdb import MapDatabase
+
+    with MapDatabase.open(args.map) as db:
+        info = {"path": str(db.path), "manifest": db.manifest.to_dict(), "stats": db.stats()}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    m, s = info["manifest"], info["stats"]
+    model = m["model"]
+    print(f"map {info['path']}  (format {m['format']} v{m['version']}, created {m['created']}, updated {m['updated']})")
+    print(f"  model     {model['backbone']} K={model['num_clusters']} PCs={model['num_pcs']} vladv2={model['vladv2']} "
+          f"patches={model['patch_sizes']} strides={model['strides']} input={model['image_height']}x{model['image_width']}")
+    print(f"            checkpoint sha256 {model['checkpoint_sha256']}")
+    print(f"  index     {m['index']['spec']} (as {m['index']['effective']}, nprobe {m['index']['nprobe']}, "
+          f"efSearch {m['index']['ef_search']}), {m['dim']}-d inner product")
+    print(f"  keyframes {m['keyframes']} ({s['with_pose']} with pose, {s['thumbnails']} thumbnails) "
+          f"from {len(m['runs'])} run(s), {s['distinct_sources']} source(s)")
+    if s["first_stamp_ns"] is not None:
+        print(f"  stamps    {s['first_stamp_ns'] / 1e9:.3f} .. {s['last_stamp_ns'] / 1e9:.3f} s")
+    print(f"  patches   grid {m['grid']} input {m['image_size']}, per keyframe {s['patch_bytes_per_keyframe']} B float16 "
+          f"= {100 * (s['patch_size_ratio_vs_reference'] or 0):.1f}% of the reference float32 .npy")
+    print(f"  on disk   {s['total_bytes'] / 1e6:.2f} MB: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in s["files"].items()))
+    for i, run in enumerate(m["runs"]):
+        skipped = ", ".join(f"{k} {v}" for k, v in run["skipped"].items()) or "none skipped"
+        print(f"  run {i}     ids {run['first_id']}..{run['first_id'] + run['keyframes'] - 1} ({run['created']}; "
+              f"{skipped}): {'; '.join(run['sources'])}")
+    return 0

@@ -1,11 +1,21 @@
-"""`vlad-localization merge-maps` (placeholder: implemented by its issue)."""
+"""`vlad-localization merge-maps`: combine maps built with the same model into one."""
 from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("merge-maps", help="(not implemented yet)")
+    p = sub.add_parser("merge-maps", help="combine maps built with the same model (atomically)")
+    p.add_argument("out", help="output map directory (may be one of the inputs)")
+    p.add_argument("maps", nargs="+", help="two or more input maps, in id order")
+    p.add_argument("--index", help="index of the merged map (default: the first map's)")
+    p.add_argument("--nprobe", type=int, help="IVF nprobe stored in the manifest")
+    p.add_argument("--ef-search", type=int, help="HNSW efSearch stored in the manifest")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    raise NotImplementedError("merge-maps is not implemented yet")
+    from vlad_localization.mapdb import merge_maps
+
+    m = merge_maps(args.out, args.maps, index=args.index, nprobe=args.nprobe, ef_search=args.ef_search)
+    print(f"merged {len(args.maps)} maps into {args.out}: {m.keyframes} keyframes, {len(m.runs)} runs, "
+          f"index {m.index['effective']}")
+    return 0

@@ -1,11 +1,77 @@
-"""`vlad-localization query` (placeholder: implemented by its issue)."""
+"""`vlad-localization query`: rank map keyframes for query images.
+
+``--json`` prints one object per query image and line::
+
+    {"query": "<path>", "candidates": [{"map_id": 3, "stamp": 12.5, "source": "...",
+      "global_similarity": 0.91, "patch_score": 0.42, "inliers": 57}, ...]}
+
+``stamp`` is in seconds (float; null without a stamp); ``patch_score`` is null for candidates that
+were not re-ranked. Candidates are in final rank order.
+"""
 from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from vlad_localization.cli.build_map import add_config_args, load_cli_config
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("query", help="(not implemented yet)")
+    p = sub.add_parser("query", help="rank map keyframes for query images",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--map", required=True, help="map directory")
+    p.add_argument("--checkpoint", required=True, help="the checkpoint the map was built with")
+    add_config_args(p)
+    p.add_argument("--top-k", type=int, default=10, help="candidates per query (default 10)")
+    p.add_argument("--no-rerank", action="store_true", help="global similarity only, no patch re-ranking")
+    p.add_argument("--json", action="store_true", help="one JSON object per query image and line")
+    p.add_argument("images", nargs="+", help="query images (files or folders)")
     p.set_defaults(func=run)
 
 
+def candidate_json(c) -> dict:
+    return {
+        "map_id": c.map_id,
+        "stamp": None if c.stamp_ns is None else c.stamp_ns / 1e9,
+        "source": c.source,
+        "global_similarity": round(c.global_similarity, 6),
+        "patch_score": None if math.isnan(c.patch_score) else round(c.patch_score, 6),
+        "inliers": c.inliers,
+    }
+
+
 def run(args) -> int:
-    raise NotImplementedError("query is not implemented yet")
+    from vlad_localization.images import list_images, load_rgb
+    from vlad_localization.pipeline import Localizer
+
+    cfg = load_cli_config(args)
+    cfg.localizer.top_k = args.top_k
+    cfg.localizer.rerank_k = min(cfg.localizer.rerank_k, args.top_k) if cfg.localizer.rerank_k else args.top_k
+    if args.no_rerank:
+        cfg.localizer.rerank = False
+    paths = [q for p in map(Path, args.images) for q in (list_images(p) if p.is_dir() else [p])]
+    loc = Localizer.from_paths(args.map, args.checkpoint, cfg, args.device)
+    try:
+        for path in paths:
+            res = loc.query(load_rgb(path), k=args.top_k)
+            if args.json:
+                print(json.dumps({"query": str(path), "candidates": [candidate_json(c) for c in res.candidates]}))
+            else:
+                _print_table(path, res)
+            sys.stdout.flush()
+    finally:
+        loc.release()
+    return 0
+
+
+def _print_table(path, res) -> None:
+    t = res.timings
+    print(f"{path}  (encode {t['encode_ms']:.0f} ms, search {t['search_ms']:.1f} ms, rerank {t['rerank_ms']:.0f} ms)")
+    print(f"  {'rank':>4} {'map_id':>7} {'global':>7} {'patch':>6} {'inliers':>7} {'stamp_s':>12}  source")
+    for rank, c in enumerate(res.candidates, 1):
+        d = candidate_json(c)
+        patch = "-" if d["patch_score"] is None else f"{d['patch_score']:.3f}"
+        stamp = "-" if d["stamp"] is None else f"{d['stamp']:.3f}"
+        print(f"  {rank:>4} {c.map_id:>7} {c.global_similarity:>7.3f} {patch:>6} {c.inliers:>7} {stamp:>12}  {c.source}")

@@ -167,7 +167,7 @@ def compressed_msg_to_rgb(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
 
 def peek_compressed_size(data) -> tuple[int, int] | None:
     """(width, height) from a PNG or JPEG header without decoding, or None if not found."""
-    b = bytes(_as_uint8(data)[:65536])
+    b = _as_uint8(data)[: 1 << 20].tobytes()  # the size is in the first segments
     if b[:8] == b"\x89PNG\r\n\x1a\n" and len(b) >= 24 and b[12:16] == b"IHDR":
         return struct.unpack(">II", b[16:24])
     if b[:2] != b"\xff\xd8":

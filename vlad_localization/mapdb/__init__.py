@@ -1,1 +1,32 @@
-"""mapdb"""
+"""The map database: a directory with a manifest, a faiss global index, float16 patch arrays,
+and SQLite keyframe metadata; built atomically, opened with validation.
+
+    db = MapDatabase.open("maps/run1", identity=encoder.identity())
+    sims, ids = db.search(global_desc, k=10)
+    patches = db.patches(ids[0][:5])        # {P: (5, patches, D) float16}
+"""
+from .build import BuildSummary, build_map
+from .database import MapDatabase
+from .errors import MapError
+from .index import GlobalIndex, IndexSpec
+from .keyframes import KeyframeSelector
+from .manifest import Manifest, Run
+from .merge import merge_maps
+from .metadata import Keyframe
+from .writer import MapWriter, reindex_map
+
+__all__ = [
+    "BuildSummary",
+    "GlobalIndex",
+    "IndexSpec",
+    "Keyframe",
+    "KeyframeSelector",
+    "Manifest",
+    "MapDatabase",
+    "MapError",
+    "MapWriter",
+    "Run",
+    "build_map",
+    "merge_maps",
+    "reindex_map",
+]

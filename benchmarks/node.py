@@ -1,0 +1,181 @@
+"""Benchmark of the running ROS 2 node (real DDS, node in its own process), per preset.
+
+For each preset: an off-the-shelf checkpoint and a map of every 3rd campus_loop_72 image (24
+keyframes; ImageNet VGG16 from ../shared/weights), then ``--duration`` s of 30 Hz rgb8 input (the
+72 campus images, cycled). Reports end-to-end latency (publish -> ~/candidates received),
+processed rate, frames dropped by the node (newest-frame policy) and the node's RSS during the
+input (first vs second half: bounded memory). Prints JSON.
+
+    python benchmarks/node.py [--presets speed,performance,storage] [--duration 20] [--out node.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("VLAD_SHARED", REPO.parent / "shared"))
+CAMPUS = SHARED / "datasets" / "campus_loop_72"
+WEIGHTS = SHARED / "weights" / "vgg16_imagenet_conv5_3.pth"
+PCA_SAMPLES = 1000  # WPCA fit samples (caps num_pcs at 999: a benchmark of the node, not of retrieval)
+TOPIC = "/bench/image_raw"
+NAME = "vlad_bench"
+
+
+def prepare(preset: str, work: Path, image_hw: tuple[int, int] | None) -> tuple[Path, Path, Path]:
+    from vlad_localization.cli.main import main as cli
+    from vlad_localization.config import load_config
+    from vlad_localization.images.io import list_images
+    from vlad_localization.model.init_model import build_offtheshelf_checkpoint
+
+    cfg = load_config(preset)
+    overrides = {"base": preset, "name": f"bench-{preset}", "model": {"device": "cpu"}}
+    if image_hw:
+        overrides["model"].update(image_height=image_hw[0], image_width=image_hw[1])
+        cfg.model.image_height, cfg.model.image_width = image_hw
+    map_images = work / "map_images"  # every 3rd keyframe: the benchmark is of the node, not retrieval
+    if not map_images.is_dir():
+        map_images.mkdir()
+        for path in list_images(CAMPUS)[::3]:
+            (map_images / path.name).symlink_to(path)
+    config = work / f"{preset}.yaml"
+    config.write_text(yaml.safe_dump(overrides))
+    checkpoint = work / f"{preset}.pth.tar"
+    build_offtheshelf_checkpoint(WEIGHTS, list_images(map_images), checkpoint, num_clusters=cfg.model.num_clusters,
+                                 num_pcs=cfg.model.num_pcs, patch_sizes=cfg.model.patch_sizes, strides=cfg.model.strides,
+                                 image_size=(cfg.model.image_height, cfg.model.image_width), device="cpu",
+                                 max_pca_samples=PCA_SAMPLES, kmeans_iterations=25, progress=False)
+    map_dir = work / f"{preset}_map"
+    assert cli(["build-map", "--checkpoint", str(checkpoint), "--config", str(config), "--images", str(map_images),
+                "--poses", str(CAMPUS / "data.csv"), "--out", str(map_dir), "--no-progress"]) == 0
+    return config, checkpoint, map_dir
+
+
+def sample_rss(pid: int, stop: threading.Event, out: list, period: float = 0.5) -> None:
+    proc = psutil.Process(pid)
+    t0 = time.monotonic()
+    while not stop.is_set():
+        try:
+            out.append((round(time.monotonic() - t0, 2), proc.memory_info().rss / 2**20))
+        except psutil.Error:
+            return
+        stop.wait(period)
+
+
+def run_preset(preset: str, work: Path, duration: float, rate_hz: float, image_hw) -> dict:
+    from vlad_localization.images.io import list_images, load_rgb
+    from vlad_localization.ros.client import NodeClient, start_node, stop_node
+    from vlad_localization.ros.diagnostics import parse_diagnostics
+
+    t0 = time.monotonic()
+    config, checkpoint, map_dir = prepare(preset, work, image_hw)
+    prep_s = time.monotonic() - t0
+    images = [load_rgb(p) for p in list_images(CAMPUS)]
+    log = work / f"{preset}_node.log"
+    proc = start_node({"map_path": map_dir, "checkpoint": checkpoint, "preset": config, "device": "cpu",
+                       "image_topics": [TOPIC], "qos_reliability": "best_effort",
+                       "publish_match_image": False}, name=NAME, log_path=log)
+    rss, stop = [], threading.Event()
+    sampler = threading.Thread(target=sample_rss, args=(proc.pid, stop, rss), daemon=True)
+    sampler.start()
+    try:
+        with NodeClient(node_name=NAME, image_topics=(TOPIC,), reliable=False) as client:
+            if not client.wait_connected(120):
+                raise RuntimeError(f"node did not start: {log.read_text()[-2000:]}")
+            client.publish(images[0], 1)  # warm-up frame
+            client.wait_candidates(1, 60)
+            client.clear()
+            rss_start = len(rss)
+            stamps, period, t_start = [], 1.0 / rate_hz, time.monotonic()
+            i = 0
+            while time.monotonic() - t_start < duration:
+                stamp = (1_000_000 + i) * 10**9 // 1000  # distinct stamps, 1 ms apart
+                client.publish(images[i % len(images)], stamp)
+                stamps.append(stamp)
+                i += 1
+                time.sleep(max(0.0, t_start + i * period - time.monotonic()))
+            sent_s = time.monotonic() - t_start
+            rss_end = len(rss)
+            time.sleep(3.0)  # let the last frame finish
+            latencies = []
+            for s in stamps:
+                rec = client.candidates_for(s)
+                if rec is not None:
+                    latencies.append((rec.t - client.sent[s]) * 1e3)
+            diag = [parse_diagnostics(r.msg, f"{NAME}: loop closure") for r in client.get("diagnostics")]
+            diag = [d for d in diag if d]
+    finally:
+        took = stop_node(proc)
+        stop.set()
+        sampler.join(2)
+    mem = [m for _, m in rss[rss_start:rss_end]]  # while input was flowing (after warm-up)
+    half = len(mem) // 2
+    q = statistics.quantiles(latencies, n=20) if len(latencies) >= 2 else [float("nan")] * 19
+    last = diag[-1] if diag else {}
+    return {
+        "preset": preset,
+        "image_size_hw": list(image_hw) if image_hw else None,
+        "prepare_s": round(prep_s, 1),
+        "input_rate_hz": round(len(stamps) / sent_s, 1),
+        "frames_sent": len(stamps),
+        "frames_answered": len(latencies),
+        "processed_rate_hz": round(len(latencies) / sent_s, 2),
+        "latency_ms": {"median": round(statistics.median(latencies), 1) if latencies else None,
+                       "p95": round(q[18], 1), "min": round(min(latencies), 1) if latencies else None,
+                       "max": round(max(latencies), 1) if latencies else None},
+        "node_diagnostics": {k: last.get(k) for k in ("dropped", "processed", "latency_encode_ms",
+                                                     "latency_search_ms", "latency_rerank_ms", "latency_total_ms")},
+        "rss_mb": {"at_start": round(mem[0], 1) if mem else None,
+                   "first_half_median": round(statistics.median(mem[:half]), 1) if half else None,
+                   "second_half_median": round(statistics.median(mem[half:]), 1) if half else None,
+                   "first_half_max": round(max(mem[:half]), 1) if half else None,
+                   "second_half_max": round(max(mem[half:]), 1) if mem else None,
+                   "end": round(mem[-1], 1) if mem else None, "samples": len(mem),
+                   "after_stop_input_s": [list(x) for x in rss[rss_end:][-1:]]},
+        # no growth: the second half's typical RSS is not above the first's (per-frame peaks vary)
+        "memory_bounded": bool(half and statistics.median(mem[half:]) <= statistics.median(mem[:half]) * 1.05 + 20),
+        "shutdown_s": round(took, 2),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", default="speed,storage,performance")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of input per preset")
+    parser.add_argument("--rate", type=float, default=30.0, help="input rate (Hz)")
+    parser.add_argument("--image-size", default=None, help="HxW network input (default: the preset's)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if not CAMPUS.is_dir() or not WEIGHTS.is_file():
+        print(f"needs {CAMPUS} and {WEIGHTS} (set VLAD_SHARED)", file=sys.stderr)
+        return 2
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(215, 232)))
+    image_hw = tuple(int(v) for v in args.image_size.split("x")) if args.image_size else None
+    results = []
+    with tempfile.TemporaryDirectory(prefix="vlad_bench_node_") as tmp:
+        for preset in args.presets.split(","):
+            results.append(run_preset(preset, Path(tmp), args.duration, args.rate, image_hw))
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    report = {"benchmark": "node", "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+              "input": f"campus_loop_72 426x240 rgb8 at {args.rate} Hz, best_effort depth 1", "results": results}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Re-ranking time per query: our batched PatchMatcher vs the official per-candidate loop.
+
+For each preset (speed: patch size 5, 512-D, rapid spatial scoring; performance: sizes 2, 5, 8,
+4096-D, RANSAC) and each top-k, the query's and all candidates' patch descriptors are already in
+memory (640x480 input: 30x40 conv grid). Candidates are synthetic unit descriptors
+``normalize(a_k * query + noise)`` with a_k spread over [0, 1], so mutual-match counts range from
+chance level to a near-duplicate, as in a real top-k. The reference is
+``patchnetvlad.tools.patch_matcher.PatchMatcher`` called once per candidate as ``local_matcher``
+does, then ``normalise_func`` + argsort; ours is ``PatchMatcher.score`` in reference fusion mode.
+Prints one JSON object: median seconds per query over ``--repeats`` runs and ours / reference.
+
+    python benchmarks/rerank.py [--device cuda] [--repeats 3] [--top-k 10 50] [--no-reference]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vlad_localization.config import MatchingConfig
+from vlad_localization.matching.keypoints import patch_keypoints
+from vlad_localization.matching.matcher import PatchMatcher
+from vlad_localization.model.geometry import VGG16_CONV5_3
+
+GRID = (30, 40)  # VGG16 conv5_3 at 640x480
+PRESETS = {
+    "speed": {"patch_sizes": (5,), "weights": (1.0,), "dim": 512, "matcher": "spatial"},
+    "performance": {"patch_sizes": (2, 5, 8), "weights": (0.45, 0.15, 0.4), "dim": 4096, "matcher": "ransac"},
+}
+
+
+def synthetic_descriptors(preset: dict, top_k: int, device: torch.device, seed: int = 0):
+    """Query {P: (Pq, D)} and candidates {P: (K, Pc, D)}: unit rows, candidates related to the query."""
+    gen = torch.Generator().manual_seed(seed)
+    query, cands = {}, {}
+    mix = torch.linspace(0.0, 1.0, top_k).view(-1, 1, 1)
+    for size in preset["patch_sizes"]:
+        num = patch_keypoints(VGG16_CONV5_3, GRID, size, 1)[0].shape[1]
+        q = F.normalize(torch.randn(num, preset["dim"], generator=gen), dim=-1)
+        noise = F.normalize(torch.randn(top_k, num, preset["dim"], generator=gen), dim=-1)
+        query[size] = q.to(device)
+        cands[size] = F.normalize(mix * q + noise, dim=-1).to(device)
+    return query, cands
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_runs(fn, repeats: int, device: torch.device):
+    """(median seconds over ``repeats`` timed runs after one warm-up, the last run's output)."""
+    out = fn()  # warm-up (allocations, kernels)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def ours(preset: dict, query, cands):
+    cfg = MatchingConfig(matcher=preset["matcher"], patch_weights=list(preset["weights"]), fusion="reference", ransac_seed=0)
+    matcher = PatchMatcher(cfg, preset["patch_sizes"], [1] * len(preset["patch_sizes"]), VGG16_CONV5_3, GRID)
+    return lambda: matcher.score(query, cands).order
+
+
+def reference(preset: dict, query, cands):
+    from patchnetvlad.models.local_matcher import calc_keypoint_centers_from_patches, normalise_func
+    from patchnetvlad.tools.patch_matcher import PatchMatcher as ReferenceMatcher
+
+    sizes = list(preset["patch_sizes"])
+    frame = {"imageresizeH": GRID[0] * 16, "imageresizeW": GRID[1] * 16}
+    centres = [calc_keypoint_centers_from_patches(frame, p, p, 1, 1) for p in sizes]
+    matcher = ReferenceMatcher("RANSAC" if preset["matcher"] == "ransac" else "spatialApproximator", sizes,
+                               [1] * len(sizes), [c[0] for c in centres], [c[1] for c in centres])
+    qfeat = [query[p] for p in sizes]  # (Pq, D), as local_matcher pre-transposes the query
+    dbfeats = [[cands[p][k].t().contiguous() for p in sizes] for k in range(cands[sizes[0]].shape[0])]  # (D, Pc) as stored
+    weights = np.array(preset["weights"])
+
+    def run():
+        diffs = np.zeros((len(dbfeats), len(sizes)))
+        for k, dbfeat in enumerate(dbfeats):
+            diffs[k, :], _, _ = matcher.match(qfeat, dbfeat)
+        return np.argsort(normalise_func(diffs, len(sizes), weights))
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
+    parser.add_argument("--top-k", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    parser.add_argument("--no-reference", action="store_true", help="skip timing the official matcher")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    results = []
+    for name in args.presets:
+        preset = PRESETS[name]
+        for top_k in args.top_k:
+            query, cands = synthetic_descriptors(preset, top_k, device)
+            row = {"preset": name, "matcher": preset["matcher"], "top_k": top_k, "dim": preset["dim"],
+                   "patches": {str(p): int(q.shape[0]) for p, q in query.items()}}
+            row["ours_s"], our_order = time_runs(ours(preset, query, cands), args.repeats, device)
+            if not args.no_reference:
+                row["reference_s"], their_order = time_runs(reference(preset, query, cands), args.repeats, device)
+                row["ratio"] = row["ours_s"] / row["reference_s"]
+                row["same_order"] = bool(np.array_equal(our_order, their_order))
+            results.append(row)
+            del query, cands
+    print(json.dumps({
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "repeats": args.repeats,
+        "results": results,
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Real-data fixtures for the ROS tests: a map of campus_loop_72 (72 keyframes with poses, stamped
+``i`` seconds; ``image_71`` revisits ``image_0``), built once per session and shared by modules."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from vlad_localization.images.io import load_rgb
+
+_CACHE: dict[str, "CampusMap"] = {}
+
+
+@dataclass
+class CampusMap:
+    map_dir: Path
+    checkpoint: Path
+    config: Path
+    images: Path
+
+    def image(self, i: int):
+        return load_rgb(self.images / f"image_{i}.png")
+
+    def distance_m(self, i: int, j: int) -> float:
+        """Ground-truth distance between keyframes ``i`` and ``j`` (data.csv)."""
+        import numpy as np
+
+        xy = np.loadtxt(self.images / "data.csv", delimiter=",", usecols=(1, 2))
+        return float(np.hypot(*(xy[i] - xy[j])))
+
+    def is_true_loop_closure(self, t_query: float, t_match: float) -> bool:
+        """Keyframe ``t`` is stamped ``t`` s: a revisit >= 20 frames apart within 10 m (the only
+        such place in this loop is image_71 at image_0 (5.5 m) / image_1 (8.6 m))."""
+        i, j = round(t_query), round(t_match)
+        return abs(i - j) >= 20 and self.distance_m(i, j) <= 10.0
+
+
+@pytest.fixture(scope="session")
+def campus_map(tmp_path_factory, datasets_dir, speed_checkpoint) -> CampusMap:
+    """The map, the session's ``speed_checkpoint`` and a node preset YAML matching it."""
+    if "campus" not in _CACHE:
+        import yaml
+        from conftest import SPEED_IMAGE_SIZE
+
+        from vlad_localization.cli.main import main as cli
+
+        work = tmp_path_factory.mktemp("campus")
+        config = work / "speed_small.yaml"  # the speed preset at the checkpoint's 240x320, on CPU
+        height, width = SPEED_IMAGE_SIZE
+        config.write_text(yaml.safe_dump({"base": "speed", "name": "speed-240x320",
+                                          "model": {"image_height": height, "image_width": width, "device": "cpu"}}))
+        images = datasets_dir / "campus_loop_72"
+        rc = cli(["build-map", "--checkpoint", str(speed_checkpoint), "--config", str(config),
+                  "--images", str(images), "--poses", str(images / "data.csv"), "--out", str(work / "map"), "--no-progress"])
+        assert rc == 0, "build-map of campus_loop_72 failed"
+        _CACHE["campus"] = CampusMap(work / "map", Path(speed_checkpoint), config, images)
+    return _CACHE["campus"]
+
+
+def module_domain_id(module_index: int) -> str:
+    """A ROS_DOMAIN_ID for a module-scoped node: 215..232 (valid on Linux), outside the 1..200
+    that conftest's per-test ``ros_domain_id`` hands out, distinct per module and run."""
+    import os
+
+    return str(215 + (os.getpid() + module_index) % 18)

@@ -1,0 +1,94 @@
+"""Helpers for the ROS tests: a fake localizer and a message collector (starting the real node and
+talking to it: :mod:`vlad_localization.ros.client`)."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vlad_localization.ros.client import PARAMS_FILE, wait_for  # noqa: F401  (re-exported for the tests)
+
+
+# -- a fake Localizer (unit tests of the adapter without the model) --------------------------------
+@dataclass
+class FakePose:
+    position: tuple = (1.0, 2.0, 0.0)
+    orientation: tuple = (0.0, 0.0, 0.0, 1.0)
+
+
+@dataclass
+class FakeCandidate:
+    map_id: int
+    stamp_ns: int | None
+    patch_score: float
+    global_similarity: float = 0.9
+    inliers: int = 10
+    frame_id: str = "cam"
+    source: str = ""
+    pose: FakePose | None = field(default_factory=FakePose)
+    per_size: dict = field(default_factory=dict)
+    query_keypoints: np.ndarray | None = None
+    map_keypoints: np.ndarray | None = None
+
+
+@dataclass
+class FakeResult:
+    candidates: list
+    timings: dict
+
+
+class FakeMap:
+    size = 3
+    thumbnails = 0  # calls: ~/match_image work
+
+    def thumbnail(self, map_id):
+        self.thumbnails += 1
+        return np.zeros((24, 32, 3), np.uint8)
+
+
+class FakeLocalizer:
+    """Returns keyframe (mean pixel value % 3) with stamps 0, 100, 200 s; optional delay."""
+
+    def __init__(self, delay_s: float = 0.0):
+        self.map = FakeMap()
+        self.delay_s = delay_s
+        self.queries = 0
+        self.released = False
+
+    def query(self, rgb, k=None):
+        self.queries += 1
+        time.sleep(self.delay_s)
+        best = int(rgb.mean()) % 3
+        order = [best] + [i for i in range(3) if i != best]
+        cands = [FakeCandidate(i, i * 100 * 10**9, 0.9 if r == 0 else 0.1) for r, i in enumerate(order)]
+        return FakeResult(cands, {"encode_ms": 1.0, "search_ms": 0.1, "rerank_ms": 0.5})
+
+    def reload_map(self, path=None):
+        pass
+
+    def release(self):
+        self.released = True
+
+
+class Collector:
+    """Thread-safe message store for subscription callbacks: ``cb(topic)`` appends there."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.msgs: dict[str, list] = {}
+
+    def cb(self, topic: str):
+        def append(msg):
+            with self.lock:
+                self.msgs.setdefault(topic, []).append(msg)
+        return append
+
+    def get(self, topic: str) -> list:
+        with self.lock:
+            return list(self.msgs.get(topic, []))
+
+    def clear(self):
+        with self.lock:
+            self.msgs.clear()

@@ -1,0 +1,200 @@
+"""Unit tests of the ROS adapter pieces: loop-closure rule, newest-frame worker, message layout,
+parameter file, and the node in-process with a fake localizer (real rclpy, no model)."""
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from ros_helpers import PARAMS_FILE, Collector, FakeCandidate, FakeLocalizer, wait_for
+from vlad_localization.loop_closure import select_loop_closure
+from vlad_localization.ros.params import PARAMETERS, markdown_table
+from vlad_localization.ros.worker import LatestFrameWorker
+
+S = 10**9
+
+
+def test_loop_closure_rule_takes_best_confident_revisit():
+    cands = [FakeCandidate(0, 95 * S, 0.9), FakeCandidate(1, 10 * S, 0.2), FakeCandidate(2, 20 * S, 0.6),
+             FakeCandidate(3, None, 0.99)]
+    lc = select_loop_closure(100 * S, cands, score_threshold=0.5, min_time_gap_s=30)
+    assert (lc.rank, lc.t_query, lc.t_match) == (2, 100.0, 20.0)
+    assert select_loop_closure(100 * S, cands, 0.95, 0) is None  # only the stamp-less one is that good
+    assert select_loop_closure(100 * S, cands, 0.5, 0).rank == 0
+    assert select_loop_closure(100 * S, [], 0.0, 0) is None
+    assert select_loop_closure(100 * S, [FakeCandidate(0, 0, float("nan"))], 0.0, 0) is None  # not re-ranked
+
+
+def test_worker_processes_newest_frame_only_and_counts_drops():
+    started, release, seen = threading.Event(), threading.Event(), []
+
+    def handle(camera, item):
+        seen.append((camera, item))
+        started.set()
+        release.wait(5)
+
+    worker = LatestFrameWorker(2, handle, on_error=lambda exc: None)
+    assert not worker.put(0, "a")
+    assert started.wait(5)  # worker busy with "a"
+    replaced = [worker.put(0, f"f{i}") for i in range(1000)] + [worker.put(1, "cam1")]
+    assert sum(replaced) == 999  # all but the newest dropped; one slot per camera
+    release.set()
+    assert wait_for(worker.idle, 5)
+    assert seen == [(0, "a"), (1, "cam1"), (0, "f999")]  # round-robin over cameras
+    assert worker.stop(1.0)
+
+
+def test_worker_survives_handler_errors():
+    errors, done = [], threading.Event()
+
+    def handle(camera, item):
+        if item == "bad":
+            raise RuntimeError("boom")
+        done.set()
+
+    worker = LatestFrameWorker(1, handle, on_error=errors.append)
+    worker.put(0, "bad")
+    wait_for(lambda: errors, 5)
+    worker.put(0, "good")
+    assert done.wait(5) and len(errors) == 1
+    worker.stop(1.0)
+
+
+def test_candidates_message_layout_round_trips():
+    from vlad_localization.ros.messages import CANDIDATE_COLUMNS, candidates_msg, parse_candidates
+
+    cands = [FakeCandidate(7, 3 * S, 0.8, inliers=12), FakeCandidate(2, None, 0.1)]
+    msg = candidates_msg(5 * S + 250_000_000, 1, cands)
+    d0, d1 = msg.layout.dim
+    assert (d0.label, d0.size, d0.stride) == ("candidate", 2, 14)
+    assert (d1.label, d1.size, d1.stride) == (",".join(CANDIDATE_COLUMNS), 7, 7)
+    rows = parse_candidates(msg)
+    assert rows[0] == {"query_stamp": 5.25, "camera": 1.0, "map_id": 7.0, "map_stamp": 3.0,
+                       "global_similarity": 0.9, "patch_score": 0.8, "inliers": 12.0}
+    assert math.isnan(rows[1]["map_stamp"])
+    empty = candidates_msg(S, 0, [])
+    assert empty.layout.dim[0].size == 0 and list(empty.data) == [] and parse_candidates(empty) == []
+
+
+def test_params_file_declares_every_parameter_with_its_default():
+    values = yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"]
+    assert list(values) == [p.name for p in PARAMETERS]
+    for p in PARAMETERS:
+        assert values[p.name] == p.default, p.name
+        assert p.description.strip()
+    assert "| `score_threshold` |" in markdown_table()
+
+
+# -- the node in-process with a fake localizer ------------------------------------------------------
+@pytest.fixture
+def fake_node(ros_domain_id):
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from vlad_localization.ros.node import VladLocalizationNode
+
+    rclpy.init()
+    fake = FakeLocalizer(delay_s=0.05)
+    node = VladLocalizationNode(
+        localizer_factory=lambda *a: fake,
+        parameter_overrides=[
+            Parameter("map_path", value="fake"), Parameter("checkpoint", value="fake"),
+            Parameter("image_topics", value=["/cam0/image_raw", "/cam1/image/compressed"]),
+            Parameter("qos_reliability", value="reliable"),
+            Parameter("min_time_gap_s", value=50.0)])
+    client = rclpy.create_node("fake_client")
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    executor.add_node(client)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    yield node, client, fake
+    node.stop()
+    executor.shutdown()
+    node.destroy_node()
+    client.destroy_node()
+    rclpy.try_shutdown()
+    thread.join(2)
+
+
+def test_node_with_fake_localizer_publishes_and_counts(fake_node):
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CompressedImage, Image
+    from std_msgs.msg import Float64MultiArray
+
+    from vlad_localization.images.convert import rgb_to_compressed, rgb_to_image_fields
+    from vlad_localization.ros.messages import ns_to_stamp, parse_candidates
+
+    node, client, fake = fake_node
+    assert node.trigger_configure().name == "SUCCESS"
+    assert node.trigger_activate().name == "SUCCESS"
+    got = Collector()
+    client.create_subscription(Float64MultiArray, "/vlad_localization/candidates", got.cb("cand"), 10)
+    client.create_subscription(Float64MultiArray, "/vlad_localization/loop_closure", got.cb("lc"), 10)
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    raw = client.create_publisher(Image, "/cam0/image_raw", qos)
+    comp = client.create_publisher(CompressedImage, "/cam1/image/compressed", qos)
+    assert wait_for(lambda: raw.get_subscription_count() and comp.get_subscription_count(), 5)
+    time.sleep(0.3)
+
+    img = Image(**rgb_to_image_fields(np.full((8, 8, 3), 2, np.uint8)))  # keyframe 2, t=200 s
+    img.header.stamp = ns_to_stamp(260 * S)
+    raw.publish(img)
+    assert wait_for(lambda: got.get("cand"), 5)
+    rows = parse_candidates(got.get("cand")[0])
+    assert rows[0]["map_id"] == 2 and rows[0]["query_stamp"] == 260 and rows[0]["camera"] == 0
+    assert wait_for(lambda: got.get("lc"), 2) and list(got.get("lc")[0].data) == [260.0, 200.0]
+
+    fmt, data = rgb_to_compressed(np.full((8, 8, 3), 1, np.uint8))  # keyframe 1, t=100: within gap
+    cimg = CompressedImage(format=fmt, data=data)
+    cimg.header.stamp = ns_to_stamp(120 * S)
+    comp.publish(cimg)
+    assert wait_for(lambda: len(got.get("cand")) == 2, 5)
+    rows = parse_candidates(got.get("cand")[1])
+    assert rows[0]["map_id"] == 1 and rows[0]["camera"] == 1
+    time.sleep(0.3)
+    assert len(got.get("lc")) == 1  # |120 - 100| < 50 s
+
+    bad = Image(height=4, width=4, encoding="rgb8", step=12, data=b"\0" * 10)
+    raw.publish(bad)
+    assert wait_for(lambda: node.stats.rejected.get("data_too_short"), 5)
+
+    for i in range(30):  # faster than the 50 ms fake model: newest-only, the rest dropped
+        img.header.stamp = ns_to_stamp((300 + i) * S)
+        raw.publish(img)
+    assert wait_for(lambda: parse_candidates(got.get("cand")[-1])[0]["query_stamp"] == 329, 5)
+    st = node.stats  # depth-1 subscription + one slot: most of the burst never reaches the model
+    assert st.processed < 20
+    assert st.processed + st.dropped[0] + sum(st.rejected.values()) == st.received[0] + st.received[1]
+
+    assert fake.map.thumbnails == 0  # nobody subscribed to ~/match_image: never computed
+
+    assert node.trigger_deactivate().name == "SUCCESS"
+    assert not fake.released  # CPU: kept loaded
+    assert node.trigger_cleanup().name == "SUCCESS" and fake.released
+
+
+def test_stats_snapshot_reports_rates_counts_and_latency():
+    from vlad_localization.ros.diagnostics import NodeStats, diagnostic_array, parse_diagnostics
+
+    stats = NodeStats(["/a", "/b"])
+    for _ in range(3):
+        stats.count("received", 0)
+    stats.count("dropped", 0)
+    stats.count("rejected", "decode_failed")
+    stats.frame_done({"encode_ms": 10.0, "search_ms": 1.0, "rerank_ms": 4.0, "total_ms": 16.0}, True)
+    values = stats.snapshot()
+    assert values["received[/a]"] == "3" and values["dropped_busy[/a]"] == "1" and values["received[/b]"] == "0"
+    assert values["rejected[decode_failed]"] == "1" and values["rejected_last_period"] == "1"
+    assert values["latency_encode_ms"] == "10.0" and values["loop_closures"] == "1"
+    assert float(values["input_rate_hz[/a]"]) > 0
+    assert stats.snapshot()["rejected_last_period"] == "0"  # rates and recent counts are per period
+    from builtin_interfaces.msg import Time
+
+    array = diagnostic_array(Time(sec=5), "n: loop closure", b"\x00", "ok", values)
+    assert parse_diagnostics(array, "n: loop closure")["processed"] == "1"

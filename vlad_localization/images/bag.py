@@ -1,0 +1,272 @@
+"""Frames from ROS 2 bags (.db3 / .mcap, read with ``rosbags``; no rclpy), and writing such bags.
+
+Image topics may be ``sensor_msgs/msg/Image`` (any encoding of :mod:`.convert`) or
+``sensor_msgs/msg/CompressedImage``. Stamps come from ``header.stamp`` (the bag's receive time
+when the header stamp is zero). Poses come from ``nav_msgs/msg/Odometry``,
+``geometry_msgs/msg/PoseStamped`` or ``geometry_msgs/msg/PoseWithCovarianceStamped`` and are
+interpolated to each image stamp (linear position, slerp orientation); images outside the pose
+messages' time range get ``pose=None``.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .convert import (
+    DEFAULT_MAX_PIXELS,
+    ImageConversionError,
+    compressed_msg_to_rgb,
+    image_msg_to_rgb,
+    rgb_to_compressed,
+    rgb_to_image_fields,
+)
+from .frames import NS_PER_S, Frame, Pose, PoseTrack
+
+log = logging.getLogger(__name__)
+
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED = "sensor_msgs/msg/CompressedImage"
+ODOMETRY = "nav_msgs/msg/Odometry"
+POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
+POSE_COV_STAMPED = "geometry_msgs/msg/PoseWithCovarianceStamped"
+IMAGE_TYPES = (IMAGE, COMPRESSED)
+POSE_TYPES = (ODOMETRY, POSE_STAMPED, POSE_COV_STAMPED)
+
+
+def typestore():
+    """The ROS 2 (Kilted; Humble+ compatible for these messages) message type store."""
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.ROS2_KILTED)
+
+
+class BagError(ValueError):
+    """A missing bag or topic, or a topic of the wrong type (the message lists what there is)."""
+
+
+class BagImageSource:
+    """Iterable of :class:`Frame` from one image topic of a bag (see :func:`iter_bag`).
+
+    Bad image messages are skipped with a warning; ``skipped`` counts them by
+    :class:`~.convert.ImageConversionError` reason (for a summary after iterating).
+    """
+
+    def __init__(self, bag_path, image_topic: str, pose_topic: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.bag_path = _check_bag(bag_path)
+        self.image_topic = image_topic
+        self.pose_topic = pose_topic
+        self.max_pixels = max_pixels
+        self.skipped: Counter[str] = Counter()
+        self.yielded = 0
+        with _open(self.bag_path) as reader:  # fail early on a missing topic
+            _connections(reader, image_topic, IMAGE_TYPES)
+            if pose_topic is not None:
+                _connections(reader, pose_topic, POSE_TYPES)
+
+    def __iter__(self) -> Iterator[Frame]:
+        self.skipped.clear()
+        self.yielded = 0
+        source = f"{self.bag_path}:{self.image_topic}"
+        with _open(self.bag_path) as reader:
+            track = None
+            if self.pose_topic is not None:
+                track = PoseTrack(
+                    (_stamp(msg, t), _pose_of(msg))
+                    for msg, t in _messages(reader, _connections(reader, self.pose_topic, POSE_TYPES))
+                )
+            for msg, t, msgtype in _messages(reader, _connections(reader, self.image_topic, IMAGE_TYPES), True):
+                try:
+                    rgb = (compressed_msg_to_rgb if msgtype == COMPRESSED else image_msg_to_rgb)(msg, self.max_pixels)
+                except ImageConversionError as exc:
+                    self.skipped[exc.reason] += 1
+                    log.warning("skipping a frame of %s at %d ns: %s", source, t, exc)
+                    continue
+                stamp = _stamp(msg, t)
+                self.yielded += 1
+                yield Frame(
+                    stamp_ns=stamp,
+                    frame_id=str(msg.header.frame_id),
+                    source=source,
+                    pose=None if track is None else track.at(stamp),
+                    image=rgb,
+                )
+
+    def summary(self) -> str:
+        """E.g. ``"120 frames, skipped 2 (decode_failed: 2)"``."""
+        total = sum(self.skipped.values())
+        if not total:
+            return f"{self.yielded} frames"
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
+        return f"{self.yielded} frames, skipped {total} ({reasons})"
+
+
+def iter_bag(
+    bag_path: str | Path,
+    image_topic: str,
+    pose_topic: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> BagImageSource:
+    """Frames of ``image_topic`` in ``bag_path`` (a bag directory, or a .db3/.mcap file), in bag order.
+
+    Returns a re-iterable :class:`BagImageSource`; after iterating, ``.skipped`` counts skipped
+    bad frames by reason. Raises :class:`BagError` for a missing bag or topic.
+    """
+    return BagImageSource(bag_path, image_topic, pose_topic, max_pixels)
+
+
+def list_image_topics(bag_path: str | Path) -> dict[str, str]:
+    """``{topic: msgtype}`` of the bag's image (raw or compressed) topics."""
+    with _open(_check_bag(bag_path)) as reader:
+        return {name: topic.msgtype for name, topic in sorted(reader.topics.items()) if topic.msgtype in IMAGE_TYPES}
+
+
+def write_bag(
+    path: str | Path,
+    frames: Iterable[Frame | np.ndarray],
+    image_topic: str = "/camera/image_raw",
+    *,
+    compressed: bool = False,
+    encoding: str = "rgb8",
+    pose_topic: str | None = None,
+    poses: Iterable[tuple[int, Pose]] | None = None,
+    pose_type: str = ODOMETRY,
+    frame_id: str = "camera",
+    map_frame: str = "map",
+    storage: str = "mcap",
+    jpeg_quality: int = 90,
+) -> Path:
+    """Write frames as a ROS 2 bag directory at ``path`` (must not exist); returns ``path``.
+
+    ``frames``: :class:`Frame` objects, or plain RGB arrays (stamped ``i`` seconds). Images are
+    ``sensor_msgs/Image`` in ``encoding`` (any of :data:`~.convert.SUPPORTED_ENCODINGS`) or, with
+    ``compressed=True``, JPEG ``CompressedImage`` (``image_topic`` then usually ends in
+    ``/compressed``). With ``pose_topic``, one ``pose_type`` message (Odometry or PoseStamped) per
+    frame that has a pose, at the frame's stamp, or the explicit ``poses`` (stamp_ns, Pose) instead.
+    ``storage``: ``"mcap"`` or ``"sqlite3"`` (.db3).
+    """
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3, "db3": StoragePlugin.SQLITE3}
+    if storage not in plugins:
+        raise ValueError(f"storage must be 'mcap' or 'sqlite3', got {storage!r}")
+    if pose_type not in (ODOMETRY, POSE_STAMPED):
+        raise ValueError(f"pose_type must be {ODOMETRY} or {POSE_STAMPED}, got {pose_type!r}")
+    if poses is not None and pose_topic is None:
+        raise ValueError("poses given without a pose_topic to write them to")
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"bag {path} already exists: remove it or choose another path")
+    store = typestore()
+    builder = _MessageBuilder(store)
+    stamped_poses = list(poses) if poses is not None else []
+    with Writer(path, version=8, storage_plugin=plugins[storage]) as writer:
+        image_conn = writer.add_connection(image_topic, COMPRESSED if compressed else IMAGE, typestore=store)
+        pose_conn = writer.add_connection(pose_topic, pose_type, typestore=store) if pose_topic else None
+        for index, item in enumerate(frames):
+            frame = item if isinstance(item, Frame) else Frame(stamp_ns=index * NS_PER_S, image=np.asarray(item))
+            header = builder.header(frame.stamp_ns, frame.frame_id or frame_id)
+            if compressed:
+                fmt, data = rgb_to_compressed(frame.rgb, "jpeg", jpeg_quality)
+                msg = store.types[COMPRESSED](header=header, format=fmt, data=np.frombuffer(data, np.uint8))
+            else:
+                fields = rgb_to_image_fields(frame.rgb, encoding)
+                fields["data"] = np.frombuffer(fields["data"], np.uint8)
+                msg = store.types[IMAGE](header=header, **fields)
+            writer.write(image_conn, frame.stamp_ns, store.serialize_cdr(msg, msg.__msgtype__))
+            if pose_conn is not None and poses is None and frame.pose is not None:
+                stamped_poses.append((frame.stamp_ns, frame.pose))
+        for stamp, pose in sorted(stamped_poses, key=lambda sp: sp[0]):
+            msg = builder.pose_message(pose_type, stamp, pose, map_frame, frame_id)
+            writer.write(pose_conn, stamp, store.serialize_cdr(msg, pose_type))
+    return path
+
+
+class _MessageBuilder:
+    """Builds rosbags message objects of one type store."""
+
+    def __init__(self, store):
+        self.t = store.types
+
+    def header(self, stamp_ns: int, frame_id: str):
+        sec, nanosec = divmod(int(stamp_ns), NS_PER_S)
+        stamp = self.t["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
+        return self.t["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
+
+    def pose(self, pose: Pose):
+        g = "geometry_msgs/msg/"
+        return self.t[g + "Pose"](
+            position=self.t[g + "Point"](*map(float, pose.position)),
+            orientation=self.t[g + "Quaternion"](*map(float, pose.orientation)),
+        )
+
+    def pose_message(self, msgtype: str, stamp_ns: int, pose: Pose, map_frame: str, child_frame: str):
+        g = "geometry_msgs/msg/"
+        header = self.header(stamp_ns, map_frame)
+        if msgtype == POSE_STAMPED:
+            return self.t[POSE_STAMPED](header=header, pose=self.pose(pose))
+        zero = self.t[g + "Vector3"](0.0, 0.0, 0.0)
+        return self.t[ODOMETRY](
+            header=header,
+            child_frame_id=child_frame,
+            pose=self.t[g + "PoseWithCovariance"](pose=self.pose(pose), covariance=np.zeros(36)),
+            twist=self.t[g + "TwistWithCovariance"](
+                twist=self.t[g + "Twist"](linear=zero, angular=zero), covariance=np.zeros(36)
+            ),
+        )
+
+
+def _check_bag(bag_path) -> Path:
+    path = Path(bag_path)
+    if not path.exists():
+        raise BagError(f"bag {path} does not exist (expected a rosbag2 directory or a .db3/.mcap file)")
+    return path
+
+
+@contextmanager
+def _open(path: Path):
+    """An opened ``rosbags`` AnyReader (closed on exit)."""
+    from rosbags.highlevel import AnyReader
+
+    reader = AnyReader([path], default_typestore=typestore())
+    try:
+        reader.open()
+    except Exception as exc:  # rosbags raises several unrelated types for unreadable bags
+        raise BagError(f"cannot read bag {path}: {exc}") from exc
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def _connections(reader, topic: str, msgtypes: tuple[str, ...]) -> list:
+    conns = [c for c in reader.connections if c.topic == topic]
+    if not conns:
+        available = ", ".join(f"{name} ({t.msgtype})" for name, t in sorted(reader.topics.items())) or "none"
+        raise BagError(f"topic {topic!r} is not in bag {reader.paths[0]}; available topics: {available}")
+    wrong = sorted({c.msgtype for c in conns if c.msgtype not in msgtypes})
+    if wrong:
+        raise BagError(f"topic {topic!r} has type {', '.join(wrong)}, expected one of {', '.join(msgtypes)}")
+    return conns
+
+
+def _messages(reader, connections, with_type: bool = False):
+    for conn, t, raw in reader.messages(connections=connections):
+        msg = reader.deserialize(raw, conn.msgtype)
+        yield (msg, t, conn.msgtype) if with_type else (msg, t)
+
+
+def _stamp(msg, receive_ns: int) -> int:
+    stamp = msg.header.stamp
+    ns = int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
+    return ns if ns else int(receive_ns)
+
+
+def _pose_of(msg) -> Pose:
+    pose = msg.pose.pose if msg.__msgtype__ in (ODOMETRY, POSE_COV_STAMPED) else msg.pose
+    p, q = pose.position, pose.orientation
+    return Pose((float(p.x), float(p.y), float(p.z)), (float(q.x), float(q.y), float(q.z), float(q.w)))

@@ -1,0 +1,101 @@
+"""The one frame record every image source yields, poses, and pose interpolation in time."""
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NS_PER_S = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Pose:
+    """A 3-D pose: ``position`` (x, y, z) in metres, ``orientation`` unit quaternion (x, y, z, w)."""
+
+    position: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    orientation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)
+
+    @classmethod
+    def from_xy_yaw(cls, x: float, y: float, yaw: float, z: float = 0.0) -> Pose:
+        """A planar pose: heading ``yaw`` (rad, about +z)."""
+        return cls((float(x), float(y), float(z)), (0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2)))
+
+    @property
+    def yaw(self) -> float:
+        """Heading about +z (rad), from the orientation quaternion."""
+        qx, qy, qz, qw = self.orientation
+        return math.atan2(2 * (qw * qz + qx * qy), 1 - 2 * (qy * qy + qz * qz))
+
+
+@dataclass
+class Frame:
+    """One camera image with its time, frame, origin and (optional) pose.
+
+    Pass the pixels as ``image`` or a zero-argument ``loader``; read them through :attr:`rgb`
+    (H x W x 3 RGB uint8, loaded on first access and kept).
+    """
+
+    stamp_ns: int
+    frame_id: str = ""
+    source: str = ""  # an image path, or "bag_path:topic"
+    pose: Pose | None = None
+    image: np.ndarray | None = field(default=None, repr=False)
+    loader: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def rgb(self) -> np.ndarray:
+        if self.image is None:
+            if self.loader is None:
+                raise ValueError(f"frame {self.source or self.stamp_ns} has neither an image nor a loader")
+            self.image = self.loader()
+        return self.image
+
+
+def interpolate_pose(p0: Pose, p1: Pose, t: float) -> Pose:
+    """The pose a fraction ``t`` (0..1) of the way from ``p0`` to ``p1``: linear position, slerp."""
+    position = tuple(a + t * (b - a) for a, b in zip(p0.position, p1.position))
+    return Pose(position, slerp(p0.orientation, p1.orientation, t))
+
+
+def slerp(q0, q1, t: float) -> tuple[float, float, float, float]:
+    """Spherical linear interpolation of unit quaternions (x, y, z, w), along the shorter arc."""
+    a, b = np.asarray(q0, float), np.asarray(q1, float)
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    dot = float(a @ b)
+    if dot < 0:
+        b, dot = -b, -dot
+    if dot > 0.9995:  # nearly parallel: lerp is exact to float precision
+        q = a + t * (b - a)
+    else:
+        theta = math.acos(dot)
+        q = (math.sin((1 - t) * theta) * a + math.sin(t * theta) * b) / math.sin(theta)
+    q = q / np.linalg.norm(q)
+    return tuple(float(v) for v in q)
+
+
+class PoseTrack:
+    """Time-stamped poses, queried at any stamp by interpolation.
+
+    :meth:`at` returns None for stamps outside [first, last] pose stamp (no extrapolation): a frame
+    before the first or after the last pose message gets no pose.
+    """
+
+    def __init__(self, stamped_poses: Iterable[tuple[int, Pose]]):
+        pairs = sorted(stamped_poses, key=lambda sp: sp[0])
+        self.stamps = [int(s) for s, _ in pairs]
+        self.poses = [p for _, p in pairs]
+
+    def __len__(self) -> int:
+        return len(self.stamps)
+
+    def at(self, stamp_ns: int) -> Pose | None:
+        if not self.stamps or stamp_ns < self.stamps[0] or stamp_ns > self.stamps[-1]:
+            return None
+        i = bisect.bisect_left(self.stamps, stamp_ns)
+        if self.stamps[i] == stamp_ns:
+            return self.poses[i]
+        t0, t1 = self.stamps[i - 1], self.stamps[i]
+        return interpolate_pose(self.poses[i - 1], self.poses[i], (stamp_ns - t0) / (t1 - t0))

@@ -1,0 +1,48 @@
+"""Which retrieval candidate becomes a loop closure.
+
+One rule, shared by the ROS 2 node (``~/loop_closure``) and ``vlad-localization replay``: walk the
+candidates in final rank order and take the first one that is both *confident* (its absolute
+patch score, in [0, 1], reaches ``score_threshold``; a candidate that was not re-ranked has a
+NaN score and never qualifies) and *a revisit* (its keyframe was recorded at
+least ``min_time_gap_s`` away from the query, so the robot's own recent frames never close a loop).
+A keyframe without a time stamp cannot be a loop closure: the LIO-SAM interface needs its time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Protocol
+
+DEFAULT_SCORE_THRESHOLD = 0.3  # absolute patch score in [0, 1]
+DEFAULT_MIN_TIME_GAP_S = 30.0
+
+
+class _Scored(Protocol):  # the fields of pipeline.Candidate this rule reads
+    stamp_ns: int | None
+    patch_score: float
+
+
+@dataclass(frozen=True)
+class LoopClosure:
+    """A decided loop closure: query and matched keyframe times (s), and the candidate itself."""
+
+    t_query: float
+    t_match: float
+    rank: int
+    candidate: object
+
+
+def select_loop_closure(
+    query_stamp_ns: int,
+    candidates: Iterable[_Scored],
+    score_threshold: float,
+    min_time_gap_s: float,
+) -> LoopClosure | None:
+    """The best-ranked candidate with ``patch_score >= score_threshold`` and
+    ``|t_query - t_match| >= min_time_gap_s``, or None."""
+    for rank, cand in enumerate(candidates):
+        if cand.stamp_ns is None or not cand.patch_score >= score_threshold:  # NaN: not re-ranked
+            continue
+        if abs(query_stamp_ns - cand.stamp_ns) * 1e-9 < min_time_gap_s:
+            continue
+        return LoopClosure(query_stamp_ns * 1e-9, cand.stamp_ns * 1e-9, rank, cand)
+    return None

@@ -1,0 +1,108 @@
+"""Atomic map directories: build in a staging directory next to the target, then swap it in.
+
+The target (a previous map) stays intact until the new one is complete: on Linux the swap is a
+single ``renameat2(RENAME_EXCHANGE)``; elsewhere two renames with a ``.old`` sibling. A staging
+directory left by a killed build is removed by the next build at that path (its pid is dead).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+from .errors import MapError
+from .manifest import MANIFEST
+
+_STAGING = ".staging-"
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def staging_dir(target: Path) -> Path:
+    """Create a fresh staging directory beside ``target`` (after removing stale ones)."""
+    target = Path(target).absolute()
+    check_replaceable(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(target)
+    path = target.parent / f".{target.name}{_STAGING}{os.getpid()}-{secrets.token_hex(4)}"
+    path.mkdir()
+    return path
+
+
+def check_replaceable(target: Path) -> None:
+    """Refuse to replace something that is not a map (a file, a non-empty non-map directory)."""
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise MapError(f"{target} exists and is not a map directory; choose another --out")
+    if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST).is_file():
+        raise MapError(f"{target} is a non-empty directory that is not a map; refusing to replace it")
+
+
+def clean_stale(target: Path) -> list[Path]:
+    """Remove staging directories of ``target`` whose building process no longer exists."""
+    removed = []
+    for p in target.parent.glob(f".{target.name}{_STAGING}*"):
+        pid = p.name[len(f".{target.name}{_STAGING}"):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    old = target.parent / f".{target.name}.old"
+    if old.exists() and target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    return removed
+
+
+def publish(staging: Path, target: Path) -> None:
+    """Make ``staging`` the map at ``target``; the previous map (if any) is removed afterwards."""
+    target = Path(target).absolute()
+    _fsync_dir(staging)
+    if target.exists():
+        if not _exchange(staging, target):
+            old = target.parent / f".{target.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(target, old)
+            os.rename(staging, target)
+            staging = old
+        shutil.rmtree(staging, ignore_errors=True)  # now holds the previous map
+    else:
+        os.rename(staging, target)
+    _fsync_dir(target.parent)
+
+
+def discard(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

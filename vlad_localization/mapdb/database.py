@@ -1,0 +1,144 @@
+"""Opening and reading a map: :class:`MapDatabase`."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import MapError
+from .index import GlobalIndex
+from .manifest import MANIFEST, Manifest
+from .metadata import DB_FILE, Keyframe, KeyframeTable, decode_thumbnail
+from .patch_store import GLOBAL_FILE, PatchStore, open_rows
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "global.faiss"
+REFINE = 4  # shortlist factor for lossy (PQ) indexes, re-scored exactly
+
+
+class MapDatabase:
+    """A read-only map: ``search`` global descriptors, fetch ``keyframes``/``patches``/``thumbnail``.
+
+    Open with :meth:`open`; every file is checked against the manifest first, so a damaged map
+    raises :class:`MapError` naming the file instead of failing later.
+    """
+
+    def __init__(self, path: Path, manifest: Manifest, index: GlobalIndex, table: KeyframeTable,
+                 patches: PatchStore, global_desc: np.ndarray):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.index = index
+        self.table = table
+        self.store = patches
+        self.global_desc = global_desc
+
+    @classmethod
+    def open(cls, path: str | Path, identity: dict[str, Any] | None = None, map_cfg=None) -> "MapDatabase":
+        """Open and validate a map. ``identity`` (``Encoder.identity()``) must match the map's
+        model; ``map_cfg`` (:class:`MapConfig`) sets nprobe / efSearch / GPU search."""
+        path = Path(path)
+        if not path.is_dir():
+            raise MapError(f"map {path} does not exist (or is not a directory); build it with build-map")
+        manifest = Manifest.read(path)
+        if identity is not None:
+            manifest.check_model(identity, path)
+        n, dim = manifest.keyframes, manifest.dim
+        global_desc = open_rows(path / GLOBAL_FILE, np.float32, (dim,), n)
+        store = PatchStore(path, manifest.num_patches, dim, n)
+        table = KeyframeTable(path / DB_FILE)
+        table.check(n)
+        index = GlobalIndex.load(path / INDEX_FILE, manifest.index.get("effective", "Flat"))
+        if index.ntotal != n or index.dim != dim:
+            raise MapError(f"{path / INDEX_FILE}: index holds {index.ntotal} x {index.dim}-d vectors, "
+                           f"the manifest says {n} x {dim}-d; rebuild the map")
+        db = cls(path, manifest, index, table, store, global_desc)
+        if map_cfg is not None:
+            db.configure(map_cfg)
+        else:
+            index.set_params(manifest.index.get("nprobe"), manifest.index.get("ef_search"))
+        return db
+
+    def configure(self, map_cfg) -> None:
+        """Apply search parameters (nprobe, ef_search, use_gpu) from a MapConfig."""
+        self.index.set_params(map_cfg.nprobe, map_cfg.ef_search)
+        if map_cfg.use_gpu:
+            self.index.to_gpu()
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def size(self) -> int:
+        return self.manifest.keyframes
+
+    def __len__(self) -> int:
+        return self.size
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` keyframes by inner product: (similarities (Q, k), ids (Q, k), -1 = none)."""
+        q = np.atleast_2d(np.asarray(queries, np.float32))
+        if self.size == 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        if not self.index.lossy:
+            return self.index.search(q, k)
+        # PQ codes are approximate: shortlist REFINE x k, re-score exactly from global.f32
+        _, cand = self.index.search(q, k * REFINE)
+        sims = np.full(cand.shape, -np.inf, np.float32)
+        for r in range(len(q)):
+            ok = cand[r] >= 0
+            sims[r, ok] = np.asarray(self.global_desc[cand[r, ok]]) @ q[r]
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        ids = np.take_along_axis(cand, order, 1)
+        sims = np.take_along_axis(sims, order, 1)
+        ids[~np.isfinite(sims)] = -1
+        return sims, ids
+
+    def keyframes(self, ids) -> list[Keyframe]:
+        return self.table.get(ids)
+
+    def keyframe(self, map_id: int) -> Keyframe:
+        return self.table.get([map_id])[0]
+
+    def patches(self, ids) -> dict[int, np.ndarray]:
+        """{patch size: (len(ids), patches, D) float16}; reads only those rows."""
+        return self.store.get(ids)
+
+    def thumbnail(self, map_id: int) -> np.ndarray | None:
+        """The keyframe's thumbnail as RGB uint8, or None when the map has none."""
+        data = self.table.thumbnail_bytes(map_id)
+        return None if data is None else decode_thumbnail(data)
+
+    def stats(self) -> dict[str, Any]:
+        files = {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file()}
+        patch_bytes = self.store.bytes_per_keyframe()
+        return {
+            **self.table.stats(),
+            "files": files,
+            "total_bytes": sum(files.values()),
+            "patch_bytes_per_keyframe": patch_bytes,
+            "reference_npy_bytes_per_keyframe": reference_npy_bytes(self.manifest),
+            "patch_size_ratio_vs_reference": (patch_bytes / reference_npy_bytes(self.manifest))
+            if self.manifest.num_patches else None,
+        }
+
+    def close(self) -> None:
+        self.table.close()
+        self.store.arrays.clear()
+
+    def __enter__(self) -> "MapDatabase":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"MapDatabase({str(self.path)!r}, keyframes={self.size}, index={self.index.spec})"
+
+
+def reference_npy_bytes(manifest: Manifest) -> int:
+    """Bytes per keyframe of the reference feature_extract.py patch files (float32 .npy, 128 B header each)."""
+    return sum(n * manifest.dim * 4 + 128 for n in manifest.num_patches.values())
+
+
+__all__ = ["MapDatabase", "MapError", "INDEX_FILE", "MANIFEST"]

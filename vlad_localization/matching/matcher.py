@@ -1,0 +1,189 @@
+"""Patch-NetVLAD re-ranking of global top-k candidates by multi-scale patch matching.
+
+``PatchMatcher.score`` matches the query's patch descriptors against all K candidates at once
+(mutual nearest neighbours, batched on the descriptors' device), scores each patch size with RANSAC
+or rapid spatial scoring, and fuses the sizes (see :mod:`.fusion`). Scores are reported twice:
+``raw`` in the official convention (negative, smaller is better) and ``per_size`` / ``fused`` as
+absolute scores in [0, 1]:
+
+* RANSAC: fraction of the query's patches that are homography inliers (1.0 for identical images).
+* spatial: the spatial score divided by its maximum (all query patches matched with zero residual).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vlad_localization.config import Config, MatchingConfig
+from vlad_localization.matching.fusion import (
+    absolute_fusion,
+    absolute_order,
+    normalised_weights,
+    reference_order,
+)
+from vlad_localization.matching.keypoints import patch_keypoints
+from vlad_localization.matching.mutual import mutual_nearest_neighbours
+from vlad_localization.matching.ransac import fit_homography, reprojection_threshold
+from vlad_localization.matching.spatial import spatial_anchor, spatial_scores
+from vlad_localization.model.descriptors import Descriptors
+from vlad_localization.model.geometry import BackboneGeometry
+
+
+@dataclass
+class Correspondences:
+    """Matched patch keypoints of one candidate and one patch size, in network-input pixels.
+
+    RANSAC: the inliers and the homography (candidate -> query pixels). Spatial: all mutual
+    matches, ``homography`` None.
+    """
+
+    query_keypoints: np.ndarray  # (M, 2) float x, y
+    candidate_keypoints: np.ndarray  # (M, 2) float x, y
+    homography: np.ndarray | None
+
+
+@dataclass
+class MatchResult:
+    """Scores of K candidates (in the order given) for S patch sizes.
+
+    ``per_size`` (K, S) and ``fused`` (K,): absolute scores in [0, 1]. ``raw`` (K, S): official
+    per-size scores (<= 0, smaller is better). ``inliers`` (K, S): RANSAC inliers, or mutual matches
+    for the spatial matcher. ``order`` (K,): candidate indices best first under the configured fusion
+    (absolute: descending ``fused``; reference: the official z-score argsort).
+    ``correspondences[k][s]``: what to draw for candidate k and patch size s.
+    """
+
+    patch_sizes: tuple[int, ...]
+    matcher: str
+    per_size: np.ndarray
+    fused: np.ndarray
+    raw: np.ndarray
+    inliers: np.ndarray
+    order: np.ndarray
+    correspondences: list[list[Correspondences]]
+
+    def __len__(self) -> int:
+        return int(self.fused.shape[0])
+
+    def matched_keypoints(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate ``k``'s correspondences of all patch sizes stacked: (query (M, 2), candidate (M, 2))."""
+        pairs = self.correspondences[k]
+        return (
+            np.concatenate([c.query_keypoints for c in pairs]).reshape(-1, 2),
+            np.concatenate([c.candidate_keypoints for c in pairs]).reshape(-1, 2),
+        )
+
+
+class PatchMatcher:
+    """Scores query/candidate patch descriptors of one network input size (one conv grid)."""
+
+    def __init__(
+        self,
+        matching_cfg: MatchingConfig,
+        patch_sizes,
+        strides,
+        geometry: BackboneGeometry,
+        grid_hw: tuple[int, int],
+        image_hw: tuple[int, int] | None = None,
+    ):
+        if matching_cfg.matcher not in ("ransac", "spatial"):
+            raise ValueError(f"matching.matcher {matching_cfg.matcher!r}: use ransac or spatial")
+        if matching_cfg.fusion not in ("absolute", "reference"):
+            raise ValueError(f"matching.fusion {matching_cfg.fusion!r}: use absolute or reference")
+        self.patch_sizes = tuple(int(p) for p in patch_sizes)
+        self.strides = tuple(int(s) for s in strides)
+        if len(self.patch_sizes) != len(self.strides) or not self.patch_sizes:
+            raise ValueError(f"patch sizes {self.patch_sizes} and strides {self.strides} must pair up")
+        normalised_weights(matching_cfg.patch_weights, len(self.patch_sizes))  # validates
+        self.cfg = matching_cfg
+        self.geometry = geometry
+        self.grid_hw = (int(grid_hw[0]), int(grid_hw[1]))
+        self.image_hw = tuple(image_hw) if image_hw else (
+            self.grid_hw[0] * geometry.stride, self.grid_hw[1] * geometry.stride
+        )
+        self.keypoints, self.indices, self.thresholds, self.anchors = {}, {}, {}, {}
+        for size, stride in zip(self.patch_sizes, self.strides):
+            self.keypoints[size], self.indices[size] = patch_keypoints(geometry, self.grid_hw, size, stride)
+            self.thresholds[size] = reprojection_threshold(geometry.stride, stride, matching_cfg.ransac_threshold_factor)
+            self.anchors[size] = spatial_anchor(self.indices[size])
+
+    @classmethod
+    def from_config(cls, cfg: Config, geometry: BackboneGeometry, grid_hw: tuple[int, int]) -> "PatchMatcher":
+        image_hw = (cfg.model.image_height, cfg.model.image_width) if cfg.model.image_height else None
+        return cls(cfg.matching, cfg.model.patch_sizes, cfg.model.strides, geometry, grid_hw, image_hw)
+
+    def num_patches(self, size: int) -> int:
+        return int(self.keypoints[size].shape[1])
+
+    def _checked(self, name: str, desc: dict, batched: bool) -> dict[int, torch.Tensor]:
+        missing = [p for p in self.patch_sizes if p not in desc]
+        if missing:
+            raise ValueError(f"{name} descriptors lack patch size(s) {missing}; have {sorted(desc)}")
+        out = {}
+        for size in self.patch_sizes:
+            t = torch.as_tensor(desc[size])
+            if not batched and t.dim() == 3 and t.shape[0] == 1:
+                t = t[0]
+            if t.dim() != (3 if batched else 2) or t.shape[-2] != self.num_patches(size):
+                expect = ("(K, " if batched else "(") + f"{self.num_patches(size)}, D)"
+                raise ValueError(
+                    f"{name} patch descriptors of size {size} have shape {tuple(t.shape)}, expected "
+                    f"{expect} for the {self.grid_hw[0]}x{self.grid_hw[1]} conv grid: encode query and "
+                    "map with the same model and input size"
+                )
+            out[size] = t
+        return out
+
+    def score(self, query: dict, candidates: dict) -> MatchResult:
+        """Score K candidates: ``query`` {P: (Pq, D)}, ``candidates`` {P: (K, Pc, D)}."""
+        query = self._checked("query", query, batched=False)
+        candidates = self._checked("candidate", candidates, batched=True)
+        num_cand = {int(t.shape[0]) for t in candidates.values()}
+        if len(num_cand) != 1:
+            raise ValueError(f"candidate descriptors disagree on the number of candidates: {num_cand}")
+        num_cand = num_cand.pop()
+        sizes = len(self.patch_sizes)
+        raw = np.zeros((num_cand, sizes))
+        per_size = np.zeros((num_cand, sizes))
+        inliers = np.zeros((num_cand, sizes), dtype=np.int64)
+        corr: list[list[Correspondences]] = [[None] * sizes for _ in range(num_cand)]
+        for s, size in enumerate(self.patch_sizes):
+            matches = mutual_nearest_neighbours(query[size], candidates[size])
+            num_query = int(query[size].shape[0])
+            for k in range(num_cand):
+                raw[k, s], per_size[k, s], inliers[k, s], corr[k][s] = self._score_matches(
+                    size, *matches.pairs(k), num_query
+                )
+        fused = absolute_fusion(per_size, self.cfg.patch_weights)
+        if self.cfg.fusion == "reference":
+            order = reference_order(raw, self.cfg.patch_weights)
+        else:
+            order = absolute_order(fused)
+        return MatchResult(self.patch_sizes, self.cfg.matcher, per_size, fused, raw, inliers, order, corr)
+
+    def _score_matches(self, size: int, query_idx, cand_idx, num_query: int):
+        """(official score, absolute score, inliers, Correspondences) of one candidate's mutual matches."""
+        query_kp = self.keypoints[size][:, query_idx].T.astype(np.float64)
+        cand_kp = self.keypoints[size][:, cand_idx].T.astype(np.float64)
+        if self.cfg.matcher == "ransac":
+            fit = fit_homography(query_kp, cand_kp, self.thresholds[size], self.cfg.ransac_seed)
+            corr = Correspondences(fit.query_keypoints, fit.candidate_keypoints, fit.homography)
+            return -fit.inliers / num_query, fit.inliers / num_query, fit.inliers, corr
+        official, absolute = spatial_scores(
+            self.indices[size][:, query_idx], self.indices[size][:, cand_idx], self.anchors[size], num_query
+        )
+        return official, absolute, len(cand_idx), Correspondences(query_kp, cand_kp, None)
+
+    def pair(self, query_desc: Descriptors, ref_desc: Descriptors) -> MatchResult:
+        """Score one reference image against one query image (first image of each batch)."""
+        for name, desc in (("query", query_desc), ("reference", ref_desc)):
+            if tuple(desc.grid) != self.grid_hw:
+                raise ValueError(
+                    f"{name} descriptors come from a {desc.grid[0]}x{desc.grid[1]} conv grid but this "
+                    f"matcher was built for {self.grid_hw[0]}x{self.grid_hw[1]}"
+                )
+        query = {p: query_desc.patches[p][0] for p in self.patch_sizes if p in query_desc.patches}
+        cands = {p: ref_desc.patches[p][:1] for p in self.patch_sizes if p in ref_desc.patches}
+        return self.score(query, cands)

@@ -1,0 +1,187 @@
+"""The query pipeline: encode an image, search the map's global index, re-rank by patch matching.
+
+    loc = Localizer.from_paths("maps/run1", "model.pth.tar", load_config("speed"))
+    res = loc.query(rgb)                    # RGB uint8 (H, W, 3), or Descriptors of one image
+    best = res.candidates[0]                # final rank order
+    best.map_id, best.patch_score, best.pose
+
+``Candidate.patch_score`` is the absolute fused patch score in [0, 1] (thresholdable); it is NaN
+for candidates that were not re-ranked (``localizer.rerank`` False, or ranked below
+``localizer.rerank_k``), which always come after the re-ranked ones in global-similarity order.
+Keypoints are (x, y) pixels of the *network input* (``QueryResult.network_size``); use
+:func:`scale_keypoints` to draw them on the original image or a thumbnail.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlad_localization.config import Config
+from vlad_localization.images.frames import Pose
+from vlad_localization.mapdb import Keyframe, MapDatabase
+from vlad_localization.model.descriptors import Descriptors
+
+
+@dataclass
+class Candidate:
+    """One map keyframe proposed for a query (see the module doc for NaN ``patch_score``)."""
+
+    map_id: int
+    stamp_ns: int | None
+    frame_id: str
+    source: str
+    pose: Pose | None
+    global_similarity: float
+    patch_score: float = math.nan
+    per_size: dict[int, float] = field(default_factory=dict)
+    inliers: int = 0
+    query_keypoints: np.ndarray | None = None  # (M, 2) x, y in network-input pixels
+    map_keypoints: np.ndarray | None = None
+
+    @property
+    def reranked(self) -> bool:
+        return not math.isnan(self.patch_score)
+
+
+@dataclass
+class QueryResult:
+    candidates: list[Candidate]
+    timings: dict[str, float]  # encode_ms, search_ms, rerank_ms
+    query_rgb_size: tuple[int, int] | None  # (H, W) of the query image; None for Descriptors input
+    network_size: tuple[int, int]  # (H, W) the keypoints refer to
+
+
+def scale_keypoints(points: np.ndarray, from_hw, to_hw) -> np.ndarray:
+    """(x, y) points from an image of size ``from_hw`` to one of ``to_hw`` (both (H, W))."""
+    sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
+    return np.asarray(points, np.float64) * np.array([sx, sy])
+
+
+class Localizer:
+    """Encoder + map database + patch matcher. Thread-safe for one querying thread plus
+    :meth:`reload_map` from another (the swap is a single reference assignment)."""
+
+    def __init__(self, encoder, map_db: MapDatabase, config: Config):
+        self.encoder = encoder
+        self.config = config
+        self._map = map_db
+        self._matcher = None
+        self._matcher_key = None
+
+    @classmethod
+    def from_paths(cls, map_path: str | Path, checkpoint: str | Path, config: Config,
+                   device: str | None = None) -> "Localizer":
+        """Load the encoder from ``checkpoint`` and open the map, refusing a model mismatch."""
+        from vlad_localization.model.encoder import Encoder
+
+        encoder = Encoder.from_checkpoint(checkpoint, config.model, device)
+        try:
+            map_db = MapDatabase.open(map_path, identity=encoder.identity(), map_cfg=config.map)
+        except BaseException:
+            encoder.release()
+            raise
+        return cls(encoder, map_db, config)
+
+    @property
+    def map(self) -> MapDatabase:
+        return self._map
+
+    def reload_map(self, path: str | Path | None = None) -> MapDatabase:
+        """Reopen the map (after a rebuild/append swapped it in) or open another one. On failure
+        the current map stays in use and the :class:`MapError` propagates."""
+        new = MapDatabase.open(path or self._map.path, identity=self.encoder.identity(), map_cfg=self.config.map)
+        self._map = new  # the old one is closed when the last query using it finishes (GC)
+        return new
+
+    def release(self) -> None:
+        """Free accelerator memory held by the encoder."""
+        self.encoder.release()
+
+    # ------------------------------------------------------------------ querying
+    def encode(self, image: np.ndarray) -> Descriptors:
+        """Descriptors of one RGB uint8 image (size-checked against ``localizer.max_image_pixels``)."""
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"query image must be RGB uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        limit = self.config.localizer.max_image_pixels
+        if image.shape[0] * image.shape[1] > limit:
+            raise ValueError(f"query image {image.shape[1]}x{image.shape[0]} exceeds localizer.max_image_pixels={limit}")
+        return self.encoder.encode([image])
+
+    def query(self, image_or_descriptors, k: int | None = None) -> QueryResult:
+        """Top-``k`` (default ``localizer.top_k``) map keyframes for one image, best first."""
+        db = self._map
+        timings = {"encode_ms": 0.0, "search_ms": 0.0, "rerank_ms": 0.0}
+        t0 = time.perf_counter()
+        if isinstance(image_or_descriptors, Descriptors):
+            desc, rgb_size = image_or_descriptors, None
+            if len(desc) != 1:
+                raise ValueError(f"query takes the descriptors of one image, got {len(desc)}")
+        else:
+            desc = self.encode(image_or_descriptors)
+            rgb_size = tuple(np.asarray(image_or_descriptors).shape[:2])
+        t1 = time.perf_counter()
+        timings["encode_ms"] = (t1 - t0) * 1e3 if rgb_size is not None else 0.0
+        m = db.manifest
+        if tuple(desc.grid) != tuple(m.grid) or tuple(desc.image_size) != tuple(m.image_size):
+            raise ValueError(
+                f"query encoded at {desc.image_size} (grid {desc.grid}) but map {db.path} at "
+                f"{tuple(m.image_size)} (grid {tuple(m.grid)}): use the model config the map was built with"
+            )
+        k = int(k or self.config.localizer.top_k)
+        sims, ids = db.search(desc.global_desc.detach().float().cpu().numpy(), k)
+        keep = ids[0] >= 0
+        sims, ids = sims[0][keep], ids[0][keep]
+        t2 = time.perf_counter()
+        timings["search_ms"] = (t2 - t1) * 1e3
+        keyframes = db.keyframes(ids)
+        cands = [_candidate(kf, float(s)) for kf, s in zip(keyframes, sims)]
+        if self.config.localizer.rerank and len(cands):
+            cands = self._rerank(db, desc, cands)
+            timings["rerank_ms"] = (time.perf_counter() - t2) * 1e3
+        return QueryResult(cands, timings, rgb_size, tuple(m.image_size))
+
+    def _rerank(self, db: MapDatabase, desc: Descriptors, cands: list[Candidate]) -> list[Candidate]:
+        n = min(len(cands), max(1, int(self.config.localizer.rerank_k)))
+        head, tail = cands[:n], cands[n:]
+        matcher = self._matcher_for(db)
+        device = next(iter(desc.patches.values())).device
+        stored = db.patches([c.map_id for c in head])
+        cand_patches = {p: torch.from_numpy(a.astype(np.float32)).to(device) for p, a in stored.items()}
+        query_patches = {p: t[0].float() for p, t in desc.patches.items()}
+        res = matcher.score(query_patches, cand_patches)
+        for i, c in enumerate(head):
+            c.patch_score = float(res.fused[i])
+            c.per_size = {int(p): float(res.per_size[i, s]) for s, p in enumerate(res.patch_sizes)}
+            best = int(np.argmax(res.per_size[i]))
+            c.inliers = int(res.inliers[i, best])
+            corr = res.correspondences[i][best]
+            c.query_keypoints = np.asarray(corr.query_keypoints, np.float64).reshape(-1, 2)
+            c.map_keypoints = np.asarray(corr.candidate_keypoints, np.float64).reshape(-1, 2)
+        return [head[i] for i in res.order] + tail
+
+    def _matcher_for(self, db: MapDatabase):
+        from vlad_localization.matching.matcher import PatchMatcher
+
+        m = db.manifest
+        key = (tuple(m.grid), tuple(m.image_size), tuple(m.model["patch_sizes"]), tuple(m.model["strides"]))
+        if self._matcher_key != key:
+            self._matcher = PatchMatcher(self.config.matching, m.model["patch_sizes"], m.model["strides"],
+                                         self.encoder.geometry, m.grid, m.image_size)
+            self._matcher_key = key
+        return self._matcher
+
+
+def _candidate(kf: Keyframe, similarity: float) -> Candidate:
+    pose = None
+    if kf.position is not None:
+        pose = Pose(tuple(kf.position), tuple(kf.orientation) if kf.orientation else (0.0, 0.0, 0.0, 1.0))
+    return Candidate(kf.id, kf.stamp_ns, kf.frame_id, kf.source, pose, similarity)
+
+
+__all__ = ["Candidate", "Localizer", "QueryResult", "scale_keypoints"]

@@ -1,0 +1,87 @@
+"""Counters of the node's input and work, reported on ``/diagnostics`` (``DiagnosticArray``).
+
+Thread-safe: image callbacks (executor) and the inference worker both update one
+:class:`NodeStats`; a 1 Hz timer turns it into a ``DiagnosticStatus`` with rates over the last
+period.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+LATENCY_KEYS = ("encode_ms", "search_ms", "rerank_ms", "total_ms")
+
+
+class NodeStats:
+    """Received / processed / dropped / rejected counts and recent latencies."""
+
+    def __init__(self, cameras: list[str], latency_window: int = 50):
+        self.cameras = list(cameras)
+        self._lock = threading.Lock()
+        self.received = Counter()  # camera index -> frames received
+        self.dropped = Counter()  # camera index -> frames replaced before processing
+        self.rate_limited = Counter()  # camera index -> frames skipped by max_rate_hz
+        self.rejected = Counter()  # reason -> bad frames
+        self.processed = 0
+        self.loop_closures = 0
+        self._latency = {k: deque(maxlen=latency_window) for k in LATENCY_KEYS}
+        self._last = (time.monotonic(), Counter(), 0, 0)
+
+    def count(self, counter: str, key) -> None:
+        with self._lock:
+            getattr(self, counter)[key] += 1
+
+    def frame_done(self, timings: dict[str, float], loop_closure: bool) -> None:
+        with self._lock:
+            self.processed += 1
+            self.loop_closures += int(loop_closure)
+            for key in LATENCY_KEYS:
+                if key in timings:
+                    self._latency[key].append(float(timings[key]))
+
+    def snapshot(self) -> dict[str, str]:
+        """Key/values for diagnostics; rates are over the time since the previous snapshot."""
+        with self._lock:
+            now = time.monotonic()
+            t_prev, received_prev, processed_prev, rejected_prev = self._last
+            rejected = sum(self.rejected.values())
+            dt = max(now - t_prev, 1e-6)
+            values = {}
+            for i, topic in enumerate(self.cameras):
+                values[f"input_rate_hz[{topic}]"] = f"{(self.received[i] - received_prev[i]) / dt:.2f}"
+                values[f"received[{topic}]"] = str(self.received[i])
+                values[f"dropped_busy[{topic}]"] = str(self.dropped[i])
+                values[f"skipped_max_rate[{topic}]"] = str(self.rate_limited[i])
+            values["processed_rate_hz"] = f"{(self.processed - processed_prev) / dt:.2f}"
+            values["processed"] = str(self.processed)
+            values["dropped"] = str(sum(self.dropped.values()))
+            values["rejected"] = str(rejected)
+            values["rejected_last_period"] = str(rejected - rejected_prev)
+            for reason, n in sorted(self.rejected.items()):
+                values[f"rejected[{reason}]"] = str(n)
+            values["loop_closures"] = str(self.loop_closures)
+            for key, window in self._latency.items():
+                if window:
+                    values[f"latency_{key}"] = f"{sum(window) / len(window):.1f}"
+            self._last = (now, Counter(self.received), self.processed, rejected)
+            return values
+
+
+def diagnostic_array(stamp, name: str, level: bytes, message: str, values: dict[str, str]) -> DiagnosticArray:
+    """One ``DiagnosticStatus`` (hardware_id = the node) wrapped in a ``DiagnosticArray``."""
+    status = DiagnosticStatus(level=level, name=name, message=message, hardware_id=name)
+    status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+    array = DiagnosticArray(status=[status])
+    array.header.stamp = stamp
+    return array
+
+
+def parse_diagnostics(array: DiagnosticArray, name: str) -> dict[str, str] | None:
+    """The key/values of the status called ``name`` (None when absent)."""
+    for status in array.status:
+        if status.name == name:
+            return {kv.key: kv.value for kv in status.values}
+    return None

@@ -1,0 +1,92 @@
+"""Query results -> standard ROS 2 messages (and back, for consumers of ``~/candidates``).
+
+``~/candidates`` is a 2-D ``std_msgs/Float64MultiArray`` (row-major, strides as in the
+``MultiArrayLayout`` docs): one row per candidate in rank order, columns :data:`CANDIDATE_COLUMNS`.
+Times are seconds (float64); a keyframe without a stamp has ``map_stamp = NaN``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Pose, PoseArray
+from sensor_msgs.msg import Image
+from std_msgs.msg import Float64MultiArray, Header, MultiArrayDimension
+
+from vlad_localization.images.convert import rgb_to_image_fields
+
+CANDIDATE_COLUMNS = (
+    "query_stamp", "camera", "map_id", "map_stamp", "global_similarity", "patch_score", "inliers",
+)
+
+
+def stamp_to_ns(stamp: Time) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int) -> Time:
+    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def candidates_msg(query_stamp_ns: int, camera: int, candidates: Sequence) -> Float64MultiArray:
+    """The ``~/candidates`` array for one processed frame (K = len(candidates), may be 0)."""
+    rows = [
+        (
+            query_stamp_ns * 1e-9,
+            float(camera),
+            float(c.map_id),
+            c.stamp_ns * 1e-9 if c.stamp_ns is not None else math.nan,
+            float(c.global_similarity),
+            float(c.patch_score),
+            float(c.inliers),
+        )
+        for c in candidates
+    ]
+    n, m = len(rows), len(CANDIDATE_COLUMNS)
+    msg = Float64MultiArray()
+    msg.layout.dim = [
+        MultiArrayDimension(label="candidate", size=n, stride=n * m),
+        MultiArrayDimension(label=",".join(CANDIDATE_COLUMNS), size=m, stride=m),
+    ]
+    msg.data = np.asarray(rows, dtype=np.float64).reshape(-1).tolist()
+    return msg
+
+
+def parse_candidates(msg: Float64MultiArray) -> list[dict[str, float]]:
+    """``~/candidates`` -> one dict per row (column name -> value), in rank order."""
+    labels = msg.layout.dim[1].label.split(",")
+    data = np.asarray(msg.data, dtype=np.float64).reshape(msg.layout.dim[0].size, len(labels))
+    return [dict(zip(labels, row.tolist())) for row in data]
+
+
+def loop_closure_msg(t_query: float, t_match: float) -> Float64MultiArray:
+    """LIO-SAM / LVI-SAM external loop closure: ``data = [t_query, t_match]`` (s)."""
+    return Float64MultiArray(data=[float(t_query), float(t_match)])
+
+
+def pose_array_msg(header: Header, candidates: Sequence) -> PoseArray:
+    """The candidates' keyframe poses in rank order (those without a pose are skipped)."""
+    msg = PoseArray(header=header)
+    for c in candidates:
+        if c.pose is None:
+            continue
+        pose = Pose()
+        pose.position.x, pose.position.y, pose.position.z = (float(v) for v in c.pose.position)
+        o = pose.orientation
+        o.x, o.y, o.z, o.w = (float(v) for v in c.pose.orientation)
+        msg.poses.append(pose)
+    return msg
+
+
+def image_msg(header: Header, rgb: np.ndarray) -> Image:
+    """An ``rgb8`` ``sensor_msgs/Image`` of an H x W x 3 uint8 array."""
+    return Image(header=header, **rgb_to_image_fields(rgb))
+
+
+def candidates_query(msg: Float64MultiArray) -> tuple[float, int] | None:
+    """(query stamp in s, camera index) of a ``~/candidates`` message; None when K = 0."""
+    if not msg.layout.dim or msg.layout.dim[0].size == 0:
+        return None
+    return float(msg.data[0]), int(msg.data[1])

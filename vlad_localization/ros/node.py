@@ -1,0 +1,351 @@
+"""``vlad_localization_node``: the ROS 2 lifecycle node. It only translates: image messages in,
+:class:`~vlad_localization.pipeline.Localizer` queries on a worker thread, standard messages out.
+
+Lifecycle (``rclpy.lifecycle``): configure loads the model and map; activate subscribes and starts
+the worker; deactivate unsubscribes, stops the worker and frees GPU memory; cleanup drops
+everything. ``autostart`` (default true) runs configure + activate at start-up so ``ros2 run``
+works without a lifecycle manager. Topics, parameters and diagnostics: see the README.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import PoseArray
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Float64MultiArray, Header
+from std_srvs.srv import Trigger
+
+from vlad_localization.images.convert import ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb
+from vlad_localization.loop_closure import select_loop_closure
+from vlad_localization.ros import messages
+from vlad_localization.ros.diagnostics import NodeStats, diagnostic_array
+from vlad_localization.ros.params import PARAMETERS
+from vlad_localization.ros.worker import LatestFrameWorker
+
+NODE_NAME = "vlad_localization"
+WARN_PERIOD_S = 5.0
+STOP_TIMEOUT_S = 0.8  # then the query in progress is abandoned (shutdown budget: 2 s)
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+RAW_TYPE = "sensor_msgs/msg/Image"
+
+
+def localizer_config(preset: str, device: str, half: bool, top_k: int, rerank_k: int, matcher: str):
+    """The library :class:`Config` for the node's parameters (0 / '' keep the preset's value)."""
+    from vlad_localization.config import load_config
+
+    cfg = load_config(preset)
+    cfg.model.device, cfg.model.half = device, half
+    if top_k > 0:
+        cfg.localizer.top_k = top_k
+    if rerank_k > 0:
+        cfg.localizer.rerank_k = rerank_k
+    if matcher:
+        cfg.matching.matcher = matcher
+    return cfg.validate()
+
+
+def load_localizer(map_path: str, checkpoint: str, cfg):
+    """The default localizer factory: :meth:`Localizer.from_paths`."""
+    from vlad_localization.pipeline import Localizer
+
+    return Localizer.from_paths(map_path, checkpoint, cfg)
+
+
+class VladLocalizationNode(LifecycleNode):
+    """Patch-NetVLAD loop-closure candidates for every camera frame (newest frame only)."""
+
+    def __init__(self, node_name: str = NODE_NAME, localizer_factory=load_localizer, **kwargs):
+        super().__init__(node_name, **kwargs)
+        for p in PARAMETERS:
+            self.declare_parameter(p.name, p.default, ParameterDescriptor(description=p.description))
+        self._factory = localizer_factory
+        self._localizer = None
+        self._loc_lock = threading.Lock()  # a query vs replacing or releasing the localizer
+        self._cfg = None
+        self._topics: list[str] = []
+        self._subs = []
+        self._worker: LatestFrameWorker | None = None
+        self._last_accept: dict[int, float] = {}
+        self._input_loggers: dict[str, object] = {}
+        self.stats = NodeStats([])
+        self._pubs: dict[str, object] = {}
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.create_service(Trigger, "~/reload_map", self._reload_map,
+                            callback_group=MutuallyExclusiveCallbackGroup())
+
+    def param(self, name: str):
+        return self.get_parameter(name).value
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        missing = [n for n in ("map_path", "checkpoint") if not self.param(n)]
+        if missing:
+            self.get_logger().error(f"set the parameter(s) {missing}, e.g. --ros-args -p map_path:=maps/run1")
+            return TransitionCallbackReturn.FAILURE
+        try:
+            self._cfg = localizer_config(self.param("preset"), self.param("device"), self.param("half"),
+                                         self.param("top_k"), self.param("rerank_k"), self.param("matcher"))
+            self._load()
+        except Exception as exc:  # noqa: BLE001 - reported as a failed transition
+            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self._topics = list(self.param("image_topics"))
+        self.stats = NodeStats(self._topics)
+        pub = self.create_lifecycle_publisher
+        self._pubs = {
+            "candidates": pub(Float64MultiArray, "~/candidates", 10),
+            "loop_closure": pub(Float64MultiArray, "~/loop_closure", 10),
+            "candidate_poses": pub(PoseArray, "~/candidate_poses", 10),
+            "match_image": pub(Image, "~/match_image", 1),
+        }
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            if self._localizer is None:  # released on deactivate (GPU)
+                self._load()
+        except Exception as exc:  # noqa: BLE001
+            self.get_logger().error(f"activate failed: {type(exc).__name__}: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self._worker = LatestFrameWorker(len(self._topics), self._process, self._worker_error)
+        qos = QoSProfile(depth=1, reliability=self._reliability(),
+                         durability=qos_profile_sensor_data.durability,
+                         history=qos_profile_sensor_data.history)
+        for camera, topic in enumerate(self._topics):
+            msg_type = CompressedImage if self._is_compressed(topic) else Image
+            self._subs.append(self.create_subscription(
+                msg_type, topic, lambda msg, c=camera: self._on_image(c, msg), qos))
+            self.get_logger().info(f"camera {camera}: {topic} ({msg_type.__name__}, {qos.reliability.name})")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_input()
+        if self._localizer is not None and self._device().startswith(("cuda", "mps")):
+            self._release()  # frees GPU memory; activate loads again
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        for pub in self._pubs.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._pubs = {}
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_input()
+        self._release()
+        return super().on_shutdown(state)
+
+    def stop(self) -> bool:
+        """Stop input and the worker (process exit); False if a frame is still in progress."""
+        return self._stop_input()
+
+    # -- model / map -------------------------------------------------------------------------------
+    def _load(self) -> None:
+        t0 = time.monotonic()
+        localizer = self._factory(self.param("map_path"), self.param("checkpoint"), self._cfg)
+        with self._loc_lock:
+            self._localizer = localizer
+        self.get_logger().info(
+            f"loaded map {self.param('map_path')} ({localizer.map.size} keyframes), preset "
+            f"{self._cfg.name}, device {self._device()} in {time.monotonic() - t0:.1f} s")
+
+    def _release(self) -> None:
+        with self._loc_lock:
+            localizer, self._localizer = self._localizer, None
+        if localizer is not None:
+            localizer.release()
+
+    def _device(self) -> str:
+        device = getattr(getattr(self._localizer, "encoder", None), "device", None)
+        return str(device or (self._cfg.model.device if self._cfg else "?"))
+
+    def _reload_map(self, request, response):
+        if self._localizer is None:
+            response.success, response.message = False, "not configured: configure the node first"
+            return response
+        try:  # Localizer.reload_map is safe beside a running query (the map swap is atomic)
+            size = self._localizer.reload_map(self.param("map_path")).size
+        except Exception as exc:  # noqa: BLE001 - the old map stays loaded
+            response.success, response.message = False, f"reload failed ({exc}); the previous map stays loaded"
+            return response
+        response.success, response.message = True, f"reloaded {self.param('map_path')}: {size} keyframes"
+        self.get_logger().info(response.message)
+        return response
+
+    # -- input ---------------------------------------------------------------------------------------
+    def _reliability(self) -> QoSReliabilityPolicy:
+        value = str(self.param("qos_reliability")).lower()
+        if value not in ("best_effort", "reliable"):
+            self.get_logger().warning(f"qos_reliability {value!r}: use best_effort or reliable; using best_effort")
+            return QoSReliabilityPolicy.BEST_EFFORT
+        return QoSReliabilityPolicy.BEST_EFFORT if value == "best_effort" else QoSReliabilityPolicy.RELIABLE
+
+    def _is_compressed(self, topic: str) -> bool:
+        mode = str(self.param("compressed")).lower()
+        if mode in ("true", "false"):
+            return mode == "true"
+        resolved = self.resolve_topic_name(topic)
+        types = dict(self.get_topic_names_and_types()).get(resolved, [])
+        if COMPRESSED_TYPE in types or RAW_TYPE in types:
+            return COMPRESSED_TYPE in types
+        return resolved.rstrip("/").endswith("/compressed")
+
+    def _on_image(self, camera: int, msg) -> None:
+        """Executor callback: count, rate-limit and hand the message to the worker (never blocks)."""
+        self.stats.count("received", camera)
+        max_rate = float(self.param("max_rate_hz"))
+        now = time.monotonic()
+        if max_rate > 0 and now - self._last_accept.get(camera, -1e9) < 1.0 / max_rate:
+            self.stats.count("rate_limited", camera)
+            return
+        self._last_accept[camera] = now
+        worker = self._worker
+        if worker is not None and worker.put(camera, msg):
+            self.stats.count("dropped", camera)
+
+    def _stop_input(self) -> bool:
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        worker, self._worker = self._worker, None
+        return worker.stop(STOP_TIMEOUT_S) if worker is not None else True
+
+    def _reject(self, camera: int, exc: ImageConversionError) -> None:
+        self.stats.count("rejected", exc.reason)
+        # one logger object per reason: rclpy throttles per logger and call site
+        logger = self._input_loggers.setdefault(exc.reason, self.get_logger().get_child("input"))
+        logger.warning(f"rejected a frame from {self._topics[camera]}: {exc}",
+                       throttle_duration_sec=WARN_PERIOD_S)
+
+    def _worker_error(self, exc: BaseException) -> None:
+        if not self.context.ok():  # shutting down mid-frame: publishing failed, nothing to report
+            return
+        self.stats.count("rejected", "inference_error")
+        self.get_logger().error(f"query failed: {type(exc).__name__}: {exc}", throttle_duration_sec=WARN_PERIOD_S)
+
+    # -- work (worker thread) ---------------------------------------------------------------------
+    def _process(self, camera: int, msg) -> None:
+        t0 = time.perf_counter()
+        max_pixels = self._cfg.localizer.max_image_pixels
+        try:
+            if isinstance(msg, CompressedImage):
+                rgb = compressed_msg_to_rgb(msg, max_pixels)
+            else:
+                rgb = image_msg_to_rgb(msg, max_pixels)
+        except ImageConversionError as exc:
+            self._reject(camera, exc)
+            return
+        with self._loc_lock:
+            if self._localizer is None:
+                return
+            result = self._localizer.query(rgb)
+            thumbnail = self._match_image_ref(result.candidates)
+        stamp_ns = messages.stamp_to_ns(msg.header.stamp)
+        header = Header(stamp=msg.header.stamp, frame_id=self.param("map_frame"))
+        closure = select_loop_closure(stamp_ns, result.candidates, float(self.param("score_threshold")),
+                                      float(self.param("min_time_gap_s")))
+        if closure is not None:
+            self._pubs["loop_closure"].publish(messages.loop_closure_msg(closure.t_query, closure.t_match))
+            self.get_logger().info(
+                f"loop closure: camera {camera} t={closure.t_query:.3f} -> keyframe {closure.candidate.map_id} "
+                f"t={closure.t_match:.3f} (patch score {closure.candidate.patch_score:.3f})")
+        if any(c.pose is not None for c in result.candidates):
+            self._pubs["candidate_poses"].publish(messages.pose_array_msg(header, result.candidates))
+        self._pubs["candidates"].publish(messages.candidates_msg(stamp_ns, camera, result.candidates))
+        if thumbnail is not None:
+            self._publish_match_image(header, rgb, result, thumbnail)
+        timings = dict(result.timings, total_ms=(time.perf_counter() - t0) * 1e3)
+        self.stats.frame_done(timings, closure is not None)
+
+    def _match_image_ref(self, candidates):
+        """The best candidate's thumbnail when ~/match_image is wanted and subscribed, else None."""
+        pub = self._pubs.get("match_image")
+        if not candidates or not self.param("publish_match_image") or pub.get_subscription_count() == 0:
+            return None
+        return self._localizer.map.thumbnail(candidates[0].map_id)
+
+    def _publish_match_image(self, header: Header, rgb, result, thumbnail) -> None:
+        from vlad_localization.matching.plot import draw_matches
+
+        best, none = result.candidates[0], np.zeros((0, 2))
+        canvas = draw_matches(rgb, thumbnail, none if best.query_keypoints is None else best.query_keypoints,
+                              none if best.map_keypoints is None else best.map_keypoints,
+                              image_hw=tuple(result.network_size))
+        self._pubs["match_image"].publish(messages.image_msg(Header(stamp=header.stamp), canvas))
+
+    # -- diagnostics ---------------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        state = self._state_machine.current_state[1]  # (id, label)
+        values = {"state": str(state), "device": self._device()}
+        localizer = self._localizer
+        values["map_size"] = str(localizer.map.size) if localizer is not None else "0"
+        values["gpu_memory_mb"] = _gpu_memory_mb(values["device"])
+        values.update(self.stats.snapshot())
+        recent = int(values["rejected_last_period"])
+        level = DiagnosticStatus.OK if localizer is not None else DiagnosticStatus.WARN
+        message = "ok" if localizer is not None else "no map loaded (not configured)"
+        if recent and localizer is not None:
+            level, message = DiagnosticStatus.WARN, f"{recent} bad frame(s) rejected in the last second"
+        self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(),
+                                                f"{self.get_name()}: loop closure", level, message, values))
+
+
+def _gpu_memory_mb(device: str) -> str:
+    if not device.startswith("cuda") or "torch" not in sys.modules:
+        return "n/a"
+    import torch
+
+    return f"{torch.cuda.memory_allocated(device) / 2**20:.1f}"
+
+
+def run(args: list[str] | None = None) -> bool:
+    """Spin the node until SIGINT/SIGTERM (rclpy's handlers), then stop it and rclpy. Returns
+    False when a query was still running on the worker thread (it is abandoned, not joined)."""
+    rclpy.init(args=args)
+    node = VladLocalizationNode()
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    if node.param("autostart"):
+        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            node.get_logger().error("autostart: configure failed (see above); waiting for a lifecycle manager")
+        elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            node.get_logger().error("autostart: activate failed (see above)")
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        stopped = node.stop()
+        executor.shutdown(timeout_sec=0.2)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return stopped
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console entry point (``vlad_localization_node``): :func:`run`, then exit at once.
+
+    The process exits with ``os._exit`` after the node and rclpy are shut down: the interpreter's
+    teardown of torch/faiss takes over a second and would miss the 2 s shutdown budget."""
+    run(args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
