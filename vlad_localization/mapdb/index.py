@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,19 @@ class IndexSpec:
         }[self.kind]
 
 
+def _blas_top_k(vectors: np.ndarray, ids: np.ndarray, scratch: np.ndarray, q: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k (similarities descending), one BLAS matrix-vector product per
+    query into a reused ``scratch`` buffer (a fresh 100k-float result costs page faults)."""
+    sims_out, ids_out = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
+    for i, query in enumerate(q):
+        sims = np.dot(vectors, query, out=scratch)
+        rows = np.argpartition(sims, len(sims) - k)[-k:] if k < len(sims) else np.arange(len(sims))
+        rows = rows[np.argsort(-sims[rows], kind="stable")]
+        sims_out[i], ids_out[i] = sims[rows], ids[rows]
+    return sims_out, ids_out
+
+
 class GlobalIndex:
     """A faiss index of keyframe global descriptors: ``build``/``add``/``search``/``save``/``load``."""
 
@@ -100,6 +114,8 @@ class GlobalIndex:
         self.index = index
         self.spec = spec  # effective faiss factory string
         self._gpu = False
+        self._flat = None  # cached (vectors view, ids, scratch) of a Flat index for BLAS search
+        self._flat_lock = threading.Lock()
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -142,6 +158,7 @@ class GlobalIndex:
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         x = _as_f32(vectors)
         if len(x):
+            self._flat = None  # faiss may reallocate its storage
             self.index.add_with_ids(x, np.ascontiguousarray(ids, dtype=np.int64))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -152,8 +169,25 @@ class GlobalIndex:
         if q.shape[1] != self.dim:
             raise ValueError(f"query descriptor has {q.shape[1]} dims, the map index {self.dim}")
         k = max(1, min(int(k), max(self.ntotal, 1)))
+        flat = self._flat_storage() if len(q) < SMALL_BATCH else None
+        if flat is not None:
+            with self._flat_lock:
+                return _blas_top_k(*flat, q, k)
         with omp_threads(1 if len(q) < SMALL_BATCH and not self._gpu else None):
             return self.index.search(q, k)
+
+    def _flat_storage(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(vectors (N, D), ids (N,), scratch (N,)) viewing a CPU Flat index's storage, else None.
+
+        faiss searches a single query with one thread; a BLAS matrix-vector product over the same
+        storage uses every core, which is what a robot querying one frame at a time needs."""
+        if self._gpu or self.spec != "Flat" or self.ntotal == 0:
+            return None
+        if self._flat is None:
+            inner = faiss.downcast_index(self.index.index)
+            vectors = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(inner.ntotal, inner.d)
+            self._flat = (vectors, faiss.vector_to_array(self.index.id_map), np.empty(inner.ntotal, np.float32))
+        return self._flat
 
     def set_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Set IVF ``nprobe`` / HNSW ``efSearch`` (ignored by index types without them)."""
