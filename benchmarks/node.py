@@ -11,6 +11,7 @@ input (first vs second half: bounded memory). Prints JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -58,8 +59,9 @@ def prepare(preset: str, work: Path, image_hw: tuple[int, int] | None) -> tuple[
                                  image_size=(cfg.model.image_height, cfg.model.image_width), device="cpu",
                                  max_pca_samples=PCA_SAMPLES, kmeans_iterations=25, progress=False)
     map_dir = work / f"{preset}_map"
-    assert cli(["build-map", "--checkpoint", str(checkpoint), "--config", str(config), "--images", str(map_images),
-                "--poses", str(CAMPUS / "data.csv"), "--out", str(map_dir), "--no-progress"]) == 0
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON report
+        assert cli(["build-map", "--checkpoint", str(checkpoint), "--config", str(config), "--images", str(map_images),
+                    "--poses", str(CAMPUS / "data.csv"), "--out", str(map_dir), "--no-progress"]) == 0
     return config, checkpoint, map_dir
 
 
