@@ -2,12 +2,14 @@
 ``i`` seconds; ``image_71`` revisits ``image_0``), built once per session and shared by modules."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from vlad_localization.images.io import load_rgb
+from vlad_localization.ros.client import NodeClient, start_node, stop_node
 
 _CACHE: dict[str, "CampusMap"] = {}
 
@@ -18,6 +20,11 @@ class CampusMap:
     checkpoint: Path
     config: Path
     images: Path
+
+    def node_params(self, image_topics, **extra) -> dict:
+        """Node parameters for this map on the CPU (reliable QoS so tests lose no frame)."""
+        return {"map_path": self.map_dir, "checkpoint": self.checkpoint, "preset": self.config,
+                "device": "cpu", "image_topics": list(image_topics), "qos_reliability": "reliable", **extra}
 
     def image(self, i: int):
         return load_rgb(self.images / f"image_{i}.png")
@@ -64,3 +71,19 @@ def module_domain_id(module_index: int) -> str:
     import os
 
     return str(215 + (os.getpid() + module_index) % 18)
+
+
+@contextmanager
+def running_node(campus: CampusMap, log: Path, name: str, image_topics, domain_index: int, **params):
+    """The real node on ``campus`` in its own process (on its module's ROS_DOMAIN_ID), and a
+    connected :class:`NodeClient`; the node is stopped on exit."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ROS_DOMAIN_ID", module_domain_id(domain_index))
+    proc = start_node(campus.node_params(image_topics, **params), name=name, log_path=log)
+    try:
+        with NodeClient(node_name=name, image_topics=tuple(image_topics)) as client:
+            assert client.wait_connected(90), f"node did not start:\n{log.read_text()[-3000:]}"
+            yield client
+    finally:
+        stop_node(proc)
+        mp.undo()

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from ros_fixtures import campus_map, module_domain_id  # noqa: F401  (fixture)
+from ros_fixtures import campus_map, running_node  # noqa: F401  (fixture)
 from vlad_localization.images.bag import write_bag
 from vlad_localization.images.frames import Frame
 from vlad_localization.loop_closure import select_loop_closure
-from vlad_localization.ros.client import NodeClient, start_node, stop_node, wait_for
+from vlad_localization.ros.client import wait_for
 from vlad_localization.ros.diagnostics import parse_diagnostics
 from vlad_localization.ros.messages import parse_candidates
 
@@ -32,21 +32,10 @@ def bags(campus_map, tmp_path_factory):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def sim_node(campus_map, tmp_path_factory):  # noqa: F811
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ROS_DOMAIN_ID", module_domain_id(7))
     log = tmp_path_factory.mktemp("bagnode") / "node.log"
-    proc = start_node({
-        "map_path": campus_map.map_dir, "checkpoint": campus_map.checkpoint, "preset": campus_map.config,
-        "device": "cpu", "image_topics": [RAW, COMPRESSED], "qos_reliability": "reliable",
-        "use_sim_time": True, "score_threshold": 0.0, "min_time_gap_s": 30.0,
-    }, name=NAME, log_path=log)
-    try:
-        with NodeClient(node_name=NAME, image_topics=(RAW, COMPRESSED)) as client:
-            assert client.wait_connected(90), log.read_text()[-3000:]
-            yield client
-    finally:
-        stop_node(proc)
-        mp.undo()
+    with running_node(campus_map, log, NAME, (RAW, COMPRESSED), 7, use_sim_time=True,
+                      score_threshold=0.0, min_time_gap_s=30.0) as client:
+        yield client
 
 
 @pytest.mark.parametrize("storage,camera", [("mcap", 0), ("db3", 1)])

@@ -14,15 +14,10 @@ S = 10**9
 TOPIC = "/lc_cam/image_raw"
 
 
-def _params(campus, **extra):
-    return {"map_path": campus.map_dir, "checkpoint": campus.checkpoint, "preset": campus.config,
-            "device": "cpu", "image_topics": [TOPIC], "qos_reliability": "reliable", **extra}
-
-
 def test_lifecycle_transitions_via_services(campus_map, ros_domain_id, tmp_path):  # noqa: F811
     name = "vlad_lifecycle"
     log = tmp_path / "node.log"
-    proc = start_node(_params(campus_map, autostart=False, map_path=str(tmp_path / "missing")),
+    proc = start_node(campus_map.node_params([TOPIC], autostart=False, map_path=str(tmp_path / "missing")),
                       name=name, log_path=log)
     try:
         with NodeClient(node_name=name, image_topics=(TOPIC,)) as client:
@@ -57,7 +52,7 @@ def test_lifecycle_transitions_via_services(campus_map, ros_domain_id, tmp_path)
 def test_clean_shutdown_while_busy(campus_map, ros_domain_id, tmp_path, sig):  # noqa: F811
     name = "vlad_shutdown"
     log = tmp_path / "node.log"
-    proc = start_node(_params(campus_map), name=name, log_path=log)
+    proc = start_node(campus_map.node_params([TOPIC]), name=name, log_path=log)
     try:
         with NodeClient(node_name=name, image_topics=(TOPIC,)) as client:
             assert client.wait_connected(90), log.read_text()[-3000:]

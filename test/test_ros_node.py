@@ -11,9 +11,9 @@ import pytest
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
-from ros_fixtures import campus_map, module_domain_id  # noqa: F401  (fixture)
+from ros_fixtures import campus_map, running_node  # noqa: F401  (fixture)
 from vlad_localization.images.convert import rgb_to_compressed
-from vlad_localization.ros.client import NodeClient, start_node, stop_node, wait_for
+from vlad_localization.ros.client import wait_for
 from vlad_localization.ros.diagnostics import parse_diagnostics
 from vlad_localization.ros.messages import parse_candidates
 
@@ -28,21 +28,10 @@ ANSWER_S = 30.0
 @pytest.fixture(scope="module")
 def node(campus_map, tmp_path_factory):  # noqa: F811
     """(client, log path): the node subscribed to a raw and a compressed camera."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ROS_DOMAIN_ID", module_domain_id(0))
     log = tmp_path_factory.mktemp("node") / "node.log"
-    proc = start_node({
-        "map_path": campus_map.map_dir, "checkpoint": campus_map.checkpoint, "preset": campus_map.config,
-        "device": "cpu", "image_topics": [RAW, COMPRESSED], "qos_reliability": "reliable",
-        "score_threshold": 0.0, "min_time_gap_s": 30.0,
-    }, name=NAME, log_path=log)
-    try:
-        with NodeClient(node_name=NAME, image_topics=(RAW, COMPRESSED)) as client:
-            assert client.wait_connected(90), f"node did not start:\n{log.read_text()[-3000:]}"
-            yield client, log, campus_map
-    finally:
-        stop_node(proc)
-        mp.undo()
+    with running_node(campus_map, log, NAME, (RAW, COMPRESSED), 0,
+                      score_threshold=0.0, min_time_gap_s=30.0) as client:
+        yield client, log, campus_map
 
 
 def ask(client, rgb, stamp_ns, camera=0):
