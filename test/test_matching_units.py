@@ -85,12 +85,31 @@ def test_mutual_matches_batched_equal_one_by_one():
         np.testing.assert_array_equal(batched.pairs(k)[1], single.pairs(0)[1])
 
 
+def test_mutual_matches_follow_the_reference_on_exact_ties_and_duplicates():
+    """Duplicated candidate patches (exact distance ties: the first index wins) and candidate patches
+    identical to query patches (dot products that round above 1 make the reference's sqrt NaN)
+    give the official ``torch_nn`` nearest neighbours and mutual set."""
+    torch_nn = pytest.importorskip("patchnetvlad.tools.patch_matcher").torch_nn
+    q = unit(60, 512, seed=4)
+    c = unit(1, 80, 512, seed=5)
+    c[0, 10:40] = q[:30]  # identical patches
+    c[0, 50:60] = c[0, 40:50] = q[30:40] * 0.999 + q[40:50] * 0.045  # duplicated near-copies
+    c = F.normalize(c, dim=-1)
+    c[0, 60:70] = c[0, 10:20]  # exact duplicates of identical patches
+    fw, bw = torch_nn(q, c[0].t())
+    ours = mutual_nearest_neighbours(q, c)
+    np.testing.assert_array_equal(ours.nearest_query[0], fw.numpy())
+    want = np.flatnonzero(bw.numpy()[fw.numpy()] == np.arange(80))
+    np.testing.assert_array_equal(ours.pairs(0)[1], want)
+    assert len(want) >= 20
+
+
 def test_mutual_matches_are_bounded_by_memory_chunks(monkeypatch):
     import vlad_localization.matching.mutual as mutual
 
     q, c = unit(30, 16), unit(7, 30, 16, seed=1)
     whole = mutual_nearest_neighbours(q, c)
-    monkeypatch.setattr(mutual, "_MAX_BLOCK_BYTES", 30 * 30 * 4 * 2)  # two candidates per block
+    monkeypatch.setattr(mutual, "_MAX_BLOCK_BYTES", {"cpu": 30 * 30 * 4 * 2, "other": 30 * 30 * 4 * 2})  # two per block
     chunked = mutual_nearest_neighbours(q, c)
     np.testing.assert_array_equal(whole.mutual, chunked.mutual)
     np.testing.assert_array_equal(whole.nearest_query, chunked.nearest_query)

@@ -131,3 +131,36 @@ def test_num_pcs_capped_with_few_images(tmp_path, vgg16_weights, datasets_dir):
     with pytest.raises(ValueError, match="conv descriptors for 4096 clusters"):
         build_offtheshelf_checkpoint(vgg16_weights, images, tmp_path / "x.pth.tar", num_clusters=4096,
                                      image_size=(128, 160), progress=False)
+
+
+@pytest.mark.parametrize("n, d", [(300, 40), (40, 300)], ids=["primal", "dual"])
+def test_fit_wpca_whitens_its_samples(n, d):
+    """W x + b of the fitting samples has zero mean and identity covariance on the kept PCs, in
+    both the primal (n > d) and the dual Gram (n < d, blockwise back-projection) branch."""
+    from vlad_localization.model.init_model import fit_wpca
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((n, d)) * np.linspace(3.0, 0.1, d)).astype(np.float32)
+    pcs = min(n, d) // 2
+    weight, bias = fit_wpca(x, pcs)
+    y = x.astype(np.float64) @ weight.reshape(pcs, d).T.astype(np.float64) + bias
+    assert np.abs(y.mean(0)).max() < 1e-3
+    np.testing.assert_allclose(np.cov(y, rowvar=False), np.eye(pcs), atol=2e-3)
+
+
+def test_vlad_samples_keep_only_the_drawn_rows(speed_encoder, datasets_dir):
+    """The PCA samples are drawn up front and only those rows of each image are kept: the result
+    equals subsampling the full stack of every image's VLAD rows with the same draw."""
+    from vlad_localization.model.init_model import _vlad_samples
+
+    images = [datasets_dir / "campus_loop_72" / f"image_{i}.png" for i in (0, 30, 60)]
+    with torch.no_grad():
+        feats = [speed_encoder.backbone(speed_encoder.preprocess([load_rgb(p)])).float() for p in images]
+        full = np.concatenate([
+            torch.cat([g] + [p[0] for p in patches.values()]).numpy()
+            for g, patches in (speed_encoder.pooling(f) for f in feats)
+        ])
+    got = _vlad_samples(None, speed_encoder.pooling, images, feats, None, "cpu", 100, np.random.default_rng(5), False)
+    assert full.shape[0] > 100
+    want = full[np.sort(np.random.default_rng(5).choice(len(full), 100, replace=False))]
+    np.testing.assert_array_equal(got, want)

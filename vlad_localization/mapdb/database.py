@@ -16,7 +16,6 @@ from .patch_store import GLOBAL_FILE, PatchStore, open_rows
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "global.faiss"
-REFINE = 4  # shortlist factor for lossy (PQ) indexes, re-scored exactly
 
 
 class MapDatabase:
@@ -80,19 +79,7 @@ class MapDatabase:
         q = np.atleast_2d(np.asarray(queries, np.float32))
         if self.size == 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        if not self.index.lossy:
-            return self.index.search(q, k)
-        # PQ codes are approximate: shortlist REFINE x k, re-score exactly from global.f32
-        _, cand = self.index.search(q, k * REFINE)
-        sims = np.full(cand.shape, -np.inf, np.float32)
-        for r in range(len(q)):
-            ok = cand[r] >= 0
-            sims[r, ok] = np.asarray(self.global_desc[cand[r, ok]]) @ q[r]
-        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-        ids = np.take_along_axis(cand, order, 1)
-        sims = np.take_along_axis(sims, order, 1)
-        ids[~np.isfinite(sims)] = -1
-        return sims, ids
+        return self.index.search(q, k, exact=self.global_desc)  # PQ: shortlist re-scored exactly
 
     def keyframes(self, ids) -> list[Keyframe]:
         return self.table.get(ids)

@@ -94,6 +94,9 @@ class IndexSpec:
         }[self.kind]
 
 
+REFINE = 4  # shortlist factor of lossy (PQ) indexes, re-scored exactly
+
+
 def _blas_top_k(vectors: np.ndarray, ids: np.ndarray, scratch: np.ndarray, q: np.ndarray,
                 k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-k (similarities descending), one BLAS matrix-vector product per
@@ -105,6 +108,19 @@ def _blas_top_k(vectors: np.ndarray, ids: np.ndarray, scratch: np.ndarray, q: np
         rows = rows[np.argsort(-sims[rows], kind="stable")]
         sims_out[i], ids_out[i] = sims[rows], ids[rows]
     return sims_out, ids_out
+
+
+def _rescored(cand: np.ndarray, exact: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``k`` of each row of shortlisted ids ``cand`` by exact inner product with ``exact[id]``."""
+    sims = np.full(cand.shape, -np.inf, np.float32)
+    for r in range(len(q)):
+        ok = cand[r] >= 0
+        sims[r, ok] = np.asarray(exact[cand[r, ok]]) @ q[r]
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    ids = np.take_along_axis(cand, order, 1)
+    sims = np.take_along_axis(sims, order, 1)
+    ids[~np.isfinite(sims)] = -1
+    return sims, ids
 
 
 class GlobalIndex:
@@ -161,14 +177,23 @@ class GlobalIndex:
             self._flat = None  # faiss may reallocate its storage
             self.index.add_with_ids(x, np.ascontiguousarray(ids, dtype=np.int64))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(similarities (Q, k) float32, ids (Q, k) int64); missing results have id -1."""
+    def search(self, queries: np.ndarray, k: int, exact: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities (Q, k) float32, ids (Q, k) int64); missing results have id -1.
+
+        For a lossy (PQ) index, ``exact`` (the float32 vectors, rows indexed by id) re-scores a
+        shortlist of ``REFINE * k`` exactly, so the similarities and the order within the probed
+        lists are exact."""
         q = _as_f32(queries)
         if q.ndim == 1:
             q = q[None]
         if q.shape[1] != self.dim:
             raise ValueError(f"query descriptor has {q.shape[1]} dims, the map index {self.dim}")
         k = max(1, min(int(k), max(self.ntotal, 1)))
+        if exact is not None and self.lossy:
+            return _rescored(self._search(q, k * REFINE)[1], exact, q, k)
+        return self._search(q, k)
+
+    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         flat = self._flat_storage() if len(q) < SMALL_BATCH else None
         if flat is not None:
             with self._flat_lock:

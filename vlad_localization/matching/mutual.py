@@ -12,8 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-# Upper bound on the (chunk, Pc, Pq) distance block held in memory at once.
-_MAX_BLOCK_BYTES = 64 * 1024 * 1024
+# Upper bound on the (chunk, Pq, Pc) distance block held at once. On the CPU one candidate's block
+# (3.5 MB for 936 x 936 patches) stays in cache for the elementwise passes and minima, which is
+# faster than one large product (~0.85x the time for the speed preset's top-10); a GPU wants few,
+# large launches.
+_MAX_BLOCK_BYTES = {"cpu": 4 * 1024 * 1024, "other": 256 * 1024 * 1024}
 
 
 @dataclass
@@ -62,7 +65,8 @@ def mutual_nearest_neighbours(query: torch.Tensor, candidates: torch.Tensor) -> 
         empty = np.zeros((num_cand, num_cpatch), dtype=np.int64)
         return MutualMatches(empty, empty.astype(bool))
     per_candidate = num_cpatch * num_qpatch * query.element_size()
-    chunk = max(1, _MAX_BLOCK_BYTES // per_candidate)
+    budget = _MAX_BLOCK_BYTES["cpu" if query.device.type == "cpu" else "other"]
+    chunk = max(1, budget // per_candidate)
     nearest_query, mutual = [], []
     with torch.no_grad():
         for start in range(0, num_cand, chunk):

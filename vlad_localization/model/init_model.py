@@ -38,13 +38,15 @@ def fit_wpca(samples: np.ndarray, num_pcs: int) -> tuple[np.ndarray, np.ndarray]
     n, d = samples.shape
     if num_pcs > min(n - 1, d):
         raise ValueError(f"num_pcs {num_pcs} needs more than {num_pcs} samples of dim > {num_pcs}, got {n} x {d}")
-    x = torch.from_numpy(samples).float()
+    x = torch.tensor(samples, dtype=torch.float32)  # a copy: centred in place below
     mu = x.mean(0)
     x -= mu
     dual = d > n
     lams, vecs = _top_eigenpairs((x @ x.t() if dual else x.t() @ x).double() / (n - 1), num_pcs)
     if dual:
-        u = (x.double().t() @ vecs) / torch.sqrt(lams.clamp_min(1e-9) * (n - 1))
+        # U = X^T V / sqrt(lambda (n-1)), in float64 one column block of X at a time (X is n x d, large)
+        u = torch.cat([x[:, lo : lo + 4096].double().t() @ vecs for lo in range(0, d, 4096)])
+        u /= torch.sqrt(lams.clamp_min(1e-9) * (n - 1))
     else:
         u = vecs
     weight = (u / torch.sqrt(lams.clamp_min(0) + 1e-9)).t()  # (num_pcs, d)
@@ -154,18 +156,22 @@ def build_offtheshelf_checkpoint(
 
 
 def _vlad_samples(model, pooling, image_paths, cached, image_size, dev, max_samples, rng, progress) -> np.ndarray:
-    """Raw (L2-normalised, un-projected) patch and global VLAD vectors of every image, subsampled."""
+    """Raw (L2-normalised, un-projected) patch and global VLAD vectors of every image, subsampled to
+    ``max_samples`` rows. Every image yields the same number of rows (one input size), so the sample
+    is drawn up front and only the chosen rows of each image are kept: memory is bounded by
+    ``max_samples`` rows, not by all patches of all images (12 GB for 100 images of the speed preset)."""
+    keep = None  # sorted global row indices to keep, known after the first image
     rows: list[np.ndarray] = []
     with torch.inference_mode():
-        for path, feats in tqdm(list(zip(image_paths, cached)), desc="VLAD for WPCA", disable=not progress):
+        for i, (path, feats) in enumerate(tqdm(list(zip(image_paths, cached)), desc="VLAD for WPCA", disable=not progress)):
             if feats is None:
                 feats = model(to_network_input([load_rgb(path)], *image_size).to(dev)).float()
             global_desc, patches = pooling(feats.to(dev))
-            rows.append(global_desc.cpu().numpy())
-            rows.extend(p[0].cpu().numpy() for p in patches.values())
-    sizes = [r.shape[0] for r in rows]
-    total = sum(sizes)
-    if total <= max_samples:
-        return np.concatenate(rows)
-    keep = np.sort(rng.choice(total, max_samples, replace=False))
-    return np.concatenate(rows)[keep]
+            image_rows = torch.cat([global_desc] + [p[0] for p in patches.values()]).cpu().numpy()
+            per_image = image_rows.shape[0]
+            if keep is None:
+                total = per_image * len(image_paths)
+                keep = np.arange(total) if total <= max_samples else np.sort(rng.choice(total, max_samples, replace=False))
+            lo, hi = np.searchsorted(keep, [i * per_image, (i + 1) * per_image])
+            rows.append(image_rows[keep[lo:hi] - i * per_image])
+    return np.concatenate(rows)
