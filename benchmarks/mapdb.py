@@ -1,10 +1,10 @@
 """Map database benchmark: global search latency, memory and recall vs map size, and map build
 throughput vs the reference feature extraction. Prints one JSON object.
 
-Search: synthetic L2-normalised maps (``--data``). ``routes`` (default): mapping runs whose
+Search: synthetic L2-normalised maps (``--data``, both by default). ``clusters``: ``N / 20`` random
+places, each visited 20 times, and near-duplicate revisits; ``routes``: mapping runs whose
 descriptors drift from keyframe to keyframe, with the step and revisit similarities measured on real
-descriptors (``ROUTE_STEP_COS``); ``clusters``: ``N / 20`` random places, each visited 20 times, and
-near-duplicate revisits. Queries are revisits of random keyframes. For each size x dim: Flat (exact)
+descriptors (``ROUTE_STEP_COS``). Queries are revisits of random keyframes. For each size x dim: Flat (exact)
 and, where affordable, IVF (nlist ~ 4 sqrt(N), trained on a subsample; an nprobe sweep) and HNSW32
 (an efSearch sweep); latency is per single query (batch of one, as the node searches), memory is the
 process RSS growth while building the index, recall@10 is against Flat, revisit@10 the fraction of
@@ -17,7 +17,7 @@ WPCA conv on the same checkpoint and input tensors, one float32 .npy per image a
 keyframes/s and patch bytes per keyframe for both, on the same images in the same run.
 
     python benchmarks/mapdb.py [--sizes 1000 10000 100000 1000000] [--dims 512 4096]
-        [--data routes|clusters] [--checkpoint CKPT --config speed] [--images DIR]
+        [--data clusters routes] [--checkpoint CKPT --config speed] [--images DIR]
         [--build-images 16] [--no-build]
 """
 from __future__ import annotations
@@ -54,11 +54,11 @@ ROUTE_STEP_COS = 0.6
 ROUTE_REVISIT_COS = 0.4
 
 
-def synthetic(n: int, dim: int, n_queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def synthetic_clusters(n: int, dim: int, n_queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``clusters`` data: (database (n, dim), queries (n_queries, dim), each query's source row)
-    of unit vectors: ``n / 20``
-    random place centres with 0.8 N(0, 1) noise per dim (visits of a place: cos ~0.6 to each
-    other, ~0 to every other place), queries perturbed database vectors (cos ~0.96 to the source)."""
+    of unit vectors: ``n / 20`` random place centres with 0.8 N(0, 1) noise per dim (visits of a
+    place: cos ~0.6 to each other, ~0 to every other place), queries perturbed database vectors
+    (cos ~0.96 to the source)."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((max(1, n // 20), dim), dtype=np.float32)
     x = np.empty((n, dim), np.float32)
@@ -67,7 +67,7 @@ def synthetic(n: int, dim: int, n_queries: int, seed: int = 0) -> tuple[np.ndarr
         x[lo:hi] = centres[rng.integers(0, len(centres), hi - lo)]
         x[lo:hi] += 0.8 * rng.standard_normal((hi - lo, dim), dtype=np.float32)
         x[lo:hi] /= np.linalg.norm(x[lo:hi], axis=1, keepdims=True)
-    return _revisits(x, rng, n_queries, 0.96)
+    return (x, *_revisits(x, rng, n_queries, 0.96))
 
 
 def synthetic_routes(n: int, dim: int, n_queries: int, seed: int = 0, route_len: int = 1000,
@@ -89,7 +89,7 @@ def synthetic_routes(n: int, dim: int, n_queries: int, seed: int = 0, route_len:
             cur /= np.linalg.norm(cur, axis=1, keepdims=True)
         x[t::route_len] = cur
     x = x[:n]
-    return _revisits(x, rng, n_queries, revisit_cos)
+    return (x, *_revisits(x, rng, n_queries, revisit_cos))
 
 
 def _unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -97,14 +97,14 @@ def _unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def _revisits(x: np.ndarray, rng: np.random.Generator, n_queries: int, cos: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x, unit queries with cosine ~``cos`` to random database rows (a revisit of that keyframe), those rows)."""
+def _revisits(x: np.ndarray, rng: np.random.Generator, n_queries: int, cos: float) -> tuple[np.ndarray, np.ndarray]:
+    """(unit queries with cosine ~``cos`` to random database rows (a revisit of that keyframe), those rows)."""
     src = rng.integers(0, len(x), n_queries)
     q = cos * x[src] + math.sqrt(1.0 - cos ** 2) * _unit_rows(rng, n_queries, x.shape[1])
-    return x, q / np.linalg.norm(q, axis=1, keepdims=True), src
+    return q / np.linalg.norm(q, axis=1, keepdims=True), src
 
 
-DATA = {"routes": synthetic_routes, "clusters": synthetic}
+DATA = {"clusters": synthetic_clusters, "routes": synthetic_routes}
 
 
 def rss() -> int:

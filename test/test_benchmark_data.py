@@ -35,7 +35,7 @@ def test_route_keyframes_drift_and_revisits_have_the_measured_similarity(mapdb_b
 
 
 def test_cluster_places_are_revisited_near_duplicates(mapdb_bench):
-    x, q, src = mapdb_bench.synthetic(4000, 512, 100, seed=1)
+    x, q, src = mapdb_bench.synthetic_clusters(4000, 512, 100, seed=1)
     cos = np.sum(q * x[src], axis=1)
     assert abs(cos.mean() - 0.96) < 0.01
     top1 = np.argmax(q @ x.T, axis=1)
