@@ -14,6 +14,8 @@ PIP := $(PY) -m pip
 DATA ?=
 WEIGHTS ?=
 PYTEST_ARGS ?=
+# make bench DEVICE=cuda: every benchmark on the GPU
+DEVICE ?= cpu
 
 .PHONY: demo test install install-test bench clean
 
@@ -40,10 +42,10 @@ test: $(VENV)/.installed-test
 	$(PY) -m pytest test $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test
-	$(PY) benchmarks/encode.py
-	$(PY) benchmarks/rerank.py
-	$(PY) benchmarks/mapdb.py
-	$(PY) benchmarks/node.py
+	$(PY) benchmarks/encode.py --device $(DEVICE)
+	$(PY) benchmarks/rerank.py --device $(DEVICE)
+	$(PY) benchmarks/mapdb.py --device $(DEVICE)
+	$(PY) benchmarks/node.py --device $(DEVICE)
 
 clean:
 	rm -rf $(VENV) build install log *.egg-info

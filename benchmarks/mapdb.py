@@ -18,7 +18,7 @@ keyframes/s and patch bytes per keyframe for both, on the same images in the sam
 
     python benchmarks/mapdb.py [--sizes 1000 10000 100000 1000000] [--dims 512 4096]
         [--data clusters routes] [--checkpoint CKPT --config speed] [--images DIR]
-        [--build-images 16] [--no-build]
+        [--build-images 16] [--no-build] [--faiss-gpu] [--device cuda]
 """
 from __future__ import annotations
 
@@ -133,6 +133,12 @@ def found(ids: np.ndarray, src: np.ndarray) -> float:
     return round(float(np.mean([s in row for row, s in zip(ids, src)])), 4)
 
 
+def on_gpu(index: GlobalIndex, args) -> dict:
+    """With ``--faiss-gpu``, move the index's search to GPU 0 (faiss-gpu; a spec without a GPU
+    version stays on the CPU, with a warning) and say where it searches."""
+    return {"faiss_gpu": index.to_gpu()} if args.faiss_gpu else {}
+
+
 def bench_search(data: str, n: int, dim: int, args) -> list[dict]:
     rows = []
     need = n * dim * 4 * 2  # data + index copy
@@ -143,7 +149,7 @@ def bench_search(data: str, n: int, dim: int, args) -> list[dict]:
     t = time.perf_counter()
     flat = GlobalIndex.build("Flat", x)
     row = {"n": n, "dim": dim, "index": "Flat", "build_s": round(time.perf_counter() - t, 2),
-           "index_mb": round((rss() - m0) / 1e6, 1)}
+           "index_mb": round((rss() - m0) / 1e6, 1)} | on_gpu(flat, args)
     row["ms_per_query"], truth = per_query_ms(flat, q)
     rows.append(row | {"ms_per_query": round(row["ms_per_query"], 3), "recall@10": 1.0,
                        "revisit@10": found(truth, src)})
@@ -169,12 +175,13 @@ def bench_search(data: str, n: int, dim: int, args) -> list[dict]:
         index.add(x, np.arange(n))
         build_s = time.perf_counter() - t
         mem = (rss() - m0) / 1e6
+        placed = on_gpu(index, args)
         for v in values:
             index.set_params(**{param: v})
             ms, ids = per_query_ms(index, q, exact=x)
             rows.append({"n": n, "dim": dim, "index": spec, param: v, "build_s": round(build_s, 2),
                          "index_mb": round(mem, 1), "ms_per_query": round(ms, 3), "recall@10": round(recall(ids, truth), 4),
-                         "revisit@10": found(ids, src)} | ({"rescored_exactly": True} if index.lossy else {}))
+                         "revisit@10": found(ids, src)} | placed | ({"rescored_exactly": True} if index.lossy else {}))
         del index
         gc.collect()
     return rows
@@ -209,7 +216,7 @@ class L2Norm:
         return _L2Norm()
 
 
-def reference_extract(images: list[np.ndarray], checkpoint: Path, cfg, out_dir: Path) -> dict:
+def reference_extract(images: list[np.ndarray], checkpoint: Path, cfg, out_dir: Path, device: str = "cpu") -> dict:
     """The reference feature_extract.py work: official modules, one float32 .npy per image/size."""
     import torch
     from patchnetvlad.models.patchnetvlad import PatchNetVLAD
@@ -231,16 +238,16 @@ def reference_extract(images: list[np.ndarray], checkpoint: Path, cfg, out_dir: 
         return model.WPCA(vlad.unsqueeze(-1).unsqueeze(-1))
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not missing, f"reference model lacks checkpoint weights: {missing}"
-    model.eval()
+    model.eval().to(device)
     start = time.perf_counter()
     with torch.no_grad():
         for lo in range(0, len(images), cfg.model.batch_size):
             x = to_network_input(images[lo: lo + cfg.model.batch_size], cfg.model.image_height, cfg.model.image_width)
-            local, glob = model.pool(model.encoder(x))
-            get_pca_encoding(model, glob).numpy()
+            local, glob = model.pool(model.encoder(x.to(device)))
+            get_pca_encoding(model, glob).cpu().numpy()
             for size, this in zip(cfg.model.patch_sizes, local):
                 pca = get_pca_encoding(model, this.permute(2, 0, 1).reshape(-1, this.size(1)))
-                pca = pca.reshape(this.size(2), this.size(0), num_pcs).permute(1, 2, 0).numpy()
+                pca = pca.reshape(this.size(2), this.size(0), num_pcs).permute(1, 2, 0).cpu().numpy()
                 for i in range(len(pca)):
                     np.save(out_dir / f"patchfeats_psize{size}_{lo + i}.npy", pca[i])
     seconds = time.perf_counter() - start
@@ -256,7 +263,7 @@ def bench_build(args) -> dict:
     from vlad_localization.model.encoder import Encoder
 
     cfg = load_config(args.config)
-    cfg.model.device = "cpu"
+    cfg.model.device = args.device
     tmp = Path(tempfile.mkdtemp(prefix="mapdb_bench_"))
     paths = list_images(args.images)[: args.build_images]
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
@@ -268,7 +275,7 @@ def bench_build(args) -> dict:
             num_clusters=cfg.model.num_clusters, num_pcs=min(cfg.model.num_pcs or 512, 128 * len(paths)),
             patch_sizes=cfg.model.patch_sizes, strides=cfg.model.strides,
             image_size=(cfg.model.image_height, cfg.model.image_width), device="cpu", seed=0, progress=False)
-    encoder = Encoder.from_checkpoint(checkpoint, cfg.model, "cpu")
+    encoder = Encoder.from_checkpoint(checkpoint, cfg.model, args.device)
     cfg.model.num_clusters, cfg.model.num_pcs = encoder.cfg.num_clusters, encoder.cfg.num_pcs
     images = [load_rgb(p) for p in paths]
     frames = [Frame(stamp_ns=i * 10**9, source=str(p), image=img) for i, (p, img) in enumerate(zip(paths, images))]
@@ -278,11 +285,11 @@ def bench_build(args) -> dict:
         stats = db.stats()
     ref_dir = tmp / "reference"
     ref_dir.mkdir()
-    reference = reference_extract(images, checkpoint, cfg, ref_dir)
+    reference = reference_extract(images, checkpoint, cfg, ref_dir, str(encoder.device))
     ours = {"seconds": round(summary.seconds, 2), "keyframes_per_s": round(summary.keyframes_per_s, 2),
             "patch_bytes_per_keyframe": stats["patch_bytes_per_keyframe"], "map_bytes": summary.bytes}
     return {
-        "images": len(images), "image_dir": str(args.images), "checkpoint": str(checkpoint),
+        "images": len(images), "image_dir": str(args.images), "checkpoint": str(checkpoint), "device": str(encoder.device),
         "model": encoder.identity() | {"checkpoint_sha256": encoder.identity()["checkpoint_sha256"][:12]},
         "ours_build_map": ours, "reference_feature_extract": reference,
         "throughput_ratio": round(ours["keyframes_per_s"] / reference["images_per_s"], 3),
@@ -310,6 +317,8 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="speed", help="preset/YAML for the build part")
     p.add_argument("--images", default=str(SHARED / "datasets" / "campus_loop_72"))
     p.add_argument("--build-images", type=int, default=16)
+    p.add_argument("--device", default="cpu", help="torch device of the build part, ours and the reference (cpu, cuda, cuda:N)")
+    p.add_argument("--faiss-gpu", action="store_true", help="search on GPU 0 (needs faiss-gpu; what cannot move stays on the CPU)")
     args = p.parse_args(argv)
     import faiss
     import torch

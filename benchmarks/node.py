@@ -6,7 +6,8 @@ keyframes; ImageNet VGG16 from ../shared/weights), then ``--duration`` s of 30 H
 processed rate, frames dropped by the node (newest-frame policy) and the node's RSS during the
 input (first vs second half: bounded memory). Prints JSON.
 
-    python benchmarks/node.py [--presets speed,performance,storage] [--duration 20] [--out node.json]
+    python benchmarks/node.py [--presets speed,performance,storage] [--duration 20] [--device cuda [--half]]
+        [--out node.json]
 """
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def sample_rss(pid: int, stop: threading.Event, out: list, period: float = 0.5) 
         stop.wait(period)
 
 
-def run_preset(preset: str, work: Path, duration: float, rate_hz: float, image_hw) -> dict:
+def run_preset(preset: str, work: Path, duration: float, rate_hz: float, image_hw, device: str = "cpu",
+               fp16: bool = False) -> dict:
     from vlad_localization.images.io import list_images, load_rgb
     from vlad_localization.ros.client import NodeClient, start_node, stop_node
     from vlad_localization.ros.diagnostics import parse_diagnostics
@@ -86,7 +88,7 @@ def run_preset(preset: str, work: Path, duration: float, rate_hz: float, image_h
     prep_s = time.monotonic() - t0
     images = [load_rgb(p) for p in list_images(CAMPUS)]
     log = work / f"{preset}_node.log"
-    proc = start_node({"map_path": map_dir, "checkpoint": checkpoint, "preset": config, "device": "cpu",
+    proc = start_node({"map_path": map_dir, "checkpoint": checkpoint, "preset": config, "device": device, "half": fp16,
                        "image_topics": [TOPIC], "qos_reliability": "best_effort",
                        "publish_match_image": False}, name=NAME, log_path=log)
     rss, stop = [], threading.Event()
@@ -128,6 +130,8 @@ def run_preset(preset: str, work: Path, duration: float, rate_hz: float, image_h
     last = diag[-1] if diag else {}
     return {
         "preset": preset,
+        "device": device,
+        "half": fp16,
         "image_size_hw": list(image_hw) if image_hw else None,
         "prepare_s": round(prep_s, 1),
         "input_rate_hz": round(len(stamps) / sent_s, 1),
@@ -137,7 +141,7 @@ def run_preset(preset: str, work: Path, duration: float, rate_hz: float, image_h
         "latency_ms": {"median": round(statistics.median(latencies), 1) if latencies else None,
                        "p95": round(q[18], 1), "min": round(min(latencies), 1) if latencies else None,
                        "max": round(max(latencies), 1) if latencies else None},
-        "node_diagnostics": {k: last.get(k) for k in ("dropped", "processed", "latency_encode_ms",
+        "node_diagnostics": {k: last.get(k) for k in ("device", "gpu_memory_mb", "dropped", "processed", "latency_encode_ms",
                                                      "latency_search_ms", "latency_rerank_ms", "latency_total_ms")},
         "rss_mb": {"at_start": round(mem[0], 1) if mem else None,
                    "first_half_median": round(statistics.median(mem[:half]), 1) if half else None,
@@ -158,6 +162,8 @@ def main(argv=None) -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of input per preset")
     parser.add_argument("--rate", type=float, default=30.0, help="input rate (Hz)")
     parser.add_argument("--image-size", default=None, help="HxW network input (default: the preset's)")
+    parser.add_argument("--device", default="cpu", help="the node's device parameter: cpu, cuda, cuda:N, auto")
+    parser.add_argument("--half", action="store_true", help="the node's half parameter: fp16 encoder on CUDA")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if not CAMPUS.is_dir() or not WEIGHTS.is_file():
@@ -168,7 +174,7 @@ def main(argv=None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="vlad_bench_node_") as tmp:
         for preset in args.presets.split(","):
-            results.append(run_preset(preset, Path(tmp), args.duration, args.rate, image_hw))
+            results.append(run_preset(preset, Path(tmp), args.duration, args.rate, image_hw, args.device, args.half))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     report = {"benchmark": "node", "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "input": f"campus_loop_72 426x240 rgb8 at {args.rate} Hz, best_effort depth 1", "results": results}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 import pytest
 
 from vlad_localization.images import Pose, load_rgb
@@ -115,3 +116,19 @@ def test_from_paths_refuses_another_model(campus_map, speed_checkpoint, speed_co
     speed_config.model.image_height, speed_config.model.image_width = 480, 640
     with pytest.raises(MapError, match=r"input=240x320.*input=480x640"):
         Localizer.from_paths(campus_map, speed_checkpoint, speed_config, device="cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("half", [False, True])
+def test_cuda_localizer_agrees_with_the_cpu(campus_map, speed_checkpoint, speed_config, loc, images, half):
+    """Encoding and re-ranking on the GPU (fp32 or fp16 backbone) finds what the CPU finds."""
+    speed_config.model.half = half
+    gpu = Localizer.from_paths(campus_map, speed_checkpoint, speed_config, device="cuda")
+    assert gpu.encoder.device.type == "cuda" and gpu.encoder.half == half
+    for i in (24, 30, 71):
+        ours, theirs = (x.query(images[i], k=len(MAP_IDS)).candidates for x in (gpu, loc))  # the whole map
+        assert ours[0].map_id == theirs[0].map_id
+        cpu = {c.map_id: c for c in theirs}
+        for c in ours:
+            assert c.global_similarity == pytest.approx(cpu[c.map_id].global_similarity, abs=2e-2 if half else 2e-3)
+            assert c.patch_score == pytest.approx(cpu[c.map_id].patch_score, abs=0.1 if half else 0.02)

@@ -216,6 +216,10 @@ class GlobalIndex:
 
     def set_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Set IVF ``nprobe`` / HNSW ``efSearch`` (ignored by index types without them)."""
+        if self._gpu:  # pragma: no cover - needs faiss-gpu; GPU IVF indexes are set through their parameter space
+            if nprobe is not None and self.spec.startswith("IVF"):
+                faiss.GpuParameterSpace().set_index_parameter(self.index, "nprobe", int(nprobe))
+            return
         inner = faiss.downcast_index(self.index.index) if hasattr(self.index, "index") else self.index
         if nprobe is not None:
             try:
