@@ -4,16 +4,17 @@
         checkpoint:=model.pth.tar image_topic:=/camera/image_raw [preset:=speed] \
         [use_sim_time:=true] [namespace:=robot1] [params_file:=my_params.yaml]
 
-With a lifecycle manager instead, pass autostart:=false in a params file.
+Launch arguments override ``params_file``; ``preset`` and ``image_topic`` only when given, so several
+cameras are listed as ``image_topics`` in a params file. With a lifecycle manager instead, pass
+``autostart: false`` in a params file.
 """
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
-from launch_ros.parameter_descriptions import ParameterValue
 
 PACKAGE = "vlad_localization"
 
@@ -23,32 +24,41 @@ def generate_launch_description():
     args = [
         DeclareLaunchArgument("map", description="map directory from `vlad-localization build-map`"),
         DeclareLaunchArgument("checkpoint", description="checkpoint the map was built with"),
-        DeclareLaunchArgument("preset", default_value="speed",
-                              description="performance | speed | storage | path to a config YAML"),
-        DeclareLaunchArgument("image_topic", default_value="/camera/image_raw",
-                              description="camera topic (Image, or CompressedImage if it ends in /compressed)"),
+        DeclareLaunchArgument("preset", default_value="",
+                              description="performance | speed | storage | path to a config YAML "
+                                          "(default: params_file's, speed in the shipped one)"),
+        DeclareLaunchArgument("image_topic", default_value="",
+                              description="one camera topic (Image, or CompressedImage if it ends in /compressed); "
+                                          "default: params_file's image_topics (/camera/image_raw in the shipped one)"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="use /clock (e.g. `ros2 bag play --clock`)"),
         DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
         DeclareLaunchArgument("params_file", default_value=default_params,
                               description="node parameters YAML (config/vlad_localization.yaml)"),
     ]
-    cfg = LaunchConfiguration
-    node = LifecycleNode(
+    return LaunchDescription(args + [OpaqueFunction(function=node_actions)])
+
+
+def node_actions(context):
+    """The node, its parameters: ``params_file``, then the launch arguments that were given (a
+    ``preset`` or ``image_topic`` left empty does not override the file, e.g. its several cameras)."""
+    def value(name):
+        return LaunchConfiguration(name).perform(context)
+
+    overrides = {
+        "map_path": value("map"),
+        "checkpoint": value("checkpoint"),
+        "use_sim_time": value("use_sim_time").strip().lower() in ("true", "1", "yes"),
+    }
+    if value("preset"):
+        overrides["preset"] = value("preset")
+    if value("image_topic"):
+        overrides["image_topics"] = [value("image_topic")]
+    return [LifecycleNode(
         package=PACKAGE,
         executable="vlad_localization_node",
         name="vlad_localization",
-        namespace=cfg("namespace"),
+        namespace=value("namespace"),
         output="screen",
-        parameters=[
-            cfg("params_file"),
-            {
-                "map_path": cfg("map"),
-                "checkpoint": cfg("checkpoint"),
-                "preset": cfg("preset"),
-                "image_topics": [[cfg("image_topic")]],  # inner list: a list of strings, not one string
-                "use_sim_time": ParameterValue(cfg("use_sim_time"), value_type=bool),
-            },
-        ],
-    )
-    return LaunchDescription(args + [node])
+        parameters=[value("params_file"), overrides],
+    )]

@@ -79,6 +79,16 @@ def test_query_json_and_table(map_a, env, capsys):
     assert "rank" in out and "image_40.png" in out
 
 
+def test_query_top_k_defaults_to_the_config(map_a, env, capsys):
+    small = Path(env["common"][3])
+    cfg = env["root"] / "top2.yaml"
+    cfg.write_text(yaml.safe_dump({**yaml.safe_load(small.read_text()), "localizer": {"top_k": 2}}))
+    q = str(env["data"] / "campus_loop_72" / "image_40.png")
+    argv = ["query", "--map", str(map_a), "--checkpoint", env["common"][1], "--config", str(cfg), "--json", q]
+    assert main(argv) == 0
+    assert len(json.loads(capsys.readouterr().out)["candidates"]) == 2
+
+
 def test_merge_maps_and_refusals(map_a, env, capsys):
     folder = image_folder(env["root"] / "b_imgs", env["data"], [10, 50])
     map_b = env["root"] / "map_b"

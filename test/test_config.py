@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vlad_localization.config import ConfigError, PRESETS, load_config
+from vlad_localization.config import PRESETS, Config, ConfigError, config_from_dict, load_config
 
 OFFICIAL_MATCHERS = {"RANSAC": "ransac", "spatialApproximator": "spatial"}
 
@@ -51,6 +51,15 @@ def test_user_file_extends_a_preset(tmp_path):
         ("base: fast\n", ["fast", "preset"]),
         ("model: [1, 2\n", ["YAML"]),
         ("matching:\n  patch_weights: [1, 2]\n", ["one weight per patch size"]),
+        # wrong types: a YAML string is not a bool, a scalar not a list, a bool not a number
+        ("localizer:\n  rerank: \"false\"\n", ["bad.yaml", "localizer", "rerank", "true/false", "'false'"]),
+        ("model:\n  patch_sizes: 5\n", ["patch_sizes", "a list of integers"]),
+        ("model:\n  num_clusters: \"64\"\n", ["num_clusters", "an integer"]),
+        ("map:\n  nprobe: true\n", ["nprobe", "an integer or null"]),
+        # out of range
+        ("localizer:\n  top_k: 0\n", ["bad.yaml", "localizer.top_k", ">= 1"]),
+        ("map:\n  nprobe: -1\n", ["map.nprobe", ">= 1"]),
+        ("model:\n  num_pcs: 0\n", ["model.num_pcs"]),
     ],
 )
 def test_bad_config_files_are_refused_with_a_message_naming_the_problem(tmp_path, text, words):
@@ -65,3 +74,10 @@ def test_bad_config_files_are_refused_with_a_message_naming_the_problem(tmp_path
 def test_unknown_preset_name_lists_the_presets():
     with pytest.raises(ConfigError, match="performance, speed, storage"):
         load_config("fastest")
+
+
+def test_numbers_and_nulls_where_the_types_allow_them():
+    cfg = config_from_dict({"matching": {"ransac_threshold_factor": 2, "ransac_seed": None},
+                            "model": {"num_pcs": None}, "map": {"nprobe": 256}})
+    assert cfg.matching.ransac_threshold_factor == 2 and cfg.model.num_pcs is None and cfg.map.nprobe == 256
+    assert (Config().map.index, Config().map.nprobe) == (None, None)  # a map's own settings unless given

@@ -255,6 +255,27 @@ def test_oversized_compressed_rejected_before_decoding(colour, monkeypatch):
         assert reason_of(compressed_msg_to_rgb, Compressed("jpeg", data)) == "too_large"
 
 
+def test_other_formats_are_never_decoded_and_big_jpeg_metadata_is_walked(colour, monkeypatch):
+    """A TIFF/BMP/WebP size cannot be checked before decoding: refused undecoded. A JPEG with 2 MB
+    of APP segments before its frame header still has its size read (and checked) first."""
+    _, jpeg = rgb_to_compressed(colour[:16, :16], "jpeg")
+    app = b"\xff\xe1" + struct.pack(">H", 65535) + bytes(65533)  # one maximal APP1 segment
+    padded = jpeg[:2] + app * 32 + jpeg[2:]
+    assert len(padded) > 2 * 2**20 and peek_compressed_size(padded) == (16, 16)
+    np.testing.assert_array_equal(compressed_msg_to_rgb(Compressed("jpeg", padded)),
+                                  compressed_msg_to_rgb(Compressed("jpeg", jpeg)))
+    assert reason_of(compressed_msg_to_rgb, Compressed("jpeg", _patch_jpeg_size(padded, 8000, 6000))) == "too_large"
+    others = [cv2.imencode(ext, colour[:16, :16])[1].tobytes() for ext in (".tiff", ".bmp")]
+
+    def no_decode(*a, **k):
+        raise AssertionError("imdecode must not be called on data whose size was not checked")
+
+    monkeypatch.setattr(convert.cv2, "imdecode", no_decode)
+    for data in others:
+        assert peek_compressed_size(data) is None
+        assert reason_of(compressed_msg_to_rgb, Compressed("tiff", data)) == "decode_failed"
+
+
 def test_bad_compressed_images_raise_with_their_reason(colour):
     _, jpeg = rgb_to_compressed(colour, "jpeg")
     assert reason_of(compressed_msg_to_rgb, Compressed("jpeg", b"")) == "empty_image"

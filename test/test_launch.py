@@ -43,20 +43,21 @@ def _stub_modules(share: Path) -> dict[str, types.ModuleType]:
         return mod
 
     classes = {n: type(n, (_Recorder,), {}) for n in (
-        "LaunchDescription", "DeclareLaunchArgument", "LaunchConfiguration", "LifecycleNode", "Node",
-        "ParameterValue")}
+        "LaunchDescription", "DeclareLaunchArgument", "LifecycleNode", "Node", "OpaqueFunction")}
+    # a launch argument's value: the context is a dict of argument values here
+    classes["LaunchConfiguration"] = type("LaunchConfiguration", (_Recorder,),
+                                          {"perform": lambda self, context: context[self.args[0]]})
     return {
         "ament_index_python": module("ament_index_python"),
         "ament_index_python.packages": module("ament_index_python.packages",
                                               get_package_share_directory=lambda pkg: str(share)),
         "launch": module("launch", LaunchDescription=classes["LaunchDescription"]),
-        "launch.actions": module("launch.actions", DeclareLaunchArgument=classes["DeclareLaunchArgument"]),
+        "launch.actions": module("launch.actions", DeclareLaunchArgument=classes["DeclareLaunchArgument"],
+                                 OpaqueFunction=classes["OpaqueFunction"]),
         "launch.substitutions": module("launch.substitutions", LaunchConfiguration=classes["LaunchConfiguration"]),
         "launch_ros": module("launch_ros"),
         "launch_ros.actions": module("launch_ros.actions", LifecycleNode=classes["LifecycleNode"],
                                      Node=classes["Node"]),
-        "launch_ros.parameter_descriptions": module("launch_ros.parameter_descriptions",
-                                                    ParameterValue=classes["ParameterValue"]),
     }
 
 
@@ -72,16 +73,19 @@ def test_generate_launch_description_with_stub_modules(monkeypatch):
     declared = {a.args[0]: a.kwargs.get("default_value") for a in actions if type(a).__name__ == "DeclareLaunchArgument"}
     assert set(declared) == {"map", "checkpoint", "preset", "image_topic", "use_sim_time", "namespace", "params_file"}
     assert Path(declared["params_file"]) == REPO / "config" / "vlad_localization.yaml"  # share dir = repo here
-    (node,) = [a for a in actions if type(a).__name__ == "LifecycleNode"]
+    (opaque,) = [a for a in actions if type(a).__name__ == "OpaqueFunction"]
+    given = {"map": "maps/run1", "checkpoint": "m.pth.tar", "preset": "performance", "image_topic": "/cam/image_raw",
+             "use_sim_time": "true", "namespace": "robot1", "params_file": "my.yaml"}
+    (node,) = opaque.kwargs["function"](given)
     assert node.kwargs["package"] == "vlad_localization"
     assert node.kwargs["executable"] == "vlad_localization_node"
-    assert node.kwargs["name"] == "vlad_localization"
-    params_file, overrides = node.kwargs["parameters"]
-    assert params_file.args == ("params_file",)
-    assert overrides["map_path"].args == ("map",) and overrides["checkpoint"].args == ("checkpoint",)
-    topics = overrides["image_topics"]
-    assert isinstance(topics, list) and isinstance(topics[0], list)  # launch_ros: list of strings
-    assert topics[0][0].args == ("image_topic",)
-    assert overrides["use_sim_time"].kwargs["value_type"] is bool
+    assert node.kwargs["name"] == "vlad_localization" and node.kwargs["namespace"] == "robot1"
+    params_file, overrides = node.kwargs["parameters"]  # later entries win in launch_ros
+    assert params_file == "my.yaml"
+    assert overrides == {"map_path": "maps/run1", "checkpoint": "m.pth.tar", "use_sim_time": True,
+                         "preset": "performance", "image_topics": ["/cam/image_raw"]}
+    # preset / image_topic not given: the params file's values (e.g. several cameras) are not overridden
+    (node,) = opaque.kwargs["function"](given | {"preset": "", "image_topic": "", "use_sim_time": "false"})
+    assert node.kwargs["parameters"][1] == {"map_path": "maps/run1", "checkpoint": "m.pth.tar", "use_sim_time": False}
     node_params = yaml.safe_load((REPO / "config" / "vlad_localization.yaml").read_text())["/**"]["ros__parameters"]
     assert {"map_path", "checkpoint", "preset", "image_topics"} <= set(node_params)

@@ -212,6 +212,81 @@ def test_rebuild_replaces_and_append_adds_a_run(tmp_path):
         build(tmp_path / "new", 2, append=True)
 
 
+def _writer_with(path, n, start, append=True, **kw):
+    """A MapWriter holding ``n`` synthetic keyframes, not yet committed."""
+    enc = FakeEncoder()
+    w = MapWriter(path, enc.identity(), append=append, **kw)
+    d = enc.encode([image(i) for i in range(start, start + n)])
+    kfs = [Keyframe(-1, stamp_ns=i * 10**9, frame_id="cam", source=f"img_{i}.png") for i in range(start, start + n)]
+    w.add(d.global_desc.numpy(), {5: d.patches[5].numpy().astype(np.float16)}, kfs, GRID, IMG)
+    return w
+
+
+def test_concurrent_appends_keep_both_runs(tmp_path):
+    import threading
+
+    path = tmp_path / "map"
+    build(path, 5)
+    first = _writer_with(path, 3, 100)  # holds the map's write lock until it publishes
+    second: dict = {}
+    thread = threading.Thread(target=lambda: second.setdefault("w", _writer_with(path, 4, 200)))
+    thread.start()
+    time.sleep(0.5)
+    assert thread.is_alive()  # the second appender waits instead of copying the map under the first
+    first.commit(["run-A"])
+    thread.join(10)
+    second["w"].commit(["run-B"])
+    with MapDatabase.open(path) as db:
+        assert db.size == 12 and [r.sources for r in db.manifest.runs] == [["synthetic"], ["run-A"], ["run-B"]]
+
+
+def test_append_keeps_the_index_settings_unless_given(tmp_path):
+    path = tmp_path / "map"
+    build(path, 40, index="HNSW16", ef_search=256)
+    build(path, 3, start=100, append=True)  # no index settings given: the map's stay
+    with MapDatabase.open(path) as db:
+        assert (db.manifest.index["spec"], db.manifest.index["ef_search"]) == ("HNSW16", 256)
+    build(path, 3, start=200, append=True, index="Flat")
+    with MapDatabase.open(path) as db:
+        assert db.manifest.index["spec"] == "Flat" and db.size == 46
+
+
+def test_open_during_a_swap_reads_the_new_map(tmp_path, monkeypatch):
+    """A reader that reads the old manifest, then the files of the map swapped in meanwhile (what
+    ~/reload_map may meet while build-map --append publishes), opens the new map."""
+    from vlad_localization.mapdb.manifest import Manifest
+
+    path = tmp_path / "map"
+    build(path, 5)
+    pending = [_writer_with(path, 3, 100)]
+    real = Manifest.check_model
+
+    def swap_first(self, identity, where):
+        if pending:
+            pending.pop().commit(["appended"])  # publishes between the manifest read and the files
+        return real(self, identity, where)
+
+    monkeypatch.setattr(Manifest, "check_model", swap_first)
+    with MapDatabase.open(path, identity=FakeEncoder().identity()) as db:
+        assert db.size == 8 and not pending
+
+
+def test_non_finite_descriptors_are_refused(tmp_path):
+    enc = FakeEncoder()
+    d = enc.encode([image(0), image(1)])
+    g = d.global_desc.numpy().copy()
+    g[1, 3] = np.nan
+    kfs = [Keyframe(-1, stamp_ns=i, frame_id="cam", source="x") for i in range(2)]
+    with MapWriter(tmp_path / "map", enc.identity()) as w:
+        with pytest.raises(MapError, match="NaN/inf descriptors \\(global\\)"):
+            w.add(g, {5: d.patches[5].numpy().astype(np.float16)}, kfs, GRID, IMG)
+        patches = d.patches[5].numpy().astype(np.float16)
+        patches[0, 0, 0] = np.inf
+        with pytest.raises(MapError, match="patch size 5"):
+            w.add(d.global_desc.numpy(), {5: patches}, kfs, GRID, IMG)
+    assert not (tmp_path / "map").exists() and not staging_dirs(tmp_path / "map")
+
+
 def test_sigkill_mid_build_leaves_previous_map(tmp_path):
     path = tmp_path / "map"
     build(path, 3)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import random
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,19 @@ def test_not_a_torch_file(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(CheckpointError):
         read_checkpoint(path)
+
+
+@pytest.mark.parametrize("content", [
+    b"\x89PNG\r\n\x1a\n" + bytes(64),  # an image passed by mistake
+    random.Random(0).randbytes(4096),
+    b"state_dict = {}\n",
+])
+def test_non_torch_file_is_named_as_such_not_refused(tmp_path, content):
+    path = tmp_path / "x.png"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint") as info:
+        read_checkpoint(path)
+    assert "refused" not in str(info.value) and "x.png" in str(info.value)
 
 
 def test_missing_file(tmp_path):

@@ -198,3 +198,75 @@ def test_stats_snapshot_reports_rates_counts_and_latency():
 
     array = diagnostic_array(Time(sec=5), "n: loop closure", b"\x00", "ok", values)
     assert parse_diagnostics(array, "n: loop closure")["processed"] == "1"
+
+
+def _bare_node(overrides, factory=None):
+    from rclpy.parameter import Parameter
+
+    from vlad_localization.ros.node import VladLocalizationNode
+
+    params = [Parameter("map_path", value="fake"), Parameter("checkpoint", value="fake")]
+    params += [Parameter(k, value=v) for k, v in overrides.items()]
+    return VladLocalizationNode(localizer_factory=factory or (lambda *a: FakeLocalizer()), parameter_overrides=params)
+
+
+@pytest.fixture
+def rclpy_context(ros_domain_id):
+    import rclpy
+
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+def test_parameters_accept_natural_yaml_types_and_refuse_bad_values(rclpy_context):
+    from rclpy.parameter import Parameter
+
+    node = _bare_node({"compressed": True, "max_rate_hz": 5, "score_threshold": "high", "top_k": "many",
+                       "qos_reliability": "sometimes", "matcher": "sift"})
+    try:
+        assert node.param("compressed") == "true"  # a YAML bool, as the README writes it
+        assert node.param("max_rate_hz") == 5.0 and isinstance(node.param("max_rate_hz"), float)
+        # wrong types and values: an error naming the parameter, the default kept, the node alive
+        assert node.param("score_threshold") == 0.3 and node.param("top_k") == 0
+        assert node.param("qos_reliability") == "best_effort" and node.param("matcher") == ""
+        assert not node.set_parameters([Parameter("min_time_gap_s", value=-1.0)])[0].successful
+        assert not node.set_parameters([Parameter("compressed", value="maybe")])[0].successful
+        assert node.set_parameters([Parameter("min_time_gap_s", value=12)])[0].successful
+        assert node.param("min_time_gap_s") == 12.0
+    finally:
+        node.destroy_node()
+
+
+def test_failed_activate_and_error_leave_nothing_running(rclpy_context, monkeypatch):
+    from rclpy.parameter import Parameter
+
+    fakes = []
+    node = _bare_node({"image_topics": ["/cam0/image_raw", "/cam1/image raw"]},
+                      factory=lambda *a: fakes.append(FakeLocalizer()) or fakes[-1])
+    try:
+        assert node.trigger_configure().name == "FAILURE" and not fakes  # bad name: refused before loading
+        node.set_parameters([Parameter("image_topics", value=["/cam0/image_raw", "/cam1/image_raw"])])
+        assert node.trigger_configure().name == "SUCCESS" and len(fakes) == 1
+        real = node.create_subscription
+        calls = []
+
+        def second_fails(*args, **kwargs):
+            calls.append(args[1])
+            if len(calls) == 2:
+                raise RuntimeError("no such transport")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(node, "create_subscription", second_fails)
+        assert node.trigger_activate().name == "FAILURE"
+        assert node._subs == [] and node._worker is None  # the first subscription was undone
+        monkeypatch.setattr(node, "_reliability", lambda: 1 / 0)  # raises inside the transition
+        node.trigger_activate()
+        assert node._state_machine.current_state[1] == "unconfigured"  # on_error ran
+        assert fakes[0].released and node._pubs == {} and node._localizer is None
+        monkeypatch.undo()
+        assert node.trigger_configure().name == "SUCCESS" and node.trigger_activate().name == "SUCCESS"
+        assert len(node._subs) == 2 and len(fakes) == 2
+    finally:
+        node.stop()
+        node.destroy_node()

@@ -11,6 +11,8 @@ data in ``config/`` and are loaded by name::
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -54,6 +56,7 @@ class ModelConfig:
             raise ConfigError("model.num_clusters must be >= 1")
         if self.backbone not in ("vgg16", "resnet18", "resnet50"):
             raise ConfigError(f"model.backbone {self.backbone!r}: use vgg16, resnet18 or resnet50")
+        _at_least("model", self, num_pcs=1, image_height=0, image_width=0, batch_size=1)
 
 
 @dataclass
@@ -82,9 +85,10 @@ class MatchingConfig:
 class MapConfig:
     """Map database: faiss index, keyframe selection and what is stored per keyframe."""
 
-    index: str = "Flat"  # Flat | IVF<n>,Flat | IVF<n>,PQ<m> | HNSW<M>
-    nprobe: int = 16  # IVF search parameter
-    ef_search: int = 128  # HNSW search parameter
+    # None: a new map gets Flat / nprobe 16 / efSearch 128, an append and a query keep the map's own
+    index: str | None = None  # Flat | IVF<n>,Flat | IVF<n>,PQ<m> | HNSW<M>
+    nprobe: int | None = None  # IVF search parameter
+    ef_search: int | None = None  # HNSW search parameter
     use_gpu: bool = False  # search on GPU when faiss-gpu is installed
     min_time_gap_s: float = 0.0  # keyframe selection: at least this much time between keyframes
     min_distance_m: float = 0.0  # ... and this much travel (when poses exist)
@@ -114,7 +118,49 @@ class Config:
     def validate(self) -> "Config":
         self.model.validate()
         self.matching.validate(self.model)
+        _at_least("map", self.map, nprobe=1, ef_search=1, thumbnail_width=16, min_time_gap_s=0.0,
+                  min_distance_m=0.0, min_descriptor_change=0.0)
+        _at_least("localizer", self.localizer, top_k=1, rerank_k=0, max_image_pixels=1)
         return self
+
+
+def _at_least(section: str, values, **minima) -> None:
+    """Range checks: each named field (when not None) must be >= its minimum."""
+    for name, low in minima.items():
+        value = getattr(values, name)
+        if value is not None and value < low:
+            raise ConfigError(f"{section}.{name} must be >= {low}, got {value!r}")
+
+
+def _type_error(value: Any, hint: Any) -> str | None:
+    """What is wrong with ``value`` for the annotation ``hint`` (None when it fits). Ints fit floats;
+    bools fit only bools."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        return None if any(_type_error(value, h) is None for h in options) else \
+            " or ".join(_type_name(h) for h in options)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        bad = not isinstance(value, list) or any(_type_error(v, item) for v in value)
+        return _type_name(hint) if bad else None
+    if hint is type(None):
+        return None if value is None else "null"
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, hint)
+    return None if ok else _type_name(hint)
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is list:
+        item = typing.get_args(hint)[0]
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(item, _type_name(item))
+    return {type(None): "null", bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -134,6 +180,11 @@ def _build_section(cls: type, values: Mapping[str, Any], where: str) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        expected = _type_error(value, hints[key])
+        if expected:
+            raise ConfigError(f"{where}: {key} must be {expected}, got {value!r}")
     return cls(**dict(values))
 
 
@@ -155,7 +206,10 @@ def config_from_dict(data: Mapping[str, Any], where: str = "config", base: Confi
         setattr(cfg, section, _build_section(cls, current, f"{where}: {section}"))
     if name:
         cfg.name = str(name)
-    return cfg.validate()
+    try:
+        return cfg.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def preset_path(name: str) -> Path:

@@ -133,8 +133,11 @@ class Localizer:
                 f"query encoded at {desc.image_size} (grid {desc.grid}) but map {db.path} at "
                 f"{tuple(m.image_size)} (grid {tuple(m.grid)}): use the model config the map was built with"
             )
+        query = desc.global_desc.detach().float().cpu().numpy()
+        if not np.isfinite(query).all():  # what a search or a score would make of it is meaningless
+            raise ValueError("the query's global descriptor has NaN/inf values (fp16 overflow? a corrupt checkpoint?)")
         k = int(k or self.config.localizer.top_k)
-        sims, ids = db.search(desc.global_desc.detach().float().cpu().numpy(), k)
+        sims, ids = db.search(query, k)
         keep = ids[0] >= 0
         sims, ids = sims[0][keep], ids[0][keep]
         t2 = time.perf_counter()

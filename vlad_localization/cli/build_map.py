@@ -10,13 +10,29 @@ from vlad_localization.cli.main import UserError
 
 log = logging.getLogger(__name__)
 
+DEFAULT_CONFIG = "speed"  # of every subcommand, so a map built without --config is queried with the same model
+
+EPILOG = """\
+Examples:
+  vlad-localization build-map --checkpoint model.pth.tar --config speed --bag run1.mcap \\
+      --image-topic /camera/image_raw --pose-topic /odom --out maps/run1
+  vlad-localization build-map --checkpoint model.pth.tar --images frames/ --poses frames/poses.csv \\
+      --min-distance 0.5 --out maps/campus
+  vlad-localization build-map --checkpoint model.pth.tar --bag run2.mcap \\
+      --image-topic /camera/image_raw --append --out maps/run1
+
+Query and replay the map with the same --checkpoint and --config.
+"""
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "build-map", help="build (or --append to) a map from a ROS 2 bag or an image folder",
-        description="Select keyframes from a bag's image topic or an image folder, encode them and "
-        "write a map directory atomically (the previous map at --out stays intact until the new one "
-        "is complete).",
+        description="Select keyframes from a bag's image topic or an image folder, encode them and\n"
+        "write a map directory atomically (the previous map at --out stays intact until the new\n"
+        "one is complete).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="Patch-NetVLAD checkpoint (.pth.tar)")
     p.add_argument("--out", required=True, help="map directory to create (or replace / --append to)")
@@ -25,7 +41,11 @@ def add_parser(sub) -> None:
     src.add_argument("--images", help="folder of images (natural order)")
     p.add_argument("--image-topic", help="bag image topic (sensor_msgs/Image or CompressedImage)")
     p.add_argument("--pose-topic", help="bag pose topic (nav_msgs/Odometry or PoseStamped), interpolated")
-    p.add_argument("--poses", help="CSV of stamps/poses for --images")
+    p.add_argument("--poses", metavar="CSV",
+                   help="stamps/poses for --images: a header row naming the columns (any order) "
+                        "file[,stamp_ns|stamp][,x,y[,z][,qx,qy,qz,qw|yaw]], or no header and rows "
+                        "file,x,y,yaw or file,x,y,z,qx,qy,qz,qw; file: an image name or a path relative "
+                        "to the CSV; stamp in s, yaw in rad")
     p.add_argument("--append", action="store_true", help="add this run to the existing map at --out")
     add_config_args(p)
     g = p.add_argument_group("map options (override the config's map section)")
@@ -39,9 +59,13 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="preset (performance, speed, storage) or YAML file; default: built-in defaults")
-    p.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the config's model.device)")
+def add_config_args(p: argparse.ArgumentParser, device: bool = True) -> None:
+    """``--config`` (same default for every subcommand) and, unless ``device=False``, ``--device``."""
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="PRESET|YAML",
+                   help="preset (performance, speed, storage) or YAML file: model, patch sizes, matching "
+                        f"(default: {DEFAULT_CONFIG})")
+    if device:
+        p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the config's model.device)")
 
 
 def load_cli_config(args):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .build_map import add_config_args
+
 EPILOG = """\
 Output (numpy .npz):
   global      N x D float32, L2-normalised global descriptors (D = num_pcs, or K*C without WPCA)
@@ -28,10 +30,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--checkpoint", required=True, type=Path,
                    help="official-format checkpoint (e.g. pittsburgh_WPCA512.pth.tar or from init-model)")
-    p.add_argument("--config", default="speed", metavar="PRESET|YAML",
-                   help="performance, speed, storage, or a YAML file: patch sizes, strides, image size "
-                        "(default: speed)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: the config's)")
+    add_config_args(p)
     p.add_argument("--half", action="store_true", help="fp16 backbone on CUDA")
     p.add_argument("--out", required=True, type=Path, help="output .npz file")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")

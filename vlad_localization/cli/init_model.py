@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .build_map import add_config_args
+
 EPILOG = """\
 What it does: samples VGG16/ResNet conv descriptors from your images, clusters them with k-means
 (faiss) to initialise the NetVLAD layer as the official code does, then fits the PCA-whitening
@@ -35,9 +37,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="output checkpoint, e.g. model.pth.tar")
     p.add_argument("--backbone", default=None, choices=("vgg16", "resnet18", "resnet50"),
                    help="backbone architecture (default: the config's, vgg16)")
-    p.add_argument("--config", default=None, metavar="PRESET|YAML",
-                   help="take patch sizes, strides, image size and defaults from a preset "
-                        "(performance, speed, storage) or YAML file (default: speed)")
+    add_config_args(p, device=False)
     p.add_argument("--num-clusters", type=int, default=None, help="NetVLAD clusters K (default: config's, 64)")
     p.add_argument("--num-pcs", type=int, default=None,
                    help="WPCA output dimension (default: config's; 0 = no WPCA layer)")
@@ -74,7 +74,7 @@ def run(args) -> int:
     from .main import UserError
 
     try:
-        model = load_config(args.config or "speed").model
+        model = load_config(args.config).model
     except ConfigError as exc:
         raise UserError(str(exc)) from exc
     images = _image_files(args.images)

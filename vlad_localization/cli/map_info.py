@@ -1,11 +1,24 @@
 """`vlad-localization map-info`: a map's manifest and statistics."""
 from __future__ import annotations
 
+import argparse
 import json
+
+EPILOG = """\
+Shows the model the map was built with (backbone, clusters, PCs, patch sizes, input size and the
+checkpoint's sha256: query it with that checkpoint and config), the index, keyframe counts, stamps,
+storage per file and the runs it was built from.
+
+Examples:
+  vlad-localization map-info maps/run1
+  vlad-localization map-info --json maps/run1 > run1_info.json
+"""
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("map-info", help="print a map's manifest and statistics")
+    p = sub.add_parser("map-info", help="print a map's manifest and statistics",
+                       description="Print a map's manifest and statistics.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("map", help="map directory")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .build_map import add_config_args
+
 EPILOG = """\
 Output: one JSON object
   global_similarity  inner product of the two L2-normalised NetVLAD global descriptors ([-1, 1])
@@ -40,11 +42,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--checkpoint", required=True, type=Path,
                    help="official-format checkpoint (e.g. pittsburgh_WPCA512.pth.tar or from init-model)")
-    p.add_argument("--config", default="speed", metavar="PRESET|YAML",
-                   help="performance, speed, storage, or a YAML file (default: speed)")
+    add_config_args(p)
     p.add_argument("--matcher", choices=("ransac", "spatial"), default=None,
                    help="patch scorer (default: the config's matching.matcher)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: the config's)")
     p.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
                    help="write the two images side by side with the matched patches drawn")
     p.add_argument("query", type=Path, help="query image")

@@ -1,15 +1,7 @@
-"""`vlad-localization query`: rank map keyframes for query images.
-
-``--json`` prints one object per query image and line::
-
-    {"query": "<path>", "candidates": [{"map_id": 3, "stamp": 12.5, "source": "...",
-      "global_similarity": 0.91, "patch_score": 0.42, "inliers": 57}, ...]}
-
-``stamp`` is in seconds (float; null without a stamp); ``patch_score`` is null for candidates that
-were not re-ranked. Candidates are in final rank order.
-"""
+"""`vlad-localization query`: rank map keyframes for query images (``--json`` fields in EPILOG)."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -17,16 +9,48 @@ from pathlib import Path
 
 from vlad_localization.cli.build_map import add_config_args, load_cli_config
 
+EPILOG = """\
+--json prints one object per query image and line:
+  {"query": "<path>", "candidates": [{"map_id": 3, "stamp": 12.5, "source": "...",
+    "global_similarity": 0.91, "patch_score": 0.42, "inliers": 57}, ...]}
+  query                the query image path
+  candidates           map keyframes in final rank order, each with
+    map_id             keyframe id in the map (see map-info)
+    stamp              keyframe stamp in seconds (null without a stamp)
+    source             the keyframe's image file, or bag:topic
+    global_similarity  inner product of the NetVLAD global descriptors ([-1, 1])
+    patch_score        absolute patch score in [0, 1] (null if not re-ranked)
+    inliers            patch matches supporting it, at the best patch size
+
+Example:
+  vlad-localization query --map maps/run1 --checkpoint model.pth.tar --config speed \\
+      --top-k 5 --json query.png more_queries/
+"""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("query", help="rank map keyframes for query images",
-                       description=__doc__.split("\n\n")[0])
+                       description="Rank map keyframes for query images: global NetVLAD search, then\n"
+                                   "patch re-ranking of the best candidates.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--map", required=True, help="map directory")
     p.add_argument("--checkpoint", required=True, help="the checkpoint the map was built with")
     add_config_args(p)
-    p.add_argument("--top-k", type=int, default=10, help="candidates per query (default 10)")
+    p.add_argument("--top-k", type=positive_int, default=None,
+                   help="candidates per query (default: the config's localizer.top_k)")
     p.add_argument("--no-rerank", action="store_true", help="global similarity only, no patch re-ranking")
-    p.add_argument("--json", action="store_true", help="one JSON object per query image and line")
+    p.add_argument("--json", action="store_true", help="one JSON object per query image and line (fields below)")
     p.add_argument("images", nargs="+", help="query images (files or folders)")
     p.set_defaults(func=run)
 
@@ -47,8 +71,9 @@ def run(args) -> int:
     from vlad_localization.pipeline import Localizer
 
     cfg = load_cli_config(args)
-    cfg.localizer.top_k = args.top_k
-    cfg.localizer.rerank_k = min(cfg.localizer.rerank_k, args.top_k) if cfg.localizer.rerank_k else args.top_k
+    if args.top_k is not None:
+        cfg.localizer.top_k = args.top_k
+        cfg.localizer.rerank_k = min(cfg.localizer.rerank_k, args.top_k) if cfg.localizer.rerank_k else args.top_k
     if args.no_rerank:
         cfg.localizer.rerank = False
     paths = [q for p in map(Path, args.images) for q in (list_images(p) if p.is_dir() else [p])]

@@ -1,31 +1,49 @@
-"""`vlad-localization replay`: the node's pipeline offline (no DDS) over a bag's image topic.
-
-Writes, per frame, what ``vlad_localization_node`` would publish: the candidates in rank order and
-the loop closure (same rule, :func:`vlad_localization.loop_closure.select_loop_closure`). Every
-frame is processed (no newest-frame dropping), so results do not depend on the machine's speed.
-"""
+"""`vlad-localization replay`: the node's pipeline offline (no DDS) over a bag's image topic."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
 import time
 from pathlib import Path
 
+from vlad_localization.cli.build_map import add_config_args
 from vlad_localization.loop_closure import (
     DEFAULT_MIN_TIME_GAP_S, DEFAULT_SCORE_THRESHOLD, select_loop_closure,
 )
 
+DESCRIPTION = """\
+Run the node's pipeline offline (no DDS) over a bag's image topic.
+
+Writes, per frame, what vlad_localization_node would publish: the candidates in rank order
+and the loop closure (the node's rule, vlad_localization.loop_closure.select_loop_closure).
+Every frame is processed (no newest-frame dropping), so results do not depend on the machine's
+speed.
+"""
+
+EPILOG = """\
+Output (JSON Lines, one object per frame):
+  query_stamp   frame stamp in seconds
+  candidates    map_id, map_stamp (s), global_similarity, patch_score, inliers, in rank order
+  loop_closure  [t_query, t_match] in seconds, or null
+  timings       encode_ms, search_ms, rerank_ms, total_ms
+
+Example:
+  vlad-localization replay --bag run2.mcap --image-topic /camera/image_raw --map maps/run1 \\
+      --checkpoint model.pth.tar --config speed --score-threshold 0.25 --out run2_closures.jsonl
+"""
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("replay", help="run the node's loop-closure pipeline offline over a bag",
-                       description=__doc__)
+                       description=DESCRIPTION, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bag", required=True, help="ROS 2 bag directory (.mcap or .db3)")
     p.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
     p.add_argument("--map", required=True, help="map directory from build-map")
     p.add_argument("--checkpoint", required=True, help="checkpoint the map was built with")
-    p.add_argument("--config", default="speed", help="preset name or YAML (default: speed)")
-    p.add_argument("--device", default=None, help="torch device (default: the config's)")
+    add_config_args(p)
     p.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
                    help=f"minimum patch score for a loop closure (default {DEFAULT_SCORE_THRESHOLD})")
     p.add_argument("--min-time-gap", type=float, default=DEFAULT_MIN_TIME_GAP_S,

@@ -133,7 +133,8 @@ def compressed_msg_to_rgb(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     """A ``sensor_msgs/CompressedImage`` (JPEG or PNG, any format string) -> H x W x 3 RGB uint8.
 
     The image size is read from the PNG/JPEG header and checked against ``max_pixels`` before
-    decoding; 16-bit PNGs are scaled to 8 bit like raw 16-bit images.
+    decoding; data whose size cannot be read that way (other formats, a JPEG without a frame
+    header) is refused undecoded. 16-bit PNGs are scaled to 8 bit like raw 16-bit images.
     """
     fmt = str(getattr(msg, "format", "")).strip().lower()
     if "compresseddepth" in fmt:
@@ -146,8 +147,13 @@ def compressed_msg_to_rgb(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     if buf.size == 0:
         raise ImageConversionError("empty_image", "compressed image has no data")
     size = peek_compressed_size(buf)
-    if size is not None:
-        _check_size(*size, max_pixels)
+    if size is None:  # never decode what could not be size-checked first (a TIFF or WebP "bomb")
+        raise ImageConversionError(
+            "decode_failed",
+            f"{buf.size} bytes of format {fmt or '(empty)'!r} are not a JPEG or PNG with a readable size "
+            "(corrupt or truncated data, or another format: publish JPEG or PNG)",
+        )
+    _check_size(*size, max_pixels)
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
@@ -160,33 +166,40 @@ def compressed_msg_to_rgb(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
             f"could not decode {buf.size} bytes of format {fmt or '(empty)'!r} as JPEG/PNG "
             f"(corrupt or truncated data?){detail}",
         )
-    if size is None:
-        _check_size(img.shape[1], img.shape[0], max_pixels)
     return to_rgb8(img, bgr=True)
 
 
 def peek_compressed_size(data) -> tuple[int, int] | None:
-    """(width, height) from a PNG or JPEG header without decoding, or None if not found."""
-    b = _as_uint8(data)[: 1 << 20].tobytes()  # the size is in the first segments
-    if b[:8] == b"\x89PNG\r\n\x1a\n" and len(b) >= 24 and b[12:16] == b"IHDR":
-        return struct.unpack(">II", b[16:24])
-    if b[:2] != b"\xff\xd8":
+    """(width, height) from a PNG or JPEG header without decoding, or None if not found.
+
+    A JPEG's segments are walked by their lengths up to the frame header, however large the
+    metadata before it (a few reads, not a scan of the data)."""
+    buf = _as_uint8(data)
+
+    def read(start: int, size: int) -> bytes:
+        return buf[start : start + size].tobytes()
+
+    head = read(0, 24)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24 and head[12:16] == b"IHDR":
+        return struct.unpack(">II", head[16:24])
+    if head[:2] != b"\xff\xd8":
         return None
     i = 2
-    while i + 9 <= len(b):
-        if b[i] != 0xFF:
+    while i + 9 <= buf.size:
+        segment = read(i, 9)
+        if segment[0] != 0xFF:
             return None
-        marker = b[i + 1]
+        marker = segment[1]
         if marker == 0xFF:  # fill byte
             i += 1
             continue
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
-            height, width = struct.unpack(">HH", b[i + 5 : i + 9])
+            height, width = struct.unpack(">HH", segment[5:9])
             return width, height
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
             i += 2
             continue
-        i += 2 + struct.unpack(">H", b[i + 2 : i + 4])[0]
+        i += 2 + struct.unpack(">H", segment[2:4])[0]
     return None
 
 

@@ -3,11 +3,13 @@
 The target (a previous map) stays intact until the new one is complete: on Linux the swap is a
 single ``renameat2(RENAME_EXCHANGE)``; elsewhere two renames with a ``.old`` sibling. A staging
 directory left by a killed build is removed by the next build at that path (its pid is dead).
+Writers of one target take turns (:class:`WriteLock`), so two appends never lose each other's run.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 import secrets
 import shutil
@@ -16,9 +18,43 @@ from pathlib import Path
 from .errors import MapError
 from .manifest import MANIFEST
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no inter-process lock
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
 _STAGING = ".staging-"
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
+
+
+class WriteLock:
+    """An exclusive lock on ``.<name>.lock`` beside a map, held from before a writer reads the map
+    (append) until it has published or discarded its staging directory. A second writer waits."""
+
+    def __init__(self, target: Path):
+        target = Path(target).absolute()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.path = target.parent / f".{target.name}.lock"
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is None:  # pragma: no cover
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another process is writing the map at %s: waiting for it to finish", target)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the lock
 
 
 def staging_dir(target: Path) -> Path:

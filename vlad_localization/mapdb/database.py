@@ -37,10 +37,21 @@ class MapDatabase:
     @classmethod
     def open(cls, path: str | Path, identity: dict[str, Any] | None = None, map_cfg=None) -> "MapDatabase":
         """Open and validate a map. ``identity`` (``Encoder.identity()``) must match the map's
-        model; ``map_cfg`` (:class:`MapConfig`) sets nprobe / efSearch / GPU search."""
+        model; ``map_cfg`` (:class:`MapConfig`) sets nprobe / efSearch / GPU search (its None
+        values keep the map's own)."""
         path = Path(path)
         if not path.is_dir():
             raise MapError(f"map {path} does not exist (or is not a directory); build it with build-map")
+        directory = path.stat().st_ino
+        try:
+            return cls._open(path, identity, map_cfg)
+        except MapError:
+            if path.is_dir() and path.stat().st_ino != directory:  # a writer swapped a new map in meanwhile
+                return cls._open(path, identity, map_cfg)
+            raise
+
+    @classmethod
+    def _open(cls, path: Path, identity: dict[str, Any] | None, map_cfg) -> "MapDatabase":
         manifest = Manifest.read(path)
         if identity is not None:
             manifest.check_model(identity, path)
@@ -54,10 +65,9 @@ class MapDatabase:
             raise MapError(f"{path / INDEX_FILE}: index holds {index.ntotal} x {index.dim}-d vectors, "
                            f"the manifest says {n} x {dim}-d; rebuild the map")
         db = cls(path, manifest, index, table, store, global_desc)
+        index.set_params(manifest.index.get("nprobe"), manifest.index.get("ef_search"))
         if map_cfg is not None:
             db.configure(map_cfg)
-        else:
-            index.set_params(manifest.index.get("nprobe"), manifest.index.get("ef_search"))
         return db
 
     def configure(self, map_cfg) -> None:

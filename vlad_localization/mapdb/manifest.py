@@ -120,7 +120,7 @@ class Manifest:
                 created=d.get("created", ""),
                 updated=d.get("updated", ""),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MapError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from exc
 
     def write(self, directory: Path) -> None:

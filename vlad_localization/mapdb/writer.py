@@ -17,26 +17,34 @@ from .manifest import Manifest, Run, now_iso
 from .metadata import DB_FILE, Keyframe, KeyframeTable
 from .patch_store import GLOBAL_FILE, PATCH_DTYPE, RowWriter, open_rows, patch_file
 
+DEFAULT_INDEX = {"spec": "Flat", "nprobe": 16, "ef_search": 128}  # a new map's, when not given
+
 log = logging.getLogger(__name__)
 
 
 class MapWriter:
     """Stages a map next to ``target``: ``add`` keyframes, then ``commit`` (or ``abort``).
 
-    Use as a context manager: an exception (including KeyboardInterrupt) discards the staging
-    directory and leaves whatever was at ``target`` untouched.
+    Use as a context manager: leaving it without ``commit`` (an exception, KeyboardInterrupt)
+    discards the staging directory and leaves whatever was at ``target`` untouched.
     """
 
-    def __init__(self, target: str | Path, identity: dict[str, Any] | None, index: str = "Flat",
-                 nprobe: int = 16, ef_search: int = 128, thumbnails: bool = True, append: bool = False):
+    def __init__(self, target: str | Path, identity: dict[str, Any] | None, index: str | None = None,
+                 nprobe: int | None = None, ef_search: int | None = None, thumbnails: bool = True,
+                 append: bool = False):
         self.target = Path(target).absolute()
-        self.staging = atomic.staging_dir(self.target)
+        self._lock = atomic.WriteLock(self.target)  # another writer of this map finishes first
+        try:
+            self.staging = atomic.staging_dir(self.target)
+        except BaseException:
+            self._lock.release()
+            raise
         self.manifest: Manifest | None = None
         self._first_id = 0  # first id of this writer's keyframes (after the old ones on append)
         self._run_start = 0  # first id of the current run
         self._writers: dict[str, RowWriter] = {}
         self._table: KeyframeTable | None = None
-        self._params = dict(spec=index, nprobe=nprobe, ef_search=ef_search)
+        self._params = dict(spec=index, nprobe=nprobe, ef_search=ef_search)  # None: the map's own, else the default
         self._thumbnails = thumbnails
         self._identity = identity
         try:
@@ -59,6 +67,9 @@ class MapWriter:
             if item.is_file() and item.name != INDEX_FILE:
                 shutil.copy2(item, self.staging / item.name)
         self.manifest = existing.manifest
+        for key, value in self.manifest.index.items():  # unless given, an append keeps the index settings
+            if self._params.get(key, 0) is None:
+                self._params[key] = value
         self._first_id = self._run_start = self.manifest.keyframes
         self._open_writers()
 
@@ -94,6 +105,11 @@ class MapWriter:
         n = len(global_desc)
         if not (len(keyframes) == n and all(len(a) == n for a in patches.values())):
             raise ValueError("global descriptors, patches and keyframes must have the same length")
+        bad = [name for name, a in [("global", global_desc)] + [(f"patch size {p}", a) for p, a in patches.items()]
+               if not np.isfinite(a).all()]
+        if bad:  # a NaN keyframe would be every query's nearest neighbour
+            raise MapError(f"refusing keyframes with NaN/inf descriptors ({', '.join(bad)}): check the encoder "
+                           "(fp16 overflow? corrupt checkpoint?)")
         if self.manifest is None:
             self._init_layout(global_desc.shape[1], grid, image_size, {p: a.shape[1] for p, a in patches.items()})
         if set(patches) != set(self.manifest.num_patches):
@@ -134,16 +150,17 @@ class MapWriter:
                 w.close()
             self._table.close()
             vectors = open_rows(self.staging / GLOBAL_FILE, np.float32, (m.dim,), m.keyframes)
-            index = GlobalIndex.build(self._params["spec"], vectors)
+            params = {k: DEFAULT_INDEX[k] if v is None else v for k, v in self._params.items()}
+            index = GlobalIndex.build(params["spec"], vectors)
             index.save(self.staging / INDEX_FILE)
             del vectors
-            m.index = {"spec": self._params["spec"], "effective": index.spec, "metric": "inner_product",
-                       "id_map": "IndexIDMap2", "nprobe": self._params["nprobe"],
-                       "ef_search": self._params["ef_search"]}
+            m.index = {"spec": params["spec"], "effective": index.spec, "metric": "inner_product",
+                       "id_map": "IndexIDMap2", "nprobe": params["nprobe"], "ef_search": params["ef_search"]}
             m.updated = now_iso()
             m.write(self.staging)
             MapDatabase.open(self.staging).close()  # never publish a map we cannot read back
             atomic.publish(self.staging, self.target)
+            self._lock.release()
             return m
         except BaseException:
             self.abort()
@@ -159,16 +176,17 @@ class MapWriter:
             except Exception:  # pragma: no cover
                 pass
         atomic.discard(self.staging)
+        self._lock.release()
 
     def __enter__(self) -> "MapWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
+        if self._lock.held:  # an exception, or leaving without commit: nothing is published
             self.abort()
 
 
-def reindex_map(path: str | Path, index: str, nprobe: int = 16, ef_search: int = 128) -> Manifest:
+def reindex_map(path: str | Path, index: str, nprobe: int | None = None, ef_search: int | None = None) -> Manifest:
     """Rebuild a map's global index as ``index`` (no re-encoding), atomically."""
     with MapWriter(path, identity=None, index=index, nprobe=nprobe, ef_search=ef_search, append=True) as w:
         return w.commit(allow_empty=True)

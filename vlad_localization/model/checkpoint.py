@@ -83,6 +83,9 @@ def load_torch_file(path: str | Path) -> Any:
         raise CheckpointError(path, "file does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(path, "file is empty")
+    if not _looks_like_torch_file(path):
+        raise CheckpointError(path, "this file is not a PyTorch checkpoint (.pth/.pth.tar); pass a "
+                              "Patch-NetVLAD checkpoint or a backbone state dict written by torch.save")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -99,6 +102,14 @@ def load_torch_file(path: str | Path) -> Any:
         raise CheckpointError(path, f"{problem}: not a complete torch file ({text.splitlines()[0]})") from exc
     except Exception as exc:  # noqa: BLE001 - any other decoder failure: not a torch file
         raise CheckpointError(path, f"not a torch checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save's zip format (a zip local-file header, also when truncated) or its legacy format
+    (a pickle, whose first byte is the protocol opcode 0x80)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    return head == b"PK\x03\x04" or head[:1] == b"\x80" or zipfile.is_zipfile(path)
 
 
 def _state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -21,7 +21,8 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64MultiArray, Header
@@ -31,7 +32,7 @@ from vlad_localization.images.convert import ImageConversionError, compressed_ms
 from vlad_localization.loop_closure import select_loop_closure
 from vlad_localization.ros import messages
 from vlad_localization.ros.diagnostics import NodeStats, diagnostic_array
-from vlad_localization.ros.params import PARAMETERS
+from vlad_localization.ros.params import BY_NAME, PARAMETERS
 from vlad_localization.ros.worker import LatestFrameWorker
 
 NODE_NAME = "vlad_localization"
@@ -68,8 +69,14 @@ class VladLocalizationNode(LifecycleNode):
 
     def __init__(self, node_name: str = NODE_NAME, localizer_factory=load_localizer, **kwargs):
         super().__init__(node_name, **kwargs)
+        self.add_on_set_parameters_callback(self._check_parameters)
         for p in PARAMETERS:
-            self.declare_parameter(p.name, p.default, ParameterDescriptor(description=p.description))
+            descriptor = ParameterDescriptor(description=p.description, dynamic_typing=p.dynamic)
+            try:
+                self.declare_parameter(p.name, p.default, descriptor)
+            except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+                self.get_logger().error(f"parameter {p.name}: {exc}; using the default {p.default!r}")
+                self.declare_parameter(p.name, p.default, descriptor, ignore_override=True)
         self._factory = localizer_factory
         self._localizer = None
         self._loc_lock = threading.Lock()  # a query vs replacing or releasing the localizer
@@ -87,7 +94,16 @@ class VladLocalizationNode(LifecycleNode):
                             callback_group=MutuallyExclusiveCallbackGroup())
 
     def param(self, name: str):
-        return self.get_parameter(name).value
+        return BY_NAME[name].coerce(self.get_parameter(name).value) if name in BY_NAME else self.get_parameter(name).value
+
+    def _check_parameters(self, params) -> SetParametersResult:
+        """Refuse values of the wrong type or out of range (at start-up and on ``ros2 param set``)."""
+        for param in params:
+            spec = BY_NAME.get(param.name)
+            reason = spec.check(param.value) if spec is not None else None
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -96,13 +112,16 @@ class VladLocalizationNode(LifecycleNode):
             self.get_logger().error(f"set the parameter(s) {missing}, e.g. --ros-args -p map_path:=maps/run1")
             return TransitionCallbackReturn.FAILURE
         try:
+            topics = list(self.param("image_topics"))
+            for topic in topics:
+                self._resolve(topic)
             self._cfg = localizer_config(self.param("preset"), self.param("device"), self.param("half"),
                                          self.param("top_k"), self.param("rerank_k"), self.param("matcher"))
             self._load()
         except Exception as exc:  # noqa: BLE001 - reported as a failed transition
             self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
             return TransitionCallbackReturn.FAILURE
-        self._topics = list(self.param("image_topics"))
+        self._topics = topics
         self.stats = NodeStats(self._topics)
         pub = self.create_lifecycle_publisher
         self._pubs = {
@@ -124,11 +143,16 @@ class VladLocalizationNode(LifecycleNode):
         qos = QoSProfile(depth=1, reliability=self._reliability(),
                          durability=qos_profile_sensor_data.durability,
                          history=qos_profile_sensor_data.history)
-        for camera, topic in enumerate(self._topics):
-            msg_type = CompressedImage if self._is_compressed(topic) else Image
-            self._subs.append(self.create_subscription(
-                msg_type, topic, lambda msg, c=camera: self._on_image(c, msg), qos))
-            self.get_logger().info(f"camera {camera}: {topic} ({msg_type.__name__}, {qos.reliability.name})")
+        try:
+            for camera, topic in enumerate(self._topics):
+                msg_type = CompressedImage if self._is_compressed(topic) else Image
+                self._subs.append(self.create_subscription(
+                    msg_type, topic, lambda msg, c=camera: self._on_image(c, msg), qos))
+                self.get_logger().info(f"camera {camera}: {topic} ({msg_type.__name__}, {qos.reliability.name})")
+        except Exception as exc:  # noqa: BLE001 - no half-active node: undo what was started
+            self._stop_input()
+            self.get_logger().error(f"activate failed: {type(exc).__name__}: {exc}")
+            return TransitionCallbackReturn.FAILURE
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -139,15 +163,26 @@ class VladLocalizationNode(LifecycleNode):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
-        for pub in self._pubs.values():
-            self.destroy_lifecycle_publisher(pub)
-        self._pubs = {}
+        self._destroy_publishers()
         return super().on_cleanup(state)
+
+    def _destroy_publishers(self) -> None:
+        pubs, self._pubs = self._pubs, {}
+        for pub in pubs.values():
+            self.destroy_lifecycle_publisher(pub)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_input()
         self._release()
         return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """A transition raised: drop everything and go back to unconfigured (configure starts afresh)."""
+        self.get_logger().error(f"error in lifecycle state {state.label!r}: stopping input and releasing the model")
+        self._stop_input()
+        self._release()
+        self._destroy_publishers()
+        return TransitionCallbackReturn.SUCCESS
 
     def stop(self) -> bool:
         """Stop input and the worker (process exit); False if a frame is still in progress."""
@@ -155,6 +190,7 @@ class VladLocalizationNode(LifecycleNode):
 
     # -- model / map -------------------------------------------------------------------------------
     def _load(self) -> None:
+        self._release()  # a configure after an error: never two models at once
         t0 = time.monotonic()
         localizer = self._factory(self.param("map_path"), self.param("checkpoint"), self._cfg)
         with self._loc_lock:
@@ -175,7 +211,7 @@ class VladLocalizationNode(LifecycleNode):
 
     def _reload_map(self, request, response):
         if self._localizer is None:
-            response.success, response.message = False, "not configured: configure the node first"
+            response.success, response.message = False, "no map loaded: configure (and on a GPU activate) the node first"
             return response
         try:  # Localizer.reload_map is safe beside a running query (the map swap is atomic)
             size = self._localizer.reload_map(self.param("map_path")).size
@@ -188,17 +224,20 @@ class VladLocalizationNode(LifecycleNode):
 
     # -- input ---------------------------------------------------------------------------------------
     def _reliability(self) -> QoSReliabilityPolicy:
-        value = str(self.param("qos_reliability")).lower()
-        if value not in ("best_effort", "reliable"):
-            self.get_logger().warning(f"qos_reliability {value!r}: use best_effort or reliable; using best_effort")
-            return QoSReliabilityPolicy.BEST_EFFORT
-        return QoSReliabilityPolicy.BEST_EFFORT if value == "best_effort" else QoSReliabilityPolicy.RELIABLE
+        reliable = self.param("qos_reliability").lower() == "reliable"  # checked when set
+        return QoSReliabilityPolicy.RELIABLE if reliable else QoSReliabilityPolicy.BEST_EFFORT
+
+    def _resolve(self, topic: str) -> str:
+        try:
+            return self.resolve_topic_name(topic)
+        except Exception as exc:  # noqa: BLE001 - rclpy raises its own exception types for bad names
+            raise ValueError(f"image_topics: {topic!r} is not a valid ROS topic name ({exc})") from None
 
     def _is_compressed(self, topic: str) -> bool:
-        mode = str(self.param("compressed")).lower()
+        mode = self.param("compressed")
         if mode in ("true", "false"):
             return mode == "true"
-        resolved = self.resolve_topic_name(topic)
+        resolved = self._resolve(topic)
         types = dict(self.get_topic_names_and_types()).get(resolved, [])
         if COMPRESSED_TYPE in types or RAW_TYPE in types:
             return COMPRESSED_TYPE in types
@@ -254,6 +293,8 @@ class VladLocalizationNode(LifecycleNode):
                 return
             result = self._localizer.query(rgb)
             thumbnail = self._match_image_ref(result.candidates)
+        if not self._pubs:  # cleaned up while this frame was being processed
+            return
         stamp_ns = messages.stamp_to_ns(msg.header.stamp)
         header = Header(stamp=msg.header.stamp, frame_id=self.param("map_frame"))
         closure = select_loop_closure(stamp_ns, result.candidates, float(self.param("score_threshold")),
@@ -312,6 +353,18 @@ def _gpu_memory_mb(device: str) -> str:
     return f"{torch.cuda.memory_allocated(device) / 2**20:.1f}"
 
 
+def _autostart(node: VladLocalizationNode) -> None:
+    """configure + activate (what a lifecycle manager would do); errors are logged, never raised."""
+    try:
+        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            node.get_logger().error("autostart: configure failed (see above); waiting for a lifecycle manager")
+        elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            node.get_logger().error("autostart: activate failed (see above)")
+    except Exception as exc:  # noqa: BLE001 - e.g. the context shut down (SIGINT) while loading
+        if node.context.ok():
+            node.get_logger().error(f"autostart failed: {type(exc).__name__}: {exc}")
+
+
 def run(args: list[str] | None = None) -> bool:
     """Spin the node until SIGINT/SIGTERM (rclpy's handlers), then stop it and rclpy. Returns
     False when a query was still running on the worker thread (it is abandoned, not joined)."""
@@ -319,11 +372,8 @@ def run(args: list[str] | None = None) -> bool:
     node = VladLocalizationNode()
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
-    if node.param("autostart"):
-        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            node.get_logger().error("autostart: configure failed (see above); waiting for a lifecycle manager")
-        elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-            node.get_logger().error("autostart: activate failed (see above)")
+    if node.param("autostart"):  # from the executor, so SIGINT/SIGTERM are handled while the model loads
+        threading.Thread(target=_autostart, args=(node,), name="vlad_autostart", daemon=True).start()
     try:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
