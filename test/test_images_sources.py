@@ -17,6 +17,7 @@ from vlad_localization.images import (
     iter_bag,
     iter_folder,
     list_image_topics,
+    list_images,
     load_rgb,
     rgb_to_image_fields,
     write_bag,
@@ -67,6 +68,15 @@ def test_folder_of_symlinked_images_keeps_its_poses(tmp_path, datasets_dir):
     assert frames[2].source == str(tmp_path / "image_2.png")
 
 
+def test_hidden_files_and_folders_are_not_images_and_ties_sort_by_name(tmp_path, datasets_dir):
+    src = datasets_dir / "gardenspoint_10" / "ref" / "0.jpg"
+    for name in ("img_1.png", "img_01.png", "img_10.png", "img_2.png", ".hidden.png", "._img_3.png"):
+        shutil.copy(src, tmp_path / name)
+    (tmp_path / "sub.png").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    assert [p.name for p in list_images(tmp_path)] == ["img_01.png", "img_1.png", "img_2.png", "img_10.png"]
+
+
 def test_folder_without_csv_and_lazy_loading(datasets_dir):
     frames = list(iter_folder(datasets_dir / "gardenspoint_10" / "ref"))
     assert len(frames) == 10 and all(f.pose is None and f.image is None for f in frames)
@@ -102,7 +112,19 @@ def test_csv_errors_are_actionable(tmp_path, datasets_dir):
     with pytest.raises(ValueError, match="headerless CSVs must be file,x,y,yaw"):
         list(iter_folder(folder, bad))
     bad.write_text("file,x,y\nmissing.jpg,1,2\n")
-    with pytest.raises(ValueError, match=r"row 2 .*'missing.jpg' is neither in"):
+    with pytest.raises(ValueError, match=r"line 2 .*'missing.jpg' is neither in"):
+        list(iter_folder(folder, bad))
+    bad.write_text("# poses\n\nfile,x,y,yaw\n0.jpg,1,2,0\n1.jpg,1\n")  # the file's line, comments counted
+    with pytest.raises(ValueError, match=r"line 5 \(1.jpg,1\): a pose needs both x and y \(this row gives only x\)"):
+        list(iter_folder(folder, bad))
+    bad.write_text("file,x,y,yaw\n0.jpg,1,,0.5\n")
+    with pytest.raises(ValueError, match="needs both x and y"):
+        list(iter_folder(folder, bad))
+    bad.write_text("file,x,y,yaw\n0.jpg,nan,inf,0\n")
+    with pytest.raises(ValueError, match="finite"):
+        list(iter_folder(folder, bad))
+    bad.write_text("file,stamp\n" + "".join(f"{i}.jpg,{'' if i == 2 else i}\n" for i in range(10)))
+    with pytest.raises(ValueError, match=r"has stamps but not for 1 image\(s\) \(e.g. \['2.jpg'\]\)"):
         list(iter_folder(folder, bad))
     bad.write_text("file,stamp\n0.jpg,1.0\n")
     with pytest.raises(ValueError, match="has stamps but does not list 9 image"):
@@ -188,6 +210,28 @@ def test_missing_bag_and_topics_are_clear_errors(tmp_path, day_frames):
         iter_bag(tmp_path / "nope", "/cam")
     with pytest.raises(FileExistsError):
         write_bag(bag, day_frames[:1])
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_damaged_and_unrecognised_bags_raise_bag_errors(tmp_path, day_frames, storage):
+    """8 bytes overwritten anywhere in a bag: it reads, or a BagError names it (never another
+    exception type, which the CLI would show as a traceback). A file that is no bag: a BagError."""
+    small = [Frame(f.stamp_ns, f.frame_id, f.source, f.pose, f.rgb[:24, :32]) for f in day_frames]
+    good = next(write_bag(tmp_path / "bag", small, "/cam", storage=storage).glob("*.[dm][bc][3a]*"))
+    original = good.read_bytes()
+    outcomes = set()
+    for offset in range(0, len(original), max(1, len(original) // 120)):
+        damaged = bytearray(original)
+        damaged[offset : offset + 8] = b"\xff" * 8
+        good.write_bytes(bytes(damaged))
+        try:
+            outcomes.add(len(list(iter_bag(good.parent, "/cam"))))
+        except BagError:
+            outcomes.add("BagError")
+    assert "BagError" in outcomes and len(small) in outcomes  # most bytes are image data
+    (tmp_path / "notes.txt").write_text("not a bag")
+    with pytest.raises(BagError, match="cannot read bag .*notes.txt"):
+        iter_bag(tmp_path / "notes.txt", "/cam")
 
 
 def test_bad_frames_are_skipped_and_counted(tmp_path, day_frames, caplog):

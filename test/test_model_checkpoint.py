@@ -152,3 +152,35 @@ def test_wrong_shapes(tmp_path):
     path = _edit(tmp_path, lambda s: s.__setitem__("pool.conv.weight", torch.zeros(3, 512, 1, 1)))
     with pytest.raises(CheckpointError, match="wrong shapes"):
         read_checkpoint(path)
+
+
+def test_dataparallel_parts_and_old_batchnorm_files_load(tmp_path):
+    """The reference trainer on several GPUs wraps encoder and pool separately ('encoder.module.N.*',
+    'pool.module.*'); ResNet files saved before PyTorch 0.4.1 have no BatchNorm counters."""
+    import numpy as np
+
+    def wrap_parts(state):
+        for key in list(state):
+            if key.startswith(("encoder.", "pool.")):
+                part, rest = key.split(".", 1)
+                state[f"{part}.module.{rest}"] = state.pop(key)
+
+    path = _edit(tmp_path, wrap_parts)
+    cfg = ModelConfig(patch_sizes=[2], strides=[1], image_height=64, image_width=64)
+    image = [np.full((64, 64, 3), 90, np.uint8)]
+    plain = Encoder.from_checkpoint(_official_like(tmp_path / "plain.pth.tar"), cfg, device="cpu").encode(image)
+    wrapped = Encoder.from_checkpoint(path, cfg, device="cpu").encode(image)
+    assert torch.equal(plain.global_desc, wrapped.global_desc)
+
+    old = _official_like(tmp_path / "r.pth.tar", backbone="resnet18")
+    raw = torch.load(old, weights_only=True)
+    raw["state_dict"] = {k: v for k, v in raw["state_dict"].items() if not k.endswith("num_batches_tracked")}
+    torch.save(raw, old)
+    Encoder.from_checkpoint(old, ModelConfig(backbone="resnet18", patch_sizes=[2], strides=[1]), device="cpu")
+
+
+def test_zero_dimensional_wpca_is_refused(tmp_path):
+    path = _edit(tmp_path, lambda s: (s.__setitem__("WPCA.0.weight", torch.zeros(0, 4 * 512, 1, 1)),
+                                      s.__setitem__("WPCA.0.bias", torch.zeros(0))))
+    with pytest.raises(CheckpointError, match="num_pcs"):
+        read_checkpoint(path)

@@ -164,3 +164,28 @@ def test_vlad_samples_keep_only_the_drawn_rows(speed_encoder, datasets_dir):
     assert full.shape[0] > 100
     want = full[np.sort(np.random.default_rng(5).choice(len(full), 100, replace=False))]
     np.testing.assert_array_equal(got, want)
+
+
+def test_degenerate_inputs_give_clear_errors(speed_encoder, datasets_dir, vgg16_weights, tmp_path):
+    """Inputs too small for the patch size, duplicate training descriptors, one image without
+    patches for a WPCA, and mixed sizes for the PCA sample: a ValueError saying what to change."""
+    from vlad_localization.model.init_model import _vlad_samples, build_offtheshelf_checkpoint
+    from vlad_localization.model.netvlad import PatchNetVLADPooling
+
+    tiny = torch.zeros(1, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"8x8 input gives a 0x0 conv grid, too small for patch size 5: .* 80 px"):
+        speed_encoder.encode_tensor(tiny)
+    descs = np.ones((20, 16), np.float32)  # every training descriptor the same
+    for vladv2 in (False, True):
+        with pytest.raises(ValueError, match="identical"):
+            PatchNetVLADPooling(4, 16, vladv2=vladv2).init_params(np.eye(4, 16, dtype=np.float32), descs)
+    image = [datasets_dir / "campus_loop_72" / "image_0.png"]
+    with pytest.raises(ValueError, match="a WPCA needs at least 2"):
+        build_offtheshelf_checkpoint(vgg16_weights, image, tmp_path / "x.pth.tar", num_clusters=4, num_pcs=8,
+                                     patch_sizes=(), strides=(), image_size=(64, 64), progress=False, kmeans_iterations=2)
+    images = [datasets_dir / "campus_loop_72" / f"image_{i}.png" for i in (0, 30)]
+    with torch.no_grad():
+        feats = [speed_encoder.backbone(speed_encoder.preprocess([load_rgb(p)])[..., : 160 + 16 * i]).float()
+                 for i, p in enumerate(images)]
+    with pytest.raises(ValueError, match="different sizes"):
+        _vlad_samples(None, speed_encoder.pooling, images, feats, None, "cpu", 10**6, np.random.default_rng(0), False)

@@ -174,6 +174,12 @@ def test_node_with_fake_localizer_publishes_and_counts(fake_node):
 
     assert fake.map.thumbnails == 0  # nobody subscribed to ~/match_image: never computed
 
+    img.header.stamp = ns_to_stamp(0)  # an unstamped driver: the receive time on the node's clock
+    count = len(got.get("cand"))
+    raw.publish(img)
+    assert wait_for(lambda: len(got.get("cand")) > count, 5)
+    assert abs(parse_candidates(got.get("cand")[-1])[0]["query_stamp"] - time.time()) < 5
+
     assert node.trigger_deactivate().name == "SUCCESS"
     assert not fake.released  # CPU: kept loaded
     assert node.trigger_cleanup().name == "SUCCESS" and fake.released
@@ -267,6 +273,24 @@ def test_failed_activate_and_error_leave_nothing_running(rclpy_context, monkeypa
         monkeypatch.undo()
         assert node.trigger_configure().name == "SUCCESS" and node.trigger_activate().name == "SUCCESS"
         assert len(node._subs) == 2 and len(fakes) == 2
+    finally:
+        node.stop()
+        node.destroy_node()
+
+
+def test_gpu_reactivation_reloads_what_was_configured(rclpy_context):
+    """On a GPU deactivate frees the model and activate loads it again: from the paths read at
+    configure (or the last ~/reload_map), not a map_path set since."""
+    from rclpy.parameter import Parameter
+
+    loads = []
+    node = _bare_node({"device": "cuda"}, factory=lambda m, c, cfg: loads.append((m, c)) or FakeLocalizer())
+    try:
+        assert node.trigger_configure().name == "SUCCESS" and node.trigger_activate().name == "SUCCESS"
+        node.set_parameters([Parameter("map_path", value="elsewhere")])
+        assert node.trigger_deactivate().name == "SUCCESS" and node._localizer is None  # freed (GPU)
+        assert node.trigger_activate().name == "SUCCESS"
+        assert loads == [("fake", "fake"), ("fake", "fake")]
     finally:
         node.stop()
         node.destroy_node()

@@ -162,6 +162,9 @@ def replay_through_node(args, work, config, checkpoint, map_dir, inputs, queries
                 client.publish(rgb, stamp_ns)
                 rec = client.wait_candidates(stamp_ns, args.frame_timeout)
                 if rec is None:
+                    if proc.poll() is not None:
+                        say(log.read_text()[-3000:])
+                        raise SystemExit(f"the node exited (code {proc.returncode}) during the replay (its log is above)")
                     say(f"  query {i:3d}: no answer within {args.frame_timeout:.0f} s")
                     continue
                 latencies.append((rec.t - client.sent[stamp_ns]) * 1e3)

@@ -232,11 +232,12 @@ def _open(path: Path):
     """An opened ``rosbags`` AnyReader (closed on exit)."""
     from rosbags.highlevel import AnyReader
 
-    reader = AnyReader([path], default_typestore=typestore())
     try:
+        reader = AnyReader([path], default_typestore=typestore())
         reader.open()
     except Exception as exc:  # rosbags raises several unrelated types for unreadable bags
-        raise BagError(f"cannot read bag {path}: {exc}") from exc
+        raise BagError(f"cannot read bag {path} ({type(exc).__name__}: {exc}); expected a rosbag2 "
+                       "directory or a .db3/.mcap file") from exc
     try:
         yield reader
     finally:
@@ -255,9 +256,17 @@ def _connections(reader, topic: str, msgtypes: tuple[str, ...]) -> list:
 
 
 def _messages(reader, connections, with_type: bool = False):
-    for conn, t, raw in reader.messages(connections=connections):
-        msg = reader.deserialize(raw, conn.msgtype)
-        yield (msg, t, conn.msgtype) if with_type else (msg, t)
+    """Deserialised messages; damage found while reading (a corrupt chunk or record) is a BagError."""
+    t = None
+    try:
+        for conn, t, raw in reader.messages(connections=connections):
+            msg = reader.deserialize(raw, conn.msgtype)
+            yield (msg, t, conn.msgtype) if with_type else (msg, t)
+    except BagError:
+        raise
+    except Exception as exc:  # rosbags' readers raise many unrelated types on corrupt data
+        where = "before the first message" if t is None else f"after the message at {t} ns"
+        raise BagError(f"bag {reader.paths[0]} is corrupt {where} ({type(exc).__name__}: {exc})") from exc
 
 
 def _stamp(msg, receive_ns: int) -> int:

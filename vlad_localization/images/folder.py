@@ -54,6 +54,10 @@ def iter_folder(folder: str | Path, poses_csv: str | Path | None = None) -> list
     rows = {} if poses_csv is None else read_poses_csv(poses_csv, folder)
     has_stamps = any(r.stamp_ns is not None for r in rows.values())
     if has_stamps:
+        unstamped = [r.path.name for r in rows.values() if r.stamp_ns is None]
+        if unstamped:
+            raise ValueError(f"{poses_csv} has stamps but not for {len(unstamped)} image(s) (e.g. "
+                             f"{unstamped[:3]}): give every row a stamp, or none")
         unlisted = [p.name for p in images if _absolute(p) not in rows]
         if unlisted:
             raise ValueError(
@@ -76,18 +80,20 @@ def read_poses_csv(poses_csv: str | Path, folder: str | Path) -> dict[Path, CsvR
     if not poses_csv.is_file():
         raise FileNotFoundError(f"poses CSV {poses_csv} does not exist")
     with open(poses_csv, newline="") as fh:
-        lines = [r for r in csv.reader(fh) if r and any(c.strip() for c in r) and not r[0].startswith("#")]
-    if not lines:
+        reader = csv.reader(fh)
+        numbered = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r) and not r[0].startswith("#")]
+    if not numbered:
         return {}
+    lines = [r for _, r in numbered]
     columns, body = _columns(lines, poses_csv)
     folder_abs = _absolute(folder)
     rows = {}
-    for lineno, cells in enumerate(body, start=2 if body is not lines else 1):
+    for lineno, cells in numbered[len(lines) - len(body):]:
         values = dict(zip(columns, (c.strip() for c in cells)))
         try:
             row = _parse_row(values, folder, poses_csv.parent)
         except (KeyError, ValueError) as exc:
-            raise ValueError(f"{poses_csv} row {lineno} ({','.join(cells)}): {exc}") from None
+            raise ValueError(f"{poses_csv} line {lineno} ({','.join(cells)}): {exc}") from None
         if row.path.parent == folder_abs:
             rows[row.path] = row
     return rows
@@ -118,7 +124,13 @@ def _parse_row(values: dict[str, str], folder: Path, csv_dir: Path) -> CsvRow:
         seconds = next((values[c] for c in SECONDS_COLUMNS if values.get(c)), None)
         stamp = None if seconds is None else round(float(seconds) * NS_PER_S)
     pose = None
-    if values.get("x") and values.get("y"):
+    given = [c for c in POSE_COLUMNS if values.get(c)]
+    if given and not (values.get("x") and values.get("y")):
+        raise ValueError(f"a pose needs both x and y (this row gives only {', '.join(given)})")
+    numbers = [float(values[c]) for c in given]
+    if not all(math.isfinite(v) for v in numbers):
+        raise ValueError("pose values must be finite numbers (no nan/inf)")
+    if given:
         position = (float(values["x"]), float(values["y"]), float(values.get("z") or 0.0))
         if all(values.get(c) for c in ("qx", "qy", "qz", "qw")):
             q = tuple(float(values[c]) for c in ("qx", "qy", "qz", "qw"))
@@ -131,6 +143,9 @@ def _parse_row(values: dict[str, str], folder: Path, csv_dir: Path) -> CsvRow:
         else:
             pose = Pose(position)
     return CsvRow(path, stamp, pose)
+
+
+POSE_COLUMNS = ("x", "y", "z", "qx", "qy", "qz", "qw", "yaw")
 
 
 def _locate(name: str, folder: Path, csv_dir: Path) -> Path:

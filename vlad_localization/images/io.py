@@ -41,11 +41,14 @@ def to_rgb8(img: np.ndarray, bgr: bool = False) -> np.ndarray:
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in ``folder`` in natural order (``img_2`` before ``img_10``)."""
+    """Image files directly in ``folder`` in natural order (``img_2`` before ``img_10``; ties such as
+    ``img_01`` / ``img_1`` by name). Hidden files (``.x.png``, macOS ``._x.png``) and folders are not images."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
+    images = (p for p in folder.iterdir()
+              if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+    return sorted(images, key=lambda p: (natural_key(p), p.name))
 
 
 def natural_key(path: Path) -> list:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,8 +120,8 @@ def _state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(path, "expected a state dict (a mapping of names to tensors)")
     state = {}
     for key, value in obj.items():
-        if isinstance(value, torch.Tensor):
-            state[key[len("module."):] if key.startswith("module.") else key] = value
+        if isinstance(value, torch.Tensor):  # DataParallel wraps the whole model or its parts
+            state[re.sub(r"(^|\.)module\.", r"\1", key)] = value
     if not state:
         raise CheckpointError(path, "holds no tensors")
     return state
@@ -171,7 +172,8 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
         if not pool_state:
             raise CheckpointError(path, "has WPCA.0.* but no NetVLAD 'pool.*' layer")
         expected_in = pool_state["centroids"].numel()
-        if wpca_weight.dim() != 4 or wpca_weight.shape[1] != expected_in or wpca_weight.shape[2:] != (1, 1):
+        if (wpca_weight.dim() != 4 or wpca_weight.shape[0] < 1 or wpca_weight.shape[1] != expected_in
+                or wpca_weight.shape[2:] != (1, 1)):
             raise CheckpointError(
                 path,
                 f"wrong shape: WPCA.0.weight {tuple(wpca_weight.shape)}, expected (num_pcs, {expected_in}, 1, 1) "
@@ -195,6 +197,10 @@ def load_module_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor]
     """``module.load_state_dict(state, strict=True)`` with a :class:`CheckpointError` naming the
     missing / unexpected / mis-shaped keys."""
     expected = module.state_dict()
+    state = dict(state)
+    for key in expected:  # BatchNorm counters (since PyTorch 0.4.1) are not weights: older files lack them
+        if key.endswith(".num_batches_tracked") and key not in state:
+            state[key] = expected[key]
     missing = sorted(set(expected) - set(state))
     if missing:
         raise CheckpointError(path, f"missing {what} key(s) {missing[:6]}{' ...' if len(missing) > 6 else ''}")

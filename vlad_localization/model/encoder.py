@@ -116,6 +116,11 @@ class Encoder:
 
     def encode_tensor(self, x: torch.Tensor) -> Descriptors:
         """Descriptors of an already normalised N x 3 x H x W batch."""
+        grid = self.geometry.grid_size(int(x.shape[2]), int(x.shape[3]))
+        need = max(self.pooling.patch_sizes, default=1)
+        if min(grid) < need:  # before the backbone, whose own error would be cryptic
+            raise ValueError(f"a {x.shape[2]}x{x.shape[3]} input gives a {grid[0]}x{grid[1]} conv grid, too small "
+                             f"for patch size {need}: use images of at least {need * self.geometry.stride} px per side")
         with torch.inference_mode():
             x = x.to(self.device)
             feats = self.backbone(x.half() if self.half else x.float())

@@ -127,6 +127,9 @@ def build_offtheshelf_checkpoint(
     if num_pcs is not None:
         samples = _vlad_samples(model, pooling, image_paths, cached, image_size, dev, max_pca_samples, rng, progress)
         cap = min(samples.shape[0] - 1, samples.shape[1] - 1)
+        if cap < 1:
+            raise ValueError(f"only {samples.shape[0]} VLAD sample(s) from {len(image_paths)} image(s): a WPCA "
+                             "needs at least 2; use more images or patch sizes, or --num-pcs 0 for no WPCA")
         if num_pcs > cap:
             warnings.warn(
                 f"num_pcs {num_pcs} capped to {cap}: only {samples.shape[0]} VLAD samples from "
@@ -168,6 +171,9 @@ def _vlad_samples(model, pooling, image_paths, cached, image_size, dev, max_samp
                 feats = model(to_network_input([load_rgb(path)], *image_size).to(dev)).float()
             global_desc, patches = pooling(feats.to(dev))
             image_rows = torch.cat([global_desc] + [p[0] for p in patches.values()]).cpu().numpy()
+            if keep is not None and image_rows.shape[0] != per_image:
+                raise ValueError(f"{path} gives {image_rows.shape[0]} patch rows, the first image {per_image}: "
+                                 "images of different sizes need a fixed --image-height/--image-width")
             per_image = image_rows.shape[0]
             if keep is None:
                 total = per_image * len(image_paths)

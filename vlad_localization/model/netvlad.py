@@ -94,7 +94,7 @@ class PatchNetVLADPooling(nn.Module):
         if not self.vladv2:
             clsts_assign = clsts / np.linalg.norm(clsts, axis=1, keepdims=True)
             dots = np.sort(clsts_assign @ traindescs.T, axis=0)[::-1, :]
-            self.alpha = float(-np.log(0.01) / np.mean(dots[0, :] - dots[1, :]))
+            self.alpha = _alpha(np.mean(dots[0, :] - dots[1, :]))
             weight = torch.from_numpy(self.alpha * clsts_assign)[:, :, None, None]
             bias = None
         else:
@@ -104,7 +104,7 @@ class PatchNetVLADPooling(nn.Module):
             index.add(traindescs)
             dists, ids = index.search(clsts, 2)
             ds_sq = (ids if vladv2_gap == "indices" else dists).astype(np.float64)
-            self.alpha = float(-np.log(0.01) / np.mean(ds_sq[:, 1] - ds_sq[:, 0]))
+            self.alpha = _alpha(np.mean(ds_sq[:, 1] - ds_sq[:, 0]))
             weight = (2.0 * self.alpha * centroids)[:, :, None, None]
             bias = -self.alpha * centroids.norm(dim=1)
         with torch.no_grad():
@@ -264,3 +264,13 @@ class PatchNetVLADPooling(nn.Module):
             sums = square_region_sums(integral, p, s, 2, 3).reshape(kc, -1, d)
             sums *= inv.t().unsqueeze(-1)
             out[p] += sums.sum(0)
+
+
+def _alpha(mean_gap: float) -> float:
+    """The soft-assignment sharpness -log(0.01) / mean gap between the two nearest (Arandjelovic
+    et al.'s initialisation); refused when the gap is 0 (identical training descriptors)."""
+    if not (np.isfinite(mean_gap) and mean_gap > 0):
+        raise ValueError(f"NetVLAD init: the training descriptors give a mean nearest-neighbour gap of {mean_gap}: "
+                         "they are too few or identical (duplicate images?); use more, varied images")
+    return float(-np.log(0.01) / mean_gap)
+

@@ -81,6 +81,7 @@ class VladLocalizationNode(LifecycleNode):
         self._localizer = None
         self._loc_lock = threading.Lock()  # a query vs replacing or releasing the localizer
         self._cfg = None
+        self._paths: dict[str, str] = {}  # map and checkpoint read at configure
         self._topics: list[str] = []
         self._subs = []
         self._worker: LatestFrameWorker | None = None
@@ -117,6 +118,7 @@ class VladLocalizationNode(LifecycleNode):
                 self._resolve(topic)
             self._cfg = localizer_config(self.param("preset"), self.param("device"), self.param("half"),
                                          self.param("top_k"), self.param("rerank_k"), self.param("matcher"))
+            self._paths = {"map": self.param("map_path"), "checkpoint": self.param("checkpoint")}
             self._load()
         except Exception as exc:  # noqa: BLE001 - reported as a failed transition
             self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
@@ -192,11 +194,11 @@ class VladLocalizationNode(LifecycleNode):
     def _load(self) -> None:
         self._release()  # a configure after an error: never two models at once
         t0 = time.monotonic()
-        localizer = self._factory(self.param("map_path"), self.param("checkpoint"), self._cfg)
+        localizer = self._factory(self._paths["map"], self._paths["checkpoint"], self._cfg)  # as configured
         with self._loc_lock:
             self._localizer = localizer
         self.get_logger().info(
-            f"loaded map {self.param('map_path')} ({localizer.map.size} keyframes), preset "
+            f"loaded map {self._paths['map']} ({localizer.map.size} keyframes), preset "
             f"{self._cfg.name}, device {self._device()} in {time.monotonic() - t0:.1f} s")
 
     def _release(self) -> None:
@@ -214,7 +216,9 @@ class VladLocalizationNode(LifecycleNode):
             response.success, response.message = False, "no map loaded: configure (and on a GPU activate) the node first"
             return response
         try:  # Localizer.reload_map is safe beside a running query (the map swap is atomic)
-            size = self._localizer.reload_map(self.param("map_path")).size
+            path = self.param("map_path")
+            size = self._localizer.reload_map(path).size
+            self._paths["map"] = path  # what a re-activation on a GPU loads
         except Exception as exc:  # noqa: BLE001 - the old map stays loaded
             response.success, response.message = False, f"reload failed ({exc}); the previous map stays loaded"
             return response
@@ -246,6 +250,9 @@ class VladLocalizationNode(LifecycleNode):
     def _on_image(self, camera: int, msg) -> None:
         """Executor callback: count, rate-limit and hand the message to the worker (never blocks)."""
         self.stats.count("received", camera)
+        stamp = msg.header.stamp
+        if stamp.sec == 0 and stamp.nanosec == 0:  # an unstamped driver: the receive time, as `replay` uses
+            msg.header.stamp = self.get_clock().now().to_msg()
         max_rate = float(self.param("max_rate_hz"))
         now = time.monotonic()
         if max_rate > 0 and now - self._last_accept.get(camera, -1e9) < 1.0 / max_rate:
