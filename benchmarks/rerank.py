@@ -120,12 +120,14 @@ def main() -> None:
             query, cands = synthetic_descriptors(preset, top_k, device)
             row = {"preset": name, "matcher": preset["matcher"], "top_k": top_k, "dim": preset["dim"],
                    "patches": {str(p): int(q.shape[0]) for p, q in query.items()}}
-            row["ours_s"], our_order = time_runs(ours(preset, query, cands), args.repeats, device)
-            row["products_s"], _ = time_runs(products_only(query, cands), args.repeats, device)
+            ours_s, our_order = time_runs(ours(preset, query, cands), args.repeats, device)
+            products_s, _ = time_runs(products_only(query, cands), args.repeats, device)
+            row |= {"ours_s": round(ours_s, 5), "products_s": round(products_s, 5)}
             if not args.no_reference:
-                row["reference_s"], their_order = time_runs(reference(preset, query, cands), args.repeats, device)
-                row["ratio"] = row["ours_s"] / row["reference_s"]
-                row["products_ratio"] = row["products_s"] / row["reference_s"]  # floor of an exact method
+                reference_s, their_order = time_runs(reference(preset, query, cands), args.repeats, device)
+                row["reference_s"] = round(reference_s, 5)
+                row["ratio"] = round(ours_s / reference_s, 3)
+                row["products_ratio"] = round(products_s / reference_s, 3)  # floor of an exact method
                 row["same_order"] = bool(np.array_equal(our_order, their_order))
             results.append(row)
             del query, cands

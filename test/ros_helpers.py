@@ -37,6 +37,7 @@ class FakeCandidate:
 class FakeResult:
     candidates: list
     timings: dict
+    map: object = None
 
 
 class FakeMap:
@@ -63,7 +64,7 @@ class FakeLocalizer:
         best = int(rgb.mean()) % 3
         order = [best] + [i for i in range(3) if i != best]
         cands = [FakeCandidate(i, i * 100 * 10**9, 0.9 if r == 0 else 0.1) for r, i in enumerate(order)]
-        return FakeResult(cands, {"encode_ms": 1.0, "search_ms": 0.1, "rerank_ms": 0.5})
+        return FakeResult(cands, {"encode_ms": 1.0, "search_ms": 0.1, "rerank_ms": 0.5}, self.map)
 
     def reload_map(self, path=None):
         pass

@@ -271,6 +271,25 @@ def test_open_during_a_swap_reads_the_new_map(tmp_path, monkeypatch):
         assert db.size == 8 and not pending
 
 
+def test_open_never_mixes_two_versions_of_a_map(tmp_path, monkeypatch):
+    """A rebuild of the same size published half-way through an open (no error to notice): the map
+    opened is the new one, whole: its index, vectors and keyframe table agree."""
+    path = tmp_path / "map"
+    build(path, 5)
+    pending = [_writer_with(path, 5, 5, append=False)]  # images 5..9 as ids 0..4
+    real = GlobalIndex.load
+
+    def publish_first(*args, **kwargs):
+        if pending:
+            pending.pop().commit(["rebuilt"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(GlobalIndex, "load", staticmethod(publish_first))
+    with MapDatabase.open(path) as db:
+        _, ids = db.search(FakeEncoder().encode([image(7)]).global_desc.numpy(), 1)
+        assert db.keyframe(int(ids[0, 0])).source == "img_7.png" and db.manifest.runs[0].sources == ["rebuilt"]
+
+
 def test_non_finite_descriptors_are_refused(tmp_path):
     enc = FakeEncoder()
     d = enc.encode([image(0), image(1)])
@@ -409,3 +428,26 @@ def test_small_maps_with_approximate_indexes(tmp_path, spec):
         assert db.manifest.index["spec"] == spec
         _, ids = db.search(FakeEncoder().encode([image(7)]).global_desc.numpy(), 3)
         assert ids[0, 0] == 7
+
+
+def test_maps_dropped_without_close_free_their_files(tmp_path):
+    """A reloaded-away map (never closed) releases its SQLite and memory-mapped files when dropped,
+    without waiting for a garbage-collection pass (the node reloads maps for hours)."""
+    import gc
+
+    import psutil
+
+    build(tmp_path / "map", 4)
+    proc = psutil.Process()
+    MapDatabase.open(tmp_path / "map").search(np.ones((1, DIM), np.float32), 1)
+    gc.collect()
+    base = proc.num_fds()
+    gc.disable()
+    try:
+        for _ in range(30):
+            db = MapDatabase.open(tmp_path / "map")
+            db.keyframe(0)
+            del db
+        assert proc.num_fds() <= base + 1
+    finally:
+        gc.enable()

@@ -184,3 +184,15 @@ def test_zero_dimensional_wpca_is_refused(tmp_path):
                                       s.__setitem__("WPCA.0.bias", torch.zeros(0))))
     with pytest.raises(CheckpointError, match="num_pcs"):
         read_checkpoint(path)
+
+
+def test_reference_trainer_checkpoint_with_numpy_scores_loads(tmp_path):
+    """The official train.py also saves ``best_score`` and ``recalls`` as numpy floats: data, loaded."""
+    import numpy as np
+
+    raw = torch.load(_official_like(tmp_path / "m.pth.tar"), weights_only=True)
+    raw.update(epoch=3, best_score=np.float64(0.87), recalls={1: np.float64(0.8), 5: np.float32(0.9)})
+    torch.save(raw, tmp_path / "trained.pth.tar")
+    assert torch.load(tmp_path / "trained.pth.tar", weights_only=False)["best_score"] == 0.87  # written as numpy
+    contents = read_checkpoint(tmp_path / "trained.pth.tar")
+    assert (contents.num_clusters, contents.num_pcs) == (4, 8)

@@ -45,7 +45,8 @@ def test_lifecycle_transitions_via_services(campus_map, ros_domain_id, tmp_path)
     finally:
         took = stop_node(proc, signal.SIGTERM)
     assert took < 2.0, f"SIGTERM took {took:.2f} s"
-    assert proc.returncode in (0, -signal.SIGTERM) and "Traceback" not in log.read_text()
+    text = log.read_text()
+    assert proc.returncode in (0, -signal.SIGTERM) and "Traceback" not in text, f"exit code {proc.returncode}:\n{text[-3000:]}"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT])  # SIGTERM: end of the lifecycle test

@@ -54,6 +54,7 @@ class QueryResult:
     timings: dict[str, float]  # encode_ms, search_ms, rerank_ms
     query_rgb_size: tuple[int, int] | None  # (H, W) of the query image; None for Descriptors input
     network_size: tuple[int, int]  # (H, W) the keypoints refer to
+    map: MapDatabase | None = None  # the map queried (map_ids refer to it, also after a reload)
 
 
 def scale_keypoints(points: np.ndarray, from_hw, to_hw) -> np.ndarray:
@@ -147,7 +148,7 @@ class Localizer:
         if self.config.localizer.rerank and len(cands):
             cands = self._rerank(db, desc, cands)
             timings["rerank_ms"] = (time.perf_counter() - t2) * 1e3
-        return QueryResult(cands, timings, rgb_size, tuple(m.image_size))
+        return QueryResult(cands, timings, rgb_size, tuple(m.image_size), db)
 
     def _rerank(self, db: MapDatabase, desc: Descriptors, cands: list[Candidate]) -> list[Candidate]:
         n = min(len(cands), max(1, int(self.config.localizer.rerank_k)))

@@ -42,13 +42,18 @@ class MapDatabase:
         path = Path(path)
         if not path.is_dir():
             raise MapError(f"map {path} does not exist (or is not a directory); build it with build-map")
-        directory = path.stat().st_ino
-        try:
-            return cls._open(path, identity, map_cfg)
-        except MapError:
-            if path.is_dir() and path.stat().st_ino != directory:  # a writer swapped a new map in meanwhile
-                return cls._open(path, identity, map_cfg)
-            raise
+        for attempt in range(3):  # a writer may swap a new map in while the files are being opened
+            directory = path.stat().st_ino
+            try:
+                db = cls._open(path, identity, map_cfg)
+            except MapError:
+                if attempt == 2 or not path.is_dir() or path.stat().st_ino == directory:
+                    raise
+                continue
+            if path.stat().st_ino == directory:  # every file came from one version of the map
+                return db
+            db.close()
+        raise MapError(f"map {path} kept changing while it was being opened (a writer publishing); try again")
 
     @classmethod
     def _open(cls, path: Path, identity: dict[str, Any] | None, map_cfg) -> "MapDatabase":
@@ -122,6 +127,7 @@ class MapDatabase:
     def close(self) -> None:
         self.table.close()
         self.store.arrays.clear()
+        self.global_desc = None
 
     def __enter__(self) -> "MapDatabase":
         return self

@@ -135,6 +135,11 @@ class KeyframeTable:
     def close(self) -> None:
         self.db.close()
 
+    def __del__(self) -> None:  # sqlite3 connections sit in reference cycles: free the fd with the table
+        db = getattr(self, "db", None)
+        if db is not None:
+            db.close()
+
 
 def encode_thumbnail(rgb: np.ndarray, width: int, quality: int = 85) -> bytes:
     """Downscale an RGB image to ``width`` pixels wide and JPEG-encode it."""

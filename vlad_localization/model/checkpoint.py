@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from .backbones import detect_backbone
@@ -88,7 +89,8 @@ def load_torch_file(path: str | Path) -> Any:
         raise CheckpointError(path, "this file is not a PyTorch checkpoint (.pth/.pth.tar); pass a "
                               "Patch-NetVLAD checkpoint or a backbone state dict written by torch.save")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             path,
@@ -103,6 +105,14 @@ def load_torch_file(path: str | Path) -> Any:
         raise CheckpointError(path, f"{problem}: not a complete torch file ({text.splitlines()[0]})") from exc
     except Exception as exc:  # noqa: BLE001 - any other decoder failure: not a torch file
         raise CheckpointError(path, f"not a torch checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def _numpy_scalar_globals() -> list:
+    """numpy scalars and their dtypes, allowed beside tensors: the reference trainer saves
+    ``best_score`` / ``recalls`` as numpy floats. They rebuild data (a dtype and its bytes), never code."""
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]  # numpy 2 and 1 names
 
 
 def _looks_like_torch_file(path: Path) -> bool:

@@ -299,7 +299,7 @@ class VladLocalizationNode(LifecycleNode):
             if self._localizer is None:
                 return
             result = self._localizer.query(rgb)
-            thumbnail = self._match_image_ref(result.candidates)
+            thumbnail = self._match_image_ref(result)
         if not self._pubs:  # cleaned up while this frame was being processed
             return
         stamp_ns = messages.stamp_to_ns(msg.header.stamp)
@@ -319,12 +319,13 @@ class VladLocalizationNode(LifecycleNode):
         timings = dict(result.timings, total_ms=(time.perf_counter() - t0) * 1e3)
         self.stats.frame_done(timings, closure is not None)
 
-    def _match_image_ref(self, candidates):
-        """The best candidate's thumbnail when ~/match_image is wanted and subscribed, else None."""
+    def _match_image_ref(self, result):
+        """The best candidate's thumbnail when ~/match_image is wanted and subscribed, else None
+        (from the map that was queried, even if ~/reload_map swapped another in since)."""
         pub = self._pubs.get("match_image")
-        if not candidates or not self.param("publish_match_image") or pub.get_subscription_count() == 0:
+        if not result.candidates or not self.param("publish_match_image") or pub.get_subscription_count() == 0:
             return None
-        return self._localizer.map.thumbnail(candidates[0].map_id)
+        return result.map.thumbnail(result.candidates[0].map_id)
 
     def _publish_match_image(self, header: Header, rgb, result, thumbnail) -> None:
         from vlad_localization.matching.plot import draw_matches
