@@ -338,6 +338,8 @@ class VladLocalizationNode(LifecycleNode):
 
     # -- diagnostics ---------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
+        if not self.context.ok():  # shutting down
+            return
         state = self._state_machine.current_state[1]  # (id, label)
         values = {"state": str(state), "device": self._device()}
         localizer = self._localizer
@@ -386,6 +388,9 @@ def run(args: list[str] | None = None) -> bool:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # noqa: BLE001 - a callback racing the signal's shutdown (e.g. publishing diagnostics)
+        if node.context.ok():
+            raise
     finally:
         stopped = node.stop()
         executor.shutdown(timeout_sec=0.2)
