@@ -262,8 +262,6 @@ def _messages(reader, connections, with_type: bool = False):
         for conn, t, raw in reader.messages(connections=connections):
             msg = reader.deserialize(raw, conn.msgtype)
             yield (msg, t, conn.msgtype) if with_type else (msg, t)
-    except BagError:
-        raise
     except Exception as exc:  # rosbags' readers raise many unrelated types on corrupt data
         where = "before the first message" if t is None else f"after the message at {t} ns"
         raise BagError(f"bag {reader.paths[0]} is corrupt {where} ({type(exc).__name__}: {exc})") from exc

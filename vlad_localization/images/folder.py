@@ -30,6 +30,7 @@ from .io import list_images, load_rgb
 
 FILE_COLUMNS = ("file", "filename", "image", "name", "path")
 SECONDS_COLUMNS = ("stamp", "time", "timestamp")
+POSE_COLUMNS = ("x", "y", "z", "qx", "qy", "qz", "qw", "yaw")
 
 
 @dataclass(frozen=True)
@@ -123,29 +124,25 @@ def _parse_row(values: dict[str, str], folder: Path, csv_dir: Path) -> CsvRow:
     else:
         seconds = next((values[c] for c in SECONDS_COLUMNS if values.get(c)), None)
         stamp = None if seconds is None else round(float(seconds) * NS_PER_S)
-    pose = None
-    given = [c for c in POSE_COLUMNS if values.get(c)]
-    if given and not (values.get("x") and values.get("y")):
-        raise ValueError(f"a pose needs both x and y (this row gives only {', '.join(given)})")
-    numbers = [float(values[c]) for c in given]
-    if not all(math.isfinite(v) for v in numbers):
+    num = {c: float(values[c]) for c in POSE_COLUMNS if values.get(c)}  # the pose cells given
+    if num and not ("x" in num and "y" in num):
+        raise ValueError(f"a pose needs both x and y (this row gives only {', '.join(num)})")
+    if not all(math.isfinite(v) for v in num.values()):
         raise ValueError("pose values must be finite numbers (no nan/inf)")
-    if given:
-        position = (float(values["x"]), float(values["y"]), float(values.get("z") or 0.0))
-        if all(values.get(c) for c in ("qx", "qy", "qz", "qw")):
-            q = tuple(float(values[c]) for c in ("qx", "qy", "qz", "qw"))
+    pose = None
+    if num:
+        position = (num["x"], num["y"], num.get("z", 0.0))
+        if all(c in num for c in ("qx", "qy", "qz", "qw")):
+            q = tuple(num[c] for c in ("qx", "qy", "qz", "qw"))
             norm = math.sqrt(sum(v * v for v in q))
             if not norm > 0:
                 raise ValueError("orientation quaternion is zero")
             pose = Pose(position, q if abs(norm - 1) < 1e-6 else tuple(v / norm for v in q))
-        elif values.get("yaw"):
-            pose = Pose.from_xy_yaw(*position[:2], float(values["yaw"]), z=position[2])
+        elif "yaw" in num:
+            pose = Pose.from_xy_yaw(*position[:2], num["yaw"], z=position[2])
         else:
             pose = Pose(position)
     return CsvRow(path, stamp, pose)
-
-
-POSE_COLUMNS = ("x", "y", "z", "qx", "qy", "qz", "qw", "yaw")
 
 
 def _locate(name: str, folder: Path, csv_dir: Path) -> Path:

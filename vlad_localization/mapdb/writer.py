@@ -67,9 +67,9 @@ class MapWriter:
             if item.is_file() and item.name != INDEX_FILE:
                 shutil.copy2(item, self.staging / item.name)
         self.manifest = existing.manifest
-        for key, value in self.manifest.index.items():  # unless given, an append keeps the index settings
-            if self._params.get(key, 0) is None:
-                self._params[key] = value
+        for key, value in self._params.items():  # unless given, an append keeps the index settings
+            if value is None:
+                self._params[key] = self.manifest.index.get(key)
         self._first_id = self._run_start = self.manifest.keyframes
         self._open_writers()
 

@@ -95,7 +95,8 @@ class VladLocalizationNode(LifecycleNode):
                             callback_group=MutuallyExclusiveCallbackGroup())
 
     def param(self, name: str):
-        return BY_NAME[name].coerce(self.get_parameter(name).value) if name in BY_NAME else self.get_parameter(name).value
+        value, spec = self.get_parameter(name).value, BY_NAME.get(name)
+        return spec.coerce(value) if spec is not None else value
 
     def _check_parameters(self, params) -> SetParametersResult:
         """Refuse values of the wrong type or out of range (at start-up and on ``ros2 param set``)."""
