@@ -20,6 +20,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from vlad_localization.choices import BACKBONES, EVICTIONS, FUSIONS, MATCHERS, MODES, names
+
 PRESETS = ("performance", "speed", "storage")
 
 
@@ -54,8 +56,7 @@ class ModelConfig:
             raise ConfigError("model.patch_sizes and model.strides must be positive integers")
         if self.num_clusters < 1:
             raise ConfigError("model.num_clusters must be >= 1")
-        if self.backbone not in ("vgg16", "resnet18", "resnet50"):
-            raise ConfigError(f"model.backbone {self.backbone!r}: use vgg16, resnet18 or resnet50")
+        _one_of("model.backbone", self.backbone, BACKBONES)
         _at_least("model", self, num_pcs=1, image_height=0, image_width=0, batch_size=1)
 
 
@@ -70,10 +71,8 @@ class MatchingConfig:
     ransac_seed: int | None = 0  # seeds OpenCV's RNG before each RANSAC for repeatable scores
 
     def validate(self, model: ModelConfig) -> None:
-        if self.matcher not in ("ransac", "spatial"):
-            raise ConfigError(f"matching.matcher {self.matcher!r}: use ransac or spatial")
-        if self.fusion not in ("absolute", "reference"):
-            raise ConfigError(f"matching.fusion {self.fusion!r}: use absolute or reference")
+        _one_of("matching.matcher", self.matcher, MATCHERS)
+        _one_of("matching.fusion", self.fusion, FUSIONS)
         if len(self.patch_weights) != len(model.patch_sizes):
             raise ConfigError(
                 f"matching.patch_weights {self.patch_weights} needs one weight per patch size "
@@ -108,12 +107,47 @@ class LocalizerConfig:
 
 
 @dataclass
+class LoopClosureConfig:
+    """The per-frame detector (:mod:`vlad_localization.detector`): which maps are searched, which
+    candidate is a loop closure, and the bounds of this run's own keyframe store. Keyframes of the
+    run are selected with the ``map`` section's thresholds, as ``build-map`` selects them."""
+
+    mode: str = "localize"  # localize | loop_closure | both (see choices.MODES)
+    score_threshold: float = 0.3  # minimum candidate score in [0, 1] for a loop closure
+    min_time_gap_s: float = 30.0  # closures and this run's search skip keyframes closer in time
+    min_travel_m: float = 0.0  # ... and (with poses) closer along the trajectory; 0 disables
+    max_keyframes: int = 20000  # this run's store; then `eviction` applies
+    eviction: str = "oldest"  # oldest | refuse
+
+    def validate(self) -> None:
+        _one_of("loop_closure.mode", self.mode, MODES)
+        _one_of("loop_closure.eviction", self.eviction, EVICTIONS)
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ConfigError(f"loop_closure.score_threshold must be in [0, 1], got {self.score_threshold!r}")
+        _at_least("loop_closure", self, min_time_gap_s=0.0, min_travel_m=0.0, max_keyframes=1)
+
+    @property
+    def searches_map(self) -> bool:
+        """The prebuilt map is searched (localize, both)."""
+        return self.mode != "loop_closure"
+
+    @property
+    def searches_run(self) -> bool:
+        """This run's own keyframes are stored and searched (loop_closure, both)."""
+        return self.mode != "localize"
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     map: MapConfig = field(default_factory=MapConfig)
     localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
+    loop_closure: LoopClosureConfig = field(default_factory=LoopClosureConfig)
     name: str = "custom"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
     def validate(self) -> "Config":
         self.model.validate()
@@ -121,7 +155,13 @@ class Config:
         _at_least("map", self.map, nprobe=1, ef_search=1, thumbnail_width=16, min_time_gap_s=0.0,
                   min_distance_m=0.0, min_descriptor_change=0.0)
         _at_least("localizer", self.localizer, top_k=1, rerank_k=0, max_image_pixels=1)
+        self.loop_closure.validate()
         return self
+
+
+def _one_of(key: str, value: Any, table: Mapping[str, str]) -> None:
+    if value not in table:
+        raise ConfigError(f"{key} {value!r}: use {names(table)}")
 
 
 def _at_least(section: str, values, **minima) -> None:
@@ -162,16 +202,12 @@ def _type_name(hint: Any) -> str:
     return {type(None): "null", bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
         hint, getattr(hint, "__name__", str(hint)))
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-
 _SECTION_TYPES = {
     "model": ModelConfig,
     "matching": MatchingConfig,
     "map": MapConfig,
     "localizer": LocalizerConfig,
+    "loop_closure": LoopClosureConfig,
 }
 
 
@@ -210,6 +246,20 @@ def config_from_dict(data: Mapping[str, Any], where: str = "config", base: Confi
         return cfg.validate()
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, Any], where: str = "overrides") -> Config:
+    """``cfg`` with ``{"section.key": value}`` overrides applied (None values are skipped), checked
+    like a file's values. The one way adapters (CLI flags, node parameters) change a configuration."""
+    data: dict[str, dict[str, Any]] = {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        data.setdefault(section, {})[key] = value
+    out = config_from_dict(data, where=where, base=cfg)
+    out.name = cfg.name
+    return out
 
 
 def preset_path(name: str) -> Path:

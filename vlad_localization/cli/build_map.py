@@ -6,11 +6,10 @@ import logging
 import sys
 from pathlib import Path
 
+from vlad_localization.cli.common import add_config_args, load_cli_config
 from vlad_localization.cli.main import UserError
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CONFIG = "speed"  # of every subcommand, so a map built without --config is queried with the same model
 
 EPILOG = """\
 Examples:
@@ -57,35 +56,6 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, help="encoding batch size (model.batch_size)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
-
-
-def add_config_args(p: argparse.ArgumentParser, device: bool = True) -> None:
-    """``--config`` (same default for every subcommand) and, unless ``device=False``, ``--device``."""
-    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="PRESET|YAML",
-                   help="preset (performance, speed, storage) or YAML file: model, patch sizes, matching "
-                        f"(default: {DEFAULT_CONFIG})")
-    if device:
-        p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the config's model.device)")
-
-
-def load_cli_config(args):
-    """The Config named by ``--config`` with the CLI overrides of ``args`` applied."""
-    from vlad_localization.config import load_config
-
-    cfg = load_config(args.config)
-    overrides = {
-        ("map", "index"): getattr(args, "index", None),
-        ("map", "min_time_gap_s"): getattr(args, "min_time_gap", None),
-        ("map", "min_distance_m"): getattr(args, "min_distance", None),
-        ("map", "min_descriptor_change"): getattr(args, "min_descriptor_change", None),
-        ("map", "store_thumbnails"): False if getattr(args, "no_thumbnails", False) else None,
-        ("model", "batch_size"): getattr(args, "batch_size", None),
-        ("model", "device"): getattr(args, "device", None),
-    }
-    for (section, name), value in overrides.items():
-        if value is not None:
-            setattr(getattr(cfg, section), name, value)
-    return cfg.validate()
 
 
 def _frames(args):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .build_map import add_config_args
+from .common import add_config_args, load_cli_config
 
 EPILOG = """\
 Output (numpy .npz):
@@ -40,18 +40,12 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from ..config import ConfigError, load_config
     from ..images.io import load_rgb
     from ..model.checkpoint import CheckpointError
     from ..model.encoder import Encoder
     from .main import UserError
 
-    try:
-        model_cfg = load_config(args.config).model
-    except ConfigError as exc:
-        raise UserError(str(exc)) from exc
-    if args.half:
-        model_cfg.half = True
+    model_cfg = load_cli_config(args).model
     try:
         encoder = Encoder.from_checkpoint(args.checkpoint, model_cfg, device=args.device)
     except CheckpointError as exc:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .build_map import add_config_args
+from ..choices import BACKBONES
+from .common import add_config_args
 
 EPILOG = """\
 What it does: samples VGG16/ResNet conv descriptors from your images, clusters them with k-means
@@ -35,7 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--images", required=True, type=Path, nargs="+", metavar="DIR",
                    help="folder(s) of images (or image files) to cluster and fit the WPCA on")
     p.add_argument("--out", required=True, type=Path, help="output checkpoint, e.g. model.pth.tar")
-    p.add_argument("--backbone", default=None, choices=("vgg16", "resnet18", "resnet50"),
+    p.add_argument("--backbone", default=None, choices=tuple(BACKBONES),
                    help="backbone architecture (default: the config's, vgg16)")
     add_config_args(p, device=False)
     p.add_argument("--num-clusters", type=int, default=None, help="NetVLAD clusters K (default: config's, 64)")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .build_map import add_config_args
+from ..choices import MATCHERS
+from .common import add_config_args, load_cli_config
 
 EPILOG = """\
 Output: one JSON object
@@ -43,7 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", required=True, type=Path,
                    help="official-format checkpoint (e.g. pittsburgh_WPCA512.pth.tar or from init-model)")
     add_config_args(p)
-    p.add_argument("--matcher", choices=("ransac", "spatial"), default=None,
+    p.add_argument("--matcher", choices=tuple(MATCHERS), default=None,
                    help="patch scorer (default: the config's matching.matcher)")
     p.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
                    help="write the two images side by side with the matched patches drawn")
@@ -57,7 +58,6 @@ def run(args) -> int:
 
     import cv2
 
-    from ..config import ConfigError, load_config
     from ..images.io import load_rgb
     from ..matching.matcher import PatchMatcher
     from ..matching.plot import draw_matches
@@ -65,12 +65,7 @@ def run(args) -> int:
     from ..model.encoder import Encoder
     from .main import UserError
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        raise UserError(str(exc)) from exc
-    if args.matcher:
-        cfg.matching.matcher = args.matcher
+    cfg = load_cli_config(args)
     try:
         encoder = Encoder.from_checkpoint(args.checkpoint, cfg.model, device=args.device)
     except CheckpointError as exc:

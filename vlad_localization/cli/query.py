@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from vlad_localization.cli.build_map import add_config_args, load_cli_config
+from vlad_localization.cli.common import add_config_args, load_cli_config, positive_int
 
 EPILOG = """\
 --json prints one object per query image and line:
@@ -26,17 +26,6 @@ Example:
   vlad-localization query --map maps/run1 --checkpoint model.pth.tar --config speed \\
       --top-k 5 --json query.png more_queries/
 """
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_parser(sub) -> None:
@@ -70,12 +59,7 @@ def run(args) -> int:
     from vlad_localization.images import list_images, load_rgb
     from vlad_localization.pipeline import Localizer
 
-    cfg = load_cli_config(args)
-    if args.top_k is not None:
-        cfg.localizer.top_k = args.top_k
-        cfg.localizer.rerank_k = min(cfg.localizer.rerank_k, args.top_k) if cfg.localizer.rerank_k else args.top_k
-    if args.no_rerank:
-        cfg.localizer.rerank = False
+    cfg = load_cli_config(args, {"localizer.rerank": False if args.no_rerank else None})
     paths = [q for p in map(Path, args.images) for q in (list_images(p) if p.is_dir() else [p])]
     loc = Localizer.from_paths(args.map, args.checkpoint, cfg, args.device)
     try:

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from vlad_localization.cli.build_map import add_config_args
+from vlad_localization.cli.common import add_config_args
 from vlad_localization.loop_closure import (
     DEFAULT_MIN_TIME_GAP_S, DEFAULT_SCORE_THRESHOLD, select_loop_closure,
 )

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from .geometry import VGG16_CONV5_3, BackboneGeometry, geometry_of
+from vlad_localization.choices import BACKBONES  # the one list of names
 
-BACKBONES = ("vgg16", "resnet18", "resnet50")
+from .geometry import VGG16_CONV5_3, BackboneGeometry, geometry_of
 
 # conv channel widths of VGG16's 13 conv layers, "M" = 2x2 max-pool
 _VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)

@@ -44,17 +44,12 @@ RAW_TYPE = "sensor_msgs/msg/Image"
 
 def localizer_config(preset: str, device: str, half: bool, top_k: int, rerank_k: int, matcher: str):
     """The library :class:`Config` for the node's parameters (0 / '' keep the preset's value)."""
-    from vlad_localization.config import load_config
+    from vlad_localization.config import apply_overrides, load_config
 
-    cfg = load_config(preset)
-    cfg.model.device, cfg.model.half = device, half
-    if top_k > 0:
-        cfg.localizer.top_k = top_k
-    if rerank_k > 0:
-        cfg.localizer.rerank_k = rerank_k
-    if matcher:
-        cfg.matching.matcher = matcher
-    return cfg.validate()
+    return apply_overrides(load_config(preset), {
+        "model.device": device, "model.half": half, "localizer.top_k": top_k or None,
+        "localizer.rerank_k": rerank_k or None, "matching.matcher": matcher or None,
+    }, where="node parameters")
 
 
 def load_localizer(map_path: str, checkpoint: str, cfg):

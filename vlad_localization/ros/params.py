@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from vlad_localization.choices import MATCHERS, names
 from vlad_localization.loop_closure import DEFAULT_MIN_TIME_GAP_S, DEFAULT_SCORE_THRESHOLD
 
 
@@ -57,8 +58,8 @@ PARAMETERS: tuple[Param, ...] = (
     Param("max_rate_hz", 0.0, "Per-camera processing rate cap in Hz (0 = as fast as the model runs)."),
     Param("top_k", 0, "Global (NetVLAD) candidates retrieved from the map (0 = the preset's value).", True),
     Param("rerank_k", 0, "Candidates re-ranked by patch matching (0 = the preset's value).", True),
-    Param("matcher", "", "Patch matcher: ransac | spatial ('' = the preset's value).", True,
-          choices=("ransac", "spatial")),
+    Param("matcher", "", f"Patch matcher: {names(MATCHERS)} ('' = the preset's value).", True,
+          choices=tuple(MATCHERS)),
     Param("score_threshold", DEFAULT_SCORE_THRESHOLD,
           "Minimum absolute patch score in [0, 1] for a candidate to be a ~/loop_closure."),
     Param("min_time_gap_s", DEFAULT_MIN_TIME_GAP_S,

@@ -1,0 +1,39 @@
+"""Every named choice of the package, declared once.
+
+The configuration validates against these tables, the node's parameters take their allowed values
+from them and the CLI's ``choices=`` and help texts are generated from them, so a new matcher,
+backbone, fusion or mode is added here and where it is implemented, nowhere else.
+"""
+from __future__ import annotations
+
+BACKBONES = {
+    "vgg16": "VGG16 up to conv5_3 (the Patch-NetVLAD encoder)",
+    "resnet18": "ResNet-18 truncated after layer3",
+    "resnet50": "ResNet-50 truncated after layer3",
+}
+
+MATCHERS = {
+    "ransac": "homography RANSAC on the mutual patch matches (official 'RANSAC')",
+    "spatial": "rapid spatial scoring (official 'spatialApproximator')",
+}
+
+FUSIONS = {
+    "absolute": "weighted mean of the absolute per-size scores, in [0, 1]",
+    "reference": "the official z-scores over the candidates (reproduces published results)",
+}
+
+MODES = {
+    "localize": "search the prebuilt map only (read-only)",
+    "loop_closure": "search this run's own keyframes only (no map needed)",
+    "both": "search the prebuilt map and this run's keyframes",
+}
+
+EVICTIONS = {
+    "oldest": "drop the oldest keyframe of this run to make room",
+    "refuse": "keep the first max_keyframes and insert no more",
+}
+
+
+def names(table: dict[str, str]) -> str:
+    """``a | b | c``: the choices of one table, for help texts and error messages."""
+    return " | ".join(table)

@@ -1,0 +1,64 @@
+"""What the subcommands share: the ``--config``/``--device`` options, turning parsed flags into a
+configuration (through :func:`vlad_localization.config.apply_overrides`), argparse types."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Mapping
+
+DEFAULT_CONFIG = "speed"  # of every subcommand, so a map built without --config is queried with the same model
+
+# CLI flag (argparse dest) -> configuration key; a flag left unset (None) keeps the config's value
+CONFIG_FLAGS: Mapping[str, str] = {
+    "index": "map.index",
+    "min_time_gap": "map.min_time_gap_s",
+    "min_distance": "map.min_distance_m",
+    "min_descriptor_change": "map.min_descriptor_change",
+    "batch_size": "model.batch_size",
+    "device": "model.device",
+    "half": "model.half",
+    "matcher": "matching.matcher",
+    "top_k": "localizer.top_k",
+    "mode": "loop_closure.mode",
+    "score_threshold": "loop_closure.score_threshold",
+    "min_gap": "loop_closure.min_time_gap_s",
+    "min_travel": "loop_closure.min_travel_m",
+    "max_keyframes": "loop_closure.max_keyframes",
+}
+
+
+def add_config_args(p: argparse.ArgumentParser, device: bool = True) -> None:
+    """``--config`` (same default for every subcommand) and, unless ``device=False``, ``--device``."""
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="PRESET|YAML",
+                   help="preset (performance, speed, storage) or YAML file: model, patch sizes, matching "
+                        f"(default: {DEFAULT_CONFIG})")
+    if device:
+        p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the config's model.device)")
+
+
+def load_cli_config(args, extra: Mapping[str, Any] | None = None):
+    """The Config named by ``--config`` with the flags of ``args`` found in :data:`CONFIG_FLAGS`
+    (and ``extra`` {"section.key": value}) applied; a bad value raises ``UserError``."""
+    from vlad_localization.cli.main import UserError
+    from vlad_localization.config import ConfigError, apply_overrides, load_config
+
+    overrides = {key: getattr(args, flag, None) for flag, key in CONFIG_FLAGS.items()}
+    if getattr(args, "no_thumbnails", False):
+        overrides["map.store_thumbnails"] = False
+    if getattr(args, "half", None) is False:  # store_true flags: only an explicit --half overrides
+        overrides["model.half"] = None
+    overrides.update(extra or {})
+    try:
+        return apply_overrides(load_config(args.config), overrides, where="command-line options")
+    except ConfigError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
