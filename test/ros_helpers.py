@@ -31,6 +31,11 @@ class FakeCandidate:
     per_size: dict = field(default_factory=dict)
     query_keypoints: np.ndarray | None = None
     map_keypoints: np.ndarray | None = None
+    fused_score: float = float("nan")
+
+    @property
+    def score(self) -> float:
+        return self.patch_score
 
 
 @dataclass

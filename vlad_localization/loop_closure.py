@@ -18,7 +18,7 @@ DEFAULT_MIN_TIME_GAP_S = 30.0
 
 class _Scored(Protocol):  # the fields of pipeline.Candidate this rule reads
     stamp_ns: int | None
-    patch_score: float
+    score: float
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,10 @@ def select_loop_closure(
     score_threshold: float,
     min_time_gap_s: float,
 ) -> LoopClosure | None:
-    """The best-ranked candidate with ``patch_score >= score_threshold`` and
+    """The best-ranked candidate with ``score >= score_threshold`` and
     ``|t_query - t_match| >= min_time_gap_s``, or None."""
     for rank, cand in enumerate(candidates):
-        if cand.stamp_ns is None or not cand.patch_score >= score_threshold:  # NaN: not re-ranked
+        if cand.stamp_ns is None or not cand.score >= score_threshold:  # NaN: not re-ranked
             continue
         if abs(query_stamp_ns - cand.stamp_ns) * 1e-9 < min_time_gap_s:
             continue

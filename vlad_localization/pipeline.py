@@ -40,12 +40,19 @@ class Candidate:
     patch_score: float = math.nan
     per_size: dict[int, float] = field(default_factory=dict)
     inliers: int = 0
+    fused_score: float = math.nan  # estimated probability of the same place ([0, 1]); NaN when not computed
     query_keypoints: np.ndarray | None = None  # (M, 2) x, y in network-input pixels
     map_keypoints: np.ndarray | None = None
 
     @property
     def reranked(self) -> bool:
         return not math.isnan(self.patch_score)
+
+    @property
+    def score(self) -> float:
+        """What ``loop_closure.score_threshold`` is compared with: the fused score when computed,
+        else the absolute patch score (NaN when not re-ranked: never a loop closure)."""
+        return self.patch_score if math.isnan(self.fused_score) else self.fused_score
 
 
 @dataclass
