@@ -26,7 +26,8 @@ class FakeCandidate:
     global_similarity: float = 0.9
     inliers: int = 10
     frame_id: str = "cam"
-    source: str = ""
+    file: str = ""
+    source: int = 0
     pose: FakePose | None = field(default_factory=FakePose)
     per_size: dict = field(default_factory=dict)
     query_keypoints: np.ndarray | None = None
@@ -43,6 +44,10 @@ class FakeResult:
     candidates: list
     timings: dict
     map: object = None
+    network_size: tuple = (24, 32)
+
+    def store(self, candidate):
+        return self.map
 
 
 class FakeMap:
@@ -55,24 +60,44 @@ class FakeMap:
 
 
 class FakeLocalizer:
-    """Returns keyframe (mean pixel value % 3) with stamps 0, 100, 200 s; optional delay."""
+    def __init__(self, owner):
+        self.owner = owner
 
-    def __init__(self, delay_s: float = 0.0):
+    def reload_map(self, path=None):
+        return self.owner.map
+
+
+class FakeDetector:
+    """Returns keyframe (mean pixel value % 3) with stamps 0, 100, 200 s; optional delay; the real
+    loop-closure rule with the configuration the node gives it."""
+
+    def __init__(self, config=None, delay_s: float = 0.0):
         self.map = FakeMap()
+        self.localizer = FakeLocalizer(self)
+        self.config = config
         self.delay_s = delay_s
         self.queries = 0
         self.released = False
 
-    def query(self, rgb, k=None):
+    def process(self, stamp_ns, rgb, pose=None, camera=0):
+        from vlad_localization.detector import FrameResult
+        from vlad_localization.loop_closure import select_loop_closure
+
         self.queries += 1
         time.sleep(self.delay_s)
         best = int(rgb.mean()) % 3
         order = [best] + [i for i in range(3) if i != best]
         cands = [FakeCandidate(i, i * 100 * 10**9, 0.9 if r == 0 else 0.1) for r, i in enumerate(order)]
-        return FakeResult(cands, {"encode_ms": 1.0, "search_ms": 0.1, "rerank_ms": 0.5}, self.map)
+        lc = self.config.loop_closure
+        closure = select_loop_closure(stamp_ns, cands, lc.score_threshold, lc.min_time_gap_s)
+        timings = {"encode_ms": 1.0, "search_ms": 0.1, "rerank_ms": 0.5, "total_ms": 1.6}
+        return FrameResult(stamp_ns, camera, cands, closure, None, timings, FakeResult(cands, timings, self.map))
 
-    def reload_map(self, path=None):
-        pass
+    def stats(self):
+        return {}
+
+    def save_map(self, path, sources=()):
+        raise ValueError("the fake keeps no keyframes")
 
     def release(self):
         self.released = True

@@ -69,7 +69,7 @@ def test_query_json_and_table(map_a, env, capsys):
         assert len(line["candidates"]) == 3 and all(set(c) == JSON_KEYS for c in line["candidates"])
         scores = [c["patch_score"] for c in line["candidates"]]
         assert scores == sorted(scores, reverse=True)
-    assert lines[0]["candidates"][0]["map_id"] == 2 and lines[0]["candidates"][0]["stamp"] == 2.0
+    assert lines[0]["candidates"][0]["map_id"] == 2 and lines[0]["candidates"][0]["map_stamp"] == 2.0
     assert lines[1]["candidates"][0]["map_id"] == 0  # image_71 closes the loop at image_0
     assert main(["query", "--map", str(map_a), *env["common"], "--no-rerank", "--json", q[0]]) == 0
     line = json.loads(capsys.readouterr().out)

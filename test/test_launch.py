@@ -71,21 +71,24 @@ def test_generate_launch_description_with_stub_modules(monkeypatch):
     ld = launch_file.generate_launch_description()
     actions = ld.args[0]
     declared = {a.args[0]: a.kwargs.get("default_value") for a in actions if type(a).__name__ == "DeclareLaunchArgument"}
-    assert set(declared) == {"map", "checkpoint", "preset", "image_topic", "use_sim_time", "namespace", "params_file"}
+    assert set(declared) == {"mode", "map", "odom_topic", "checkpoint", "preset", "image_topic", "use_sim_time",
+                             "namespace", "params_file"}
     assert Path(declared["params_file"]) == REPO / "config" / "vlad_localization.yaml"  # share dir = repo here
     (opaque,) = [a for a in actions if type(a).__name__ == "OpaqueFunction"]
     given = {"map": "maps/run1", "checkpoint": "m.pth.tar", "preset": "performance", "image_topic": "/cam/image_raw",
-             "use_sim_time": "true", "namespace": "robot1", "params_file": "my.yaml"}
+             "use_sim_time": "true", "namespace": "robot1", "params_file": "my.yaml", "mode": "both",
+             "odom_topic": "/odom"}
     (node,) = opaque.kwargs["function"](given)
     assert node.kwargs["package"] == "vlad_localization"
     assert node.kwargs["executable"] == "vlad_localization_node"
     assert node.kwargs["name"] == "vlad_localization" and node.kwargs["namespace"] == "robot1"
     params_file, overrides = node.kwargs["parameters"]  # later entries win in launch_ros
     assert params_file == "my.yaml"
-    assert overrides == {"map_path": "maps/run1", "checkpoint": "m.pth.tar", "use_sim_time": True,
-                         "preset": "performance", "image_topics": ["/cam/image_raw"]}
-    # preset / image_topic not given: the params file's values (e.g. several cameras) are not overridden
-    (node,) = opaque.kwargs["function"](given | {"preset": "", "image_topic": "", "use_sim_time": "false"})
-    assert node.kwargs["parameters"][1] == {"map_path": "maps/run1", "checkpoint": "m.pth.tar", "use_sim_time": False}
+    assert overrides == {"map_path": "maps/run1", "checkpoint": "m.pth.tar", "use_sim_time": True, "mode": "both",
+                         "odom_topic": "/odom", "preset": "performance", "image_topics": ["/cam/image_raw"]}
+    # arguments not given: the params file's values (e.g. several cameras) are not overridden
+    (node,) = opaque.kwargs["function"](given | {"preset": "", "image_topic": "", "use_sim_time": "false",
+                                                 "map": "", "mode": "", "odom_topic": ""})
+    assert node.kwargs["parameters"][1] == {"checkpoint": "m.pth.tar", "use_sim_time": False}
     node_params = yaml.safe_load((REPO / "config" / "vlad_localization.yaml").read_text())["/**"]["ros__parameters"]
     assert {"map_path", "checkpoint", "preset", "image_topics"} <= set(node_params)

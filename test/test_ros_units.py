@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ros_helpers import PARAMS_FILE, Collector, FakeCandidate, FakeLocalizer, wait_for
+from ros_helpers import PARAMS_FILE, Collector, FakeCandidate, FakeDetector, wait_for
 from vlad_localization.loop_closure import select_loop_closure
 from vlad_localization.ros.params import PARAMETERS, markdown_table
 from vlad_localization.ros.worker import LatestFrameWorker
@@ -67,15 +67,16 @@ def test_worker_survives_handler_errors():
 def test_candidates_message_layout_round_trips():
     from vlad_localization.ros.messages import CANDIDATE_COLUMNS, candidates_msg, parse_candidates
 
-    cands = [FakeCandidate(7, 3 * S, 0.8, inliers=12), FakeCandidate(2, None, 0.1)]
+    cands = [FakeCandidate(7, 3 * S, 0.8, inliers=12, source=1, fused_score=0.95), FakeCandidate(2, None, 0.1)]
     msg = candidates_msg(5 * S + 250_000_000, 1, cands)
     d0, d1 = msg.layout.dim
-    assert (d0.label, d0.size, d0.stride) == ("candidate", 2, 14)
-    assert (d1.label, d1.size, d1.stride) == (",".join(CANDIDATE_COLUMNS), 7, 7)
+    assert (d0.label, d0.size, d0.stride) == ("candidate", 2, 18)
+    assert (d1.label, d1.size, d1.stride) == (",".join(CANDIDATE_COLUMNS), 9, 9)
     rows = parse_candidates(msg)
     assert rows[0] == {"query_stamp": 5.25, "camera": 1.0, "map_id": 7.0, "map_stamp": 3.0,
-                       "global_similarity": 0.9, "patch_score": 0.8, "inliers": 12.0}
-    assert math.isnan(rows[1]["map_stamp"])
+                       "global_similarity": 0.9, "patch_score": 0.8, "inliers": 12.0, "source": 1.0,
+                       "fused_score": 0.95}
+    assert math.isnan(rows[1]["map_stamp"]) and math.isnan(rows[1]["fused_score"]) and rows[1]["source"] == 0
     empty = candidates_msg(S, 0, [])
     assert empty.layout.dim[0].size == 0 and list(empty.data) == [] and parse_candidates(empty) == []
 
@@ -99,9 +100,9 @@ def fake_node(ros_domain_id):
     from vlad_localization.ros.node import VladLocalizationNode
 
     rclpy.init()
-    fake = FakeLocalizer(delay_s=0.05)
+    fake = FakeDetector(delay_s=0.05)
     node = VladLocalizationNode(
-        localizer_factory=lambda *a: fake,
+        detector_factory=lambda cfg, *a: setattr(fake, "config", cfg) or fake,
         parameter_overrides=[
             Parameter("map_path", value="fake"), Parameter("checkpoint", value="fake"),
             Parameter("image_topics", value=["/cam0/image_raw", "/cam1/image/compressed"]),
@@ -213,7 +214,7 @@ def _bare_node(overrides, factory=None):
 
     params = [Parameter("map_path", value="fake"), Parameter("checkpoint", value="fake")]
     params += [Parameter(k, value=v) for k, v in overrides.items()]
-    return VladLocalizationNode(localizer_factory=factory or (lambda *a: FakeLocalizer()), parameter_overrides=params)
+    return VladLocalizationNode(detector_factory=factory or (lambda cfg, *a: FakeDetector(cfg)), parameter_overrides=params)
 
 
 @pytest.fixture
@@ -249,7 +250,7 @@ def test_failed_activate_and_error_leave_nothing_running(rclpy_context, monkeypa
 
     fakes = []
     node = _bare_node({"image_topics": ["/cam0/image_raw", "/cam1/image raw"]},
-                      factory=lambda *a: fakes.append(FakeLocalizer()) or fakes[-1])
+                      factory=lambda cfg, *a: fakes.append(FakeDetector(cfg)) or fakes[-1])
     try:
         assert node.trigger_configure().name == "FAILURE" and not fakes  # bad name: refused before loading
         node.set_parameters([Parameter("image_topics", value=["/cam0/image_raw", "/cam1/image_raw"])])
@@ -269,7 +270,7 @@ def test_failed_activate_and_error_leave_nothing_running(rclpy_context, monkeypa
         monkeypatch.setattr(node, "_reliability", lambda: 1 / 0)  # raises inside the transition
         node.trigger_activate()
         assert node._state_machine.current_state[1] == "unconfigured"  # on_error ran
-        assert fakes[0].released and node._pubs == {} and node._localizer is None
+        assert fakes[0].released and node._pubs == {} and node._detector is None
         monkeypatch.undo()
         assert node.trigger_configure().name == "SUCCESS" and node.trigger_activate().name == "SUCCESS"
         assert len(node._subs) == 2 and len(fakes) == 2
@@ -284,11 +285,11 @@ def test_gpu_reactivation_reloads_what_was_configured(rclpy_context):
     from rclpy.parameter import Parameter
 
     loads = []
-    node = _bare_node({"device": "cuda"}, factory=lambda m, c, cfg: loads.append((m, c)) or FakeLocalizer())
+    node = _bare_node({"device": "cuda"}, factory=lambda cfg, c, m: loads.append((m, c)) or FakeDetector(cfg))
     try:
         assert node.trigger_configure().name == "SUCCESS" and node.trigger_activate().name == "SUCCESS"
         node.set_parameters([Parameter("map_path", value="elsewhere")])
-        assert node.trigger_deactivate().name == "SUCCESS" and node._localizer is None  # freed (GPU)
+        assert node.trigger_deactivate().name == "SUCCESS" and node._detector is None  # freed (GPU)
         assert node.trigger_activate().name == "SUCCESS"
         assert loads == [("fake", "fake"), ("fake", "fake")]
     finally:

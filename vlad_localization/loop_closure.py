@@ -1,9 +1,10 @@
 """Which retrieval candidate becomes a loop closure.
 
-One rule, shared by the ROS 2 node (``~/loop_closure``) and ``vlad-localization replay``: walk the
-candidates in final rank order and take the first one that is both *confident* (its absolute
-patch score, in [0, 1], reaches ``score_threshold``; a candidate that was not re-ranked has a
-NaN score and never qualifies) and *a revisit* (its keyframe was recorded at
+One rule, applied by :class:`vlad_localization.detector.LoopClosureDetector` for the ROS 2 node
+(``~/loop_closure``) and ``vlad-localization replay``: walk the candidates in final rank order and
+take the first one that is both *confident* (its ``score``, in [0, 1], reaches ``score_threshold``;
+a candidate that was not re-ranked has a NaN score and never qualifies) and *a revisit* (its
+keyframe was recorded at
 least ``min_time_gap_s`` away from the query, so the robot's own recent frames never close a loop).
 A keyframe without a time stamp cannot be a loop closure: the LIO-SAM interface needs its time.
 """
@@ -11,9 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Iterable, Protocol
-
-DEFAULT_SCORE_THRESHOLD = 0.3  # absolute patch score in [0, 1]
-DEFAULT_MIN_TIME_GAP_S = 30.0
 
 
 class _Scored(Protocol):  # the fields of pipeline.Candidate this rule reads

@@ -5,6 +5,10 @@
     best = res.candidates[0]                # final rank order
     best.map_id, best.patch_score, best.pose
 
+A query searches the prebuilt map (``source`` 0) and, when one is given, the run's own keyframes
+(:class:`~vlad_localization.mapdb.LiveMap`, ``source`` 1; see :mod:`vlad_localization.detector`);
+the candidates of both are merged by global similarity and re-ranked together.
+
 ``Candidate.patch_score`` is the absolute fused patch score in [0, 1] (thresholdable); it is NaN
 for candidates that were not re-ranked (``localizer.rerank`` False, or ranked below
 ``localizer.rerank_k``), which always come after the re-ranked ones in global-similarity order.
@@ -27,6 +31,9 @@ from vlad_localization.mapdb import Keyframe, MapDatabase
 from vlad_localization.model.descriptors import Descriptors
 
 
+PREBUILT, RUN = 0, 1  # Candidate.source: the prebuilt map, this run's own keyframes
+
+
 @dataclass
 class Candidate:
     """One map keyframe proposed for a query (see the module doc for NaN ``patch_score``)."""
@@ -34,7 +41,7 @@ class Candidate:
     map_id: int
     stamp_ns: int | None
     frame_id: str
-    source: str
+    file: str  # the keyframe's image file, or bag:topic (the map's ``source`` column)
     pose: Pose | None
     global_similarity: float
     patch_score: float = math.nan
@@ -43,6 +50,7 @@ class Candidate:
     fused_score: float = math.nan  # estimated probability of the same place ([0, 1]); NaN when not computed
     query_keypoints: np.ndarray | None = None  # (M, 2) x, y in network-input pixels
     map_keypoints: np.ndarray | None = None
+    source: int = PREBUILT  # which map: PREBUILT (0) or RUN (1, this run's own keyframes)
 
     @property
     def reranked(self) -> bool:
@@ -61,7 +69,12 @@ class QueryResult:
     timings: dict[str, float]  # encode_ms, search_ms, rerank_ms
     query_rgb_size: tuple[int, int] | None  # (H, W) of the query image; None for Descriptors input
     network_size: tuple[int, int]  # (H, W) the keypoints refer to
-    map: MapDatabase | None = None  # the map queried (map_ids refer to it, also after a reload)
+    map: MapDatabase | None = None  # the prebuilt map queried (map_ids refer to it, also after a reload)
+    run_map: object | None = None  # the run's LiveMap queried, if any
+
+    def store(self, candidate: Candidate):
+        """The map a candidate's ``map_id`` refers to (for its thumbnail, patches, keyframe)."""
+        return self.run_map if candidate.source == RUN else self.map
 
 
 def scale_keypoints(points: np.ndarray, from_hw, to_hw) -> np.ndarray:
@@ -71,13 +84,17 @@ def scale_keypoints(points: np.ndarray, from_hw, to_hw) -> np.ndarray:
 
 
 class Localizer:
-    """Encoder + map database + patch matcher. Thread-safe for one querying thread plus
-    :meth:`reload_map` from another (the swap is a single reference assignment)."""
+    """Encoder + map database(s) + patch matcher. Thread-safe for one querying thread plus
+    :meth:`reload_map` from another (the swap is a single reference assignment).
 
-    def __init__(self, encoder, map_db: MapDatabase, config: Config):
+    ``map_db`` is the prebuilt map (None in ``loop_closure`` mode); ``run_map`` this run's
+    :class:`~vlad_localization.mapdb.LiveMap` (None in ``localize`` mode)."""
+
+    def __init__(self, encoder, map_db: MapDatabase | None, config: Config, run_map=None):
         self.encoder = encoder
         self.config = config
         self._map = map_db
+        self.run_map = run_map
         self._matcher = None
         self._matcher_key = None
 
@@ -96,12 +113,14 @@ class Localizer:
         return cls(encoder, map_db, config)
 
     @property
-    def map(self) -> MapDatabase:
+    def map(self) -> MapDatabase | None:
         return self._map
 
     def reload_map(self, path: str | Path | None = None) -> MapDatabase:
         """Reopen the map (after a rebuild/append swapped it in) or open another one. On failure
         the current map stays in use and the :class:`MapError` propagates."""
+        if path is None and self._map is None:
+            raise ValueError("no prebuilt map to reload: give a map path")
         new = MapDatabase.open(path or self._map.path, identity=self.encoder.identity(), map_cfg=self.config.map)
         self._map = new  # the old one is closed when the last query using it finishes (GC)
         return new
@@ -121,9 +140,12 @@ class Localizer:
             raise ValueError(f"query image {image.shape[1]}x{image.shape[0]} exceeds localizer.max_image_pixels={limit}")
         return self.encoder.encode([image])
 
-    def query(self, image_or_descriptors, k: int | None = None) -> QueryResult:
-        """Top-``k`` (default ``localizer.top_k``) map keyframes for one image, best first."""
-        db = self._map
+    def query(self, image_or_descriptors, k: int | None = None, max_stamp_ns: int | None = None,
+              max_travel_m: float | None = None) -> QueryResult:
+        """Top-``k`` (default ``localizer.top_k``) keyframes for one image, best first, from the
+        prebuilt map and the run's store; ``max_stamp_ns`` / ``max_travel_m`` restrict the run's
+        store to keyframes taken before that time / travelled distance (never its recent ones)."""
+        db, run = self._map, self.run_map
         timings = {"encode_ms": 0.0, "search_ms": 0.0, "rerank_ms": 0.0}
         t0 = time.perf_counter()
         if isinstance(image_or_descriptors, Descriptors):
@@ -135,34 +157,35 @@ class Localizer:
             rgb_size = tuple(np.asarray(image_or_descriptors).shape[:2])
         t1 = time.perf_counter()
         timings["encode_ms"] = (t1 - t0) * 1e3 if rgb_size is not None else 0.0
-        m = db.manifest
-        if tuple(desc.grid) != tuple(m.grid) or tuple(desc.image_size) != tuple(m.image_size):
-            raise ValueError(
-                f"query encoded at {desc.image_size} (grid {desc.grid}) but map {db.path} at "
-                f"{tuple(m.image_size)} (grid {tuple(m.grid)}): use the model config the map was built with"
-            )
         query = desc.global_desc.detach().float().cpu().numpy()
         if not np.isfinite(query).all():  # what a search or a score would make of it is meaningless
             raise ValueError("the query's global descriptor has NaN/inf values (fp16 overflow? a corrupt checkpoint?)")
         k = int(k or self.config.localizer.top_k)
-        sims, ids = db.search(query, k)
-        keep = ids[0] >= 0
-        sims, ids = sims[0][keep], ids[0][keep]
+        cands: list[Candidate] = []
+        for source, store, limits in ((PREBUILT, db, {}),
+                                      (RUN, run, {"max_stamp_ns": max_stamp_ns, "max_travel_m": max_travel_m})):
+            if store is None or store.manifest is None:  # not searched, or a run store still empty
+                continue
+            _check_layout(desc, store)
+            sims, ids = store.search(query, k, **limits)
+            keep = ids[0] >= 0
+            for kf, sim in zip(store.keyframes(ids[0][keep]), sims[0][keep]):
+                cands.append(_candidate(kf, float(sim), source))
+        cands = sorted(cands, key=lambda c: -c.global_similarity)[:k]  # stable: the prebuilt map first on ties
         t2 = time.perf_counter()
         timings["search_ms"] = (t2 - t1) * 1e3
-        keyframes = db.keyframes(ids)
-        cands = [_candidate(kf, float(s)) for kf, s in zip(keyframes, sims)]
-        if self.config.localizer.rerank and len(cands):
-            cands = self._rerank(db, desc, cands)
+        network_size = tuple(desc.image_size)
+        if self.config.localizer.rerank and cands:
+            cands = self._rerank({PREBUILT: db, RUN: run}, desc, cands)
             timings["rerank_ms"] = (time.perf_counter() - t2) * 1e3
-        return QueryResult(cands, timings, rgb_size, tuple(m.image_size), db)
+        return QueryResult(cands, timings, rgb_size, network_size, db, run)
 
-    def _rerank(self, db: MapDatabase, desc: Descriptors, cands: list[Candidate]) -> list[Candidate]:
+    def _rerank(self, stores: dict, desc: Descriptors, cands: list[Candidate]) -> list[Candidate]:
         n = min(len(cands), max(1, int(self.config.localizer.rerank_k)))
         head, tail = cands[:n], cands[n:]
-        matcher = self._matcher_for(db)
+        matcher = self._matcher_for(stores[head[0].source])
         device = next(iter(desc.patches.values())).device
-        stored = db.patches([c.map_id for c in head])
+        stored = _patches_of(stores, head)
         cand_patches = {p: torch.from_numpy(a.astype(np.float32)).to(device) for p, a in stored.items()}
         query_patches = {p: t[0].float() for p, t in desc.patches.items()}
         res = matcher.score(query_patches, cand_patches)
@@ -188,11 +211,36 @@ class Localizer:
         return self._matcher
 
 
-def _candidate(kf: Keyframe, similarity: float) -> Candidate:
+def _check_layout(desc: Descriptors, store) -> None:
+    m = store.manifest
+    if tuple(desc.grid) != tuple(m.grid) or tuple(desc.image_size) != tuple(m.image_size):
+        where = getattr(store, "path", None) or "this run's keyframes"
+        raise ValueError(
+            f"query encoded at {desc.image_size} (grid {desc.grid}) but map {where} at "
+            f"{tuple(m.image_size)} (grid {tuple(m.grid)}): use the model config the map was built with"
+        )
+
+
+def _patches_of(stores: dict, cands: list[Candidate]) -> dict[int, np.ndarray]:
+    """{patch size: (len(cands), patches, D)} in the candidates' order, read from each one's map."""
+    rows: dict[int, list[int]] = {}
+    for i, c in enumerate(cands):
+        rows.setdefault(c.source, []).append(i)
+    out: dict[int, np.ndarray] = {}
+    for source, positions in rows.items():
+        part = stores[source].patches([cands[i].map_id for i in positions])
+        for p, a in part.items():
+            if p not in out:
+                out[p] = np.empty((len(cands),) + a.shape[1:], a.dtype)
+            out[p][positions] = a
+    return out
+
+
+def _candidate(kf: Keyframe, similarity: float, source: int = PREBUILT) -> Candidate:
     pose = None
     if kf.position is not None:
         pose = Pose(tuple(kf.position), tuple(kf.orientation) if kf.orientation else (0.0, 0.0, 0.0, 1.0))
-    return Candidate(kf.id, kf.stamp_ns, kf.frame_id, kf.source, pose, similarity)
+    return Candidate(kf.id, kf.stamp_ns, kf.frame_id, kf.source, pose, similarity, source=source)
 
 
-__all__ = ["Candidate", "Localizer", "QueryResult", "scale_keypoints"]
+__all__ = ["PREBUILT", "RUN", "Candidate", "Localizer", "QueryResult", "scale_keypoints"]

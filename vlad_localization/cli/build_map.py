@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from vlad_localization.cli.common import add_config_args, load_cli_config
+from vlad_localization.cli.common import add_config_args, add_source_args, load_cli_config, open_frames
 from vlad_localization.cli.main import UserError
 
 log = logging.getLogger(__name__)
@@ -35,16 +35,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="Patch-NetVLAD checkpoint (.pth.tar)")
     p.add_argument("--out", required=True, help="map directory to create (or replace / --append to)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--bag", help="ROS 2 bag (directory, .db3 or .mcap)")
-    src.add_argument("--images", help="folder of images (natural order)")
-    p.add_argument("--image-topic", help="bag image topic (sensor_msgs/Image or CompressedImage)")
-    p.add_argument("--pose-topic", help="bag pose topic (nav_msgs/Odometry or PoseStamped), interpolated")
-    p.add_argument("--poses", metavar="CSV",
-                   help="stamps/poses for --images: a header row naming the columns (any order) "
-                        "file[,stamp_ns|stamp][,x,y[,z][,qx,qy,qz,qw|yaw]], or no header and rows "
-                        "file,x,y,yaw or file,x,y,z,qx,qy,qz,qw; file: an image name or a path relative "
-                        "to the CSV; stamp in s, yaw in rad")
+    add_source_args(p)
     p.add_argument("--append", action="store_true", help="add this run to the existing map at --out")
     add_config_args(p)
     g = p.add_argument_group("map options (override the config's map section)")
@@ -58,41 +49,12 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _frames(args):
-    """(frames iterable, sources, total or None)."""
-    from vlad_localization.images import iter_bag, iter_folder, list_image_topics, list_images
-
-    if args.images:
-        if args.image_topic or args.pose_topic:
-            raise UserError("--image-topic/--pose-topic apply to --bag; use --poses with --images")
-        return iter_folder(args.images, args.poses), [str(Path(args.images).absolute())], len(list_images(args.images))
-    if args.poses:
-        raise UserError("--poses applies to --images; use --pose-topic with --bag")
-    if not args.image_topic:
-        topics = list_image_topics(args.bag)
-        raise UserError(f"--image-topic is required with --bag; image topics in {args.bag}: "
-                        + (", ".join(f"{t} ({m})" for t, m in topics.items()) or "none"))
-    source = iter_bag(args.bag, args.image_topic, args.pose_topic)
-    return source, [f"{Path(args.bag).absolute()}:{args.image_topic}"], _count_messages(source)
-
-
-def _count_messages(source) -> int | None:
-    try:
-        from rosbags.highlevel import AnyReader
-
-        path = Path(source.bag_path)
-        with AnyReader([path if path.is_dir() else path.parent]) as reader:
-            return sum(c.msgcount for c in reader.connections if c.topic == source.image_topic)
-    except Exception:  # only for the progress bar's ETA
-        return None
-
-
 def run(args) -> int:
     from vlad_localization.mapdb import build_map
     from vlad_localization.model.encoder import Encoder
 
     cfg = load_cli_config(args)
-    frames, sources, total = _frames(args)
+    frames, sources, total = open_frames(args)
     encoder = Encoder.from_checkpoint(args.checkpoint, cfg.model, args.device)
     out = Path(args.out)
     try:

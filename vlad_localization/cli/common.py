@@ -3,6 +3,7 @@ configuration (through :func:`vlad_localization.config.apply_overrides`), argpar
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, Mapping
 
 DEFAULT_CONFIG = "speed"  # of every subcommand, so a map built without --config is queried with the same model
@@ -51,6 +52,54 @@ def load_cli_config(args, extra: Mapping[str, Any] | None = None):
         return apply_overrides(load_config(args.config), overrides, where="command-line options")
     except ConfigError as exc:
         raise UserError(str(exc)) from exc
+
+
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    """The frame source of build-map and replay: ``--bag`` (+ topics) or ``--images`` (+ CSV)."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bag", help="ROS 2 bag (directory, .db3 or .mcap)")
+    src.add_argument("--images", help="folder of images (natural order)")
+    p.add_argument("--image-topic", help="bag image topic (sensor_msgs/Image or CompressedImage)")
+    p.add_argument("--pose-topic", help="bag pose topic (nav_msgs/Odometry or PoseStamped), interpolated")
+    p.add_argument("--poses", metavar="CSV",
+                   help="stamps/poses for --images: a header row naming the columns (any order) "
+                        "file[,stamp_ns|stamp][,x,y[,z][,qx,qy,qz,qw|yaw]], or no header and rows "
+                        "file,x,y,yaw or file,x,y,z,qx,qy,qz,qw; file: an image name or a path relative "
+                        "to the CSV; stamp in s, yaw in rad")
+    p.add_argument("--fps", type=float, default=1.0,
+                   help="--images without CSV stamps: frame i is stamped i / FPS seconds (default 1)")
+
+
+def open_frames(args, max_pixels: int | None = None):
+    """(frames, sources, total or None) of :func:`add_source_args`' options; misuse raises UserError."""
+    from vlad_localization.cli.main import UserError
+    from vlad_localization.images import iter_bag, iter_folder, list_image_topics
+
+    if args.images:
+        if args.image_topic or args.pose_topic:
+            raise UserError("--image-topic/--pose-topic apply to --bag; use --poses with --images")
+        frames = iter_folder(args.images, args.poses, fps=args.fps)
+        return frames, [str(Path(args.images).absolute())], len(frames)
+    if args.poses:
+        raise UserError("--poses applies to --images; use --pose-topic with --bag")
+    if not args.image_topic:
+        topics = list_image_topics(args.bag)
+        raise UserError(f"--image-topic is required with --bag; image topics in {args.bag}: "
+                        + (", ".join(f"{t} ({m})" for t, m in topics.items()) or "none"))
+    extra = {} if max_pixels is None else {"max_pixels": max_pixels}
+    source = iter_bag(args.bag, args.image_topic, args.pose_topic, **extra)
+    return source, [f"{Path(args.bag).absolute()}:{args.image_topic}"], _count_messages(source)
+
+
+def _count_messages(source) -> int | None:
+    try:
+        from rosbags.highlevel import AnyReader
+
+        path = Path(source.bag_path)
+        with AnyReader([path if path.is_dir() else path.parent]) as reader:
+            return sum(c.msgcount for c in reader.connections if c.topic == source.image_topic)
+    except Exception:  # only for the progress bar's ETA
+        return None
 
 
 def positive_int(text: str) -> int:

@@ -10,17 +10,19 @@ from pathlib import Path
 from vlad_localization.cli.common import add_config_args, load_cli_config, positive_int
 
 EPILOG = """\
---json prints one object per query image and line:
-  {"query": "<path>", "candidates": [{"map_id": 3, "stamp": 12.5, "source": "...",
-    "global_similarity": 0.91, "patch_score": 0.42, "inliers": 57}, ...]}
+--json prints one object per query image and line (the candidate fields of `replay`):
+  {"query": "<path>", "candidates": [{"map_id": 3, "map_stamp": 12.5, "global_similarity": 0.91,
+    "patch_score": 0.42, "inliers": 57, "source": 0, "fused_score": 0.97, "file": "..."}, ...]}
   query                the query image path
   candidates           map keyframes in final rank order, each with
     map_id             keyframe id in the map (see map-info)
-    stamp              keyframe stamp in seconds (null without a stamp)
-    source             the keyframe's image file, or bag:topic
+    map_stamp          keyframe stamp in seconds (null without a stamp)
     global_similarity  inner product of the NetVLAD global descriptors ([-1, 1])
     patch_score        absolute patch score in [0, 1] (null if not re-ranked)
     inliers            patch matches supporting it, at the best patch size
+    source             0: the prebuilt map (always, for query)
+    fused_score        estimated probability of the same place in [0, 1] (null if not computed)
+    file               the keyframe's image file, or bag:topic
 
 Example:
   vlad-localization query --map maps/run1 --checkpoint model.pth.tar --config speed \\
@@ -44,18 +46,8 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def candidate_json(c) -> dict:
-    return {
-        "map_id": c.map_id,
-        "stamp": None if c.stamp_ns is None else c.stamp_ns / 1e9,
-        "source": c.source,
-        "global_similarity": round(c.global_similarity, 6),
-        "patch_score": None if math.isnan(c.patch_score) else round(c.patch_score, 6),
-        "inliers": c.inliers,
-    }
-
-
 def run(args) -> int:
+    from vlad_localization.detector import candidate_record
     from vlad_localization.images import list_images, load_rgb
     from vlad_localization.pipeline import Localizer
 
@@ -66,7 +58,7 @@ def run(args) -> int:
         for path in paths:
             res = loc.query(load_rgb(path), k=args.top_k)
             if args.json:
-                print(json.dumps({"query": str(path), "candidates": [candidate_json(c) for c in res.candidates]}))
+                print(json.dumps({"query": str(path), "candidates": [candidate_record(c) for c in res.candidates]}))
             else:
                 _print_table(path, res)
             sys.stdout.flush()
@@ -80,7 +72,6 @@ def _print_table(path, res) -> None:
     print(f"{path}  (encode {t['encode_ms']:.0f} ms, search {t['search_ms']:.1f} ms, rerank {t['rerank_ms']:.0f} ms)")
     print(f"  {'rank':>4} {'map_id':>7} {'global':>7} {'patch':>6} {'inliers':>7} {'stamp_s':>12}  source")
     for rank, c in enumerate(res.candidates, 1):
-        d = candidate_json(c)
-        patch = "-" if d["patch_score"] is None else f"{d['patch_score']:.3f}"
-        stamp = "-" if d["stamp"] is None else f"{d['stamp']:.3f}"
-        print(f"  {rank:>4} {c.map_id:>7} {c.global_similarity:>7.3f} {patch:>6} {c.inliers:>7} {stamp:>12}  {c.source}")
+        patch = "-" if math.isnan(c.patch_score) else f"{c.patch_score:.3f}"
+        stamp = "-" if c.stamp_ns is None else f"{c.stamp_ns / 1e9:.3f}"
+        print(f"  {rank:>4} {c.map_id:>7} {c.global_similarity:>7.3f} {patch:>6} {c.inliers:>7} {stamp:>12}  {c.file}")

@@ -1,107 +1,96 @@
-"""`vlad-localization replay`: the node's pipeline offline (no DDS) over a bag's image topic."""
+"""`vlad-localization replay`: the node's per-frame detector offline (no DDS) over a bag or an image folder."""
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-import time
 from pathlib import Path
 
-from vlad_localization.cli.common import add_config_args
-from vlad_localization.loop_closure import (
-    DEFAULT_MIN_TIME_GAP_S, DEFAULT_SCORE_THRESHOLD, select_loop_closure,
-)
+from vlad_localization.choices import MODES, names
+from vlad_localization.cli.common import add_config_args, add_source_args, load_cli_config, open_frames
 
 DESCRIPTION = """\
-Run the node's pipeline offline (no DDS) over a bag's image topic.
+Run the node's loop-closure detector offline (no DDS) over a bag's image topic or an image folder.
 
-Writes, per frame, what vlad_localization_node would publish: the candidates in rank order
-and the loop closure (the node's rule, vlad_localization.loop_closure.select_loop_closure).
-Every frame is processed (no newest-frame dropping), so results do not depend on the machine's
-speed.
-"""
+Writes, per frame, what vlad_localization_node would publish: the candidates in rank order, the
+loop closure and the keyframe inserted into this run's store. Every frame is processed (no
+newest-frame dropping), so results do not depend on the machine's speed.
+
+Modes (--mode, default: the config's loop_closure.mode):
+""" + "\n".join(f"  {name:13s} {text}" for name, text in MODES.items())
 
 EPILOG = """\
 Output (JSON Lines, one object per frame):
-  query_stamp   frame stamp in seconds
-  candidates    map_id, map_stamp (s), global_similarity, patch_score, inliers, in rank order
-  loop_closure  [t_query, t_match] in seconds, or null
-  timings       encode_ms, search_ms, rerank_ms, total_ms
+  query_stamp         frame stamp in seconds
+  camera              0
+  candidates          in rank order: map_id, map_stamp (s), global_similarity, patch_score,
+                      inliers, source (0 = prebuilt map, 1 = this run), fused_score, file
+  loop_closure        [t_query, t_match] in seconds, or null
+  loop_closure_match  {map_id, source, rank, score} of the accepted candidate, or null
+  keyframe            id of the keyframe this frame became in the run's store, or null
+  timings             encode_ms, search_ms, rerank_ms, insert_ms, total_ms
 
-Example:
+Stamps: the bag's header stamps; for --images the --poses CSV's stamp column, else index / --fps.
+
+Examples:
+  vlad-localization replay --images run/ --poses run/poses.csv --mode loop_closure \\
+      --checkpoint model.pth.tar --config speed --min-gap 30 --save-map maps/run --out run.jsonl
   vlad-localization replay --bag run2.mcap --image-topic /camera/image_raw --map maps/run1 \\
       --checkpoint model.pth.tar --config speed --score-threshold 0.25 --out run2_closures.jsonl
 """
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("replay", help="run the node's loop-closure pipeline offline over a bag",
+    p = sub.add_parser("replay", help="run the node's loop-closure detector offline over a bag or image folder",
                        description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bag", required=True, help="ROS 2 bag directory (.mcap or .db3)")
-    p.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
-    p.add_argument("--map", required=True, help="map directory from build-map")
-    p.add_argument("--checkpoint", required=True, help="checkpoint the map was built with")
+    add_source_args(p)
+    p.add_argument("--map", help="prebuilt map directory (modes localize and both)")
+    p.add_argument("--checkpoint", required=True, help="Patch-NetVLAD checkpoint (the map's, when there is one)")
     add_config_args(p)
-    p.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
-                   help=f"minimum patch score for a loop closure (default {DEFAULT_SCORE_THRESHOLD})")
-    p.add_argument("--min-time-gap", type=float, default=DEFAULT_MIN_TIME_GAP_S,
-                   help=f"minimum |t_query - t_match| in s (default {DEFAULT_MIN_TIME_GAP_S})")
+    g = p.add_argument_group("loop closure (override the config's loop_closure section)")
+    g.add_argument("--mode", choices=tuple(MODES), help=f"{names(MODES)} (default: the config's)")
+    g.add_argument("--score-threshold", type=float, metavar="S", help="minimum candidate score in [0, 1]")
+    g.add_argument("--min-gap", "--min-time-gap", dest="min_gap", type=float, metavar="S",
+                   help="closures and the run's search skip keyframes less than S seconds old")
+    g.add_argument("--min-travel", type=float, metavar="M",
+                   help="... and (with poses) less than M metres back along the trajectory")
+    g.add_argument("--max-keyframes", type=int, metavar="N", help="bound of the run's keyframe store")
+    g.add_argument("--min-distance", type=float, metavar="M", help="run keyframes at least M metres apart")
+    g.add_argument("--min-descriptor-change", type=float, metavar="C", help="run keyframes: 1 - cosine >= C")
+    p.add_argument("--save-map", metavar="DIR", help="at the end, write this run's keyframes as a map")
     p.add_argument("--out", type=Path, default=None, help="JSON Lines output (default: stdout)")
     p.set_defaults(func=run)
 
 
-def candidate_record(c) -> dict:
-    """The ``~/candidates`` row of one candidate (times in seconds; None for no stamp and for the
-    NaN patch score of a candidate that was not re-ranked)."""
-    return {
-        "map_id": int(c.map_id),
-        "map_stamp": c.stamp_ns * 1e-9 if c.stamp_ns is not None else None,
-        "global_similarity": float(c.global_similarity),
-        "patch_score": None if math.isnan(c.patch_score) else float(c.patch_score),
-        "inliers": int(c.inliers),
-    }
-
-
-def replay(localizer, frames, score_threshold: float, min_time_gap_s: float):
-    """Yield one record per frame: ``query_stamp``, ``candidates``, ``loop_closure`` ([t_q, t_m] or
-    None) and ``timings``."""
-    for frame in frames:
-        t0 = time.perf_counter()
-        result = localizer.query(frame.rgb)
-        closure = select_loop_closure(frame.stamp_ns, result.candidates, score_threshold, min_time_gap_s)
-        yield {
-            "query_stamp": frame.stamp_ns * 1e-9,
-            "candidates": [candidate_record(c) for c in result.candidates],
-            "loop_closure": [closure.t_query, closure.t_match] if closure else None,
-            "timings": dict(result.timings, total_ms=(time.perf_counter() - t0) * 1e3),
-        }
-
-
 def run(args) -> int:
-    from vlad_localization.config import load_config
-    from vlad_localization.images.bag import BagImageSource
-    from vlad_localization.pipeline import Localizer
+    from vlad_localization.detector import LoopClosureDetector
 
-    cfg = load_config(args.config)
-    source = BagImageSource(args.bag, args.image_topic, max_pixels=cfg.localizer.max_image_pixels)  # fails fast
-    localizer = Localizer.from_paths(args.map, args.checkpoint, cfg, device=args.device)
+    cfg = load_cli_config(args)
+    frames, sources, _ = open_frames(args, cfg.localizer.max_image_pixels)
+    detector = LoopClosureDetector.from_config(cfg, args.checkpoint, args.map, device=args.device)
     out = open(args.out, "w") if args.out else sys.stdout
-    frames = closures = 0
+    count = closures = 0
     try:
-        for record in replay(localizer, source, args.score_threshold, args.min_time_gap):
-            frames += 1
+        for frame in frames:
+            result = detector.process(frame.stamp_ns, frame.rgb, frame.pose)
+            frame.image = None if getattr(frame, "loader", None) is not None else frame.image  # free pixels
+            count += 1
+            record = result.to_record()
             out.write(json.dumps(record) + "\n")
-            if record["loop_closure"]:
+            if result.loop_closure:
                 closures += 1
-                best = next(c for c in record["candidates"] if c["map_stamp"] == record["loop_closure"][1])
-                print(f"loop closure t={record['query_stamp']:.3f} -> keyframe {best['map_id']} "
-                      f"t={best['map_stamp']:.3f} patch score {best['patch_score']:.3f}", file=sys.stderr)
+                c = result.loop_closure.candidate
+                print(f"loop closure t={result.loop_closure.t_query:.3f} -> {'run' if c.source else 'map'} keyframe "
+                      f"{c.map_id} t={result.loop_closure.t_match:.3f} score {c.score:.3f}", file=sys.stderr)
+        if args.save_map:
+            manifest = detector.save_map(args.save_map, sources=sources)
+            print(f"saved this run's {manifest.keyframes} keyframes as map {args.save_map}", file=sys.stderr)
     finally:
         if args.out:
             out.close()
-        localizer.release()
-    print(f"replayed {source.summary()}; {closures} loop closure(s)"
+        detector.release()
+    summary = frames.summary() if hasattr(frames, "summary") else f"{count} frames"
+    print(f"replayed {sources[0]}: {summary}; {closures} loop closure(s)"
           + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)
     return 0

@@ -14,7 +14,7 @@ Accepted CSV layouts (comma-separated; ``#`` lines and blank lines ignored):
 may describe several folders, e.g. ``ref/0.png`` and ``query/0.png``); rows naming images that
 exist nowhere are an error, rows for images in other folders are ignored.
 
-Without stamps, frame ``i`` (natural order) is stamped ``i`` seconds (``stamp_ns = i * 1e9``).
+Without stamps, frame ``i`` (natural order) is stamped ``i / fps`` seconds (``fps`` 1 by default).
 """
 from __future__ import annotations
 
@@ -42,12 +42,13 @@ class CsvRow:
     pose: Pose | None
 
 
-def iter_folder(folder: str | Path, poses_csv: str | Path | None = None) -> list[Frame]:
+def iter_folder(folder: str | Path, poses_csv: str | Path | None = None, fps: float = 1.0) -> list[Frame]:
     """Frames for the images directly in ``folder`` in natural order (pixels loaded lazily).
 
     Validates the folder and CSV at once (errors are raised here, not mid-iteration).
 
-    ``poses_csv``: optional stamps/poses (layouts in the module doc). ``frame_id`` is the folder
+    ``poses_csv``: optional stamps/poses (layouts in the module doc); without stamps there, frame
+    ``i`` is stamped ``i / fps`` seconds. ``frame_id`` is the folder
     name, ``source`` the image path. Images the CSV does not list get ``pose=None``; if the CSV has
     stamps, every image must be listed.
     """
@@ -65,11 +66,13 @@ def iter_folder(folder: str | Path, poses_csv: str | Path | None = None) -> list
                 f"{poses_csv} has stamps but does not list {len(unlisted)} image(s) of {folder} "
                 f"(e.g. {unlisted[:3]}): add rows for them or remove them from the folder"
             )
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
     frame_id = Path(folder).resolve().name
     frames = []
     for index, path in enumerate(images):
         row = rows.get(_absolute(path))
-        stamp = row.stamp_ns if row is not None and row.stamp_ns is not None else index * NS_PER_S
+        stamp = row.stamp_ns if row is not None and row.stamp_ns is not None else round(index * NS_PER_S / fps)
         pose = row.pose if row is not None else None
         frames.append(Frame(stamp, frame_id, str(path), pose, loader=partial(load_rgb, path)))
     return frames

@@ -91,9 +91,23 @@ class PoseTrack:
     def __len__(self) -> int:
         return len(self.stamps)
 
-    def at(self, stamp_ns: int) -> Pose | None:
-        if not self.stamps or stamp_ns < self.stamps[0] or stamp_ns > self.stamps[-1]:
+    def append(self, stamp_ns: int, pose: Pose, keep: int | None = None) -> None:
+        """Add one pose (odometry as it arrives; out-of-order stamps are sorted in), keeping the
+        newest ``keep`` poses when given."""
+        i = bisect.bisect_right(self.stamps, int(stamp_ns))
+        self.stamps.insert(i, int(stamp_ns))
+        self.poses.insert(i, pose)
+        if keep is not None and len(self.stamps) > keep:
+            del self.stamps[:-keep], self.poses[:-keep]
+
+    def at(self, stamp_ns: int, tolerance_ns: int = 0) -> Pose | None:
+        """The pose at ``stamp_ns``; within ``tolerance_ns`` outside [first, last] the end pose."""
+        if not self.stamps:
             return None
+        if stamp_ns < self.stamps[0]:
+            return self.poses[0] if self.stamps[0] - stamp_ns <= tolerance_ns else None
+        if stamp_ns > self.stamps[-1]:
+            return self.poses[-1] if stamp_ns - self.stamps[-1] <= tolerance_ns else None
         i = bisect.bisect_left(self.stamps, stamp_ns)
         if self.stamps[i] == stamp_ns:
             return self.poses[i]

@@ -85,6 +85,7 @@ class NodeClient:
     image_topics: tuple[str, ...] = ("/camera/image_raw",)
     reliable: bool = True
     compressed: tuple[bool, ...] | None = None
+    odom_topic: str | None = None  # publish nav_msgs/Odometry there with publish_odometry
     received: dict[str, list[Received]] = field(default_factory=dict)
     sent: dict[int, float] = field(default_factory=dict)  # query stamp ns -> publish time
 
@@ -106,6 +107,10 @@ class NodeClient:
         compressed = self.compressed or tuple(t.endswith("/compressed") for t in self.image_topics)
         self.publishers = [self.node.create_publisher(CompressedImage if c else Image, t, qos)
                            for t, c in zip(self.image_topics, compressed)]
+        if self.odom_topic:
+            from nav_msgs.msg import Odometry
+
+            self.odom_publisher = self.node.create_publisher(Odometry, self.odom_topic, QoSProfile(depth=100))
         base = f"/{self.node_name.lstrip('/')}"
         for name, msg_type, topic in (
             ("candidates", Float64MultiArray, f"{base}/candidates"),
@@ -156,6 +161,19 @@ class NodeClient:
         with self._lock:
             self.sent[stamp_ns] = time.monotonic()
         self.publishers[camera].publish(msg)
+
+    def publish_odometry(self, stamp_ns: int, position, orientation=(0.0, 0.0, 0.0, 1.0)) -> None:
+        """One ``nav_msgs/Odometry`` on ``odom_topic`` (pose only)."""
+        from nav_msgs.msg import Odometry
+
+        from vlad_localization.ros.messages import ns_to_stamp
+
+        msg = Odometry()
+        msg.header.stamp, msg.header.frame_id, msg.child_frame_id = ns_to_stamp(stamp_ns), "odom", "base_link"
+        p, q = msg.pose.pose.position, msg.pose.pose.orientation
+        p.x, p.y, p.z = (float(v) for v in position)
+        q.x, q.y, q.z, q.w = (float(v) for v in orientation)
+        self.odom_publisher.publish(msg)
 
     def candidates_for(self, stamp_ns: int, camera: int | None = None) -> Received | None:
         """The ``~/candidates`` message answering the frame stamped ``stamp_ns`` (or None)."""

@@ -1,12 +1,13 @@
 """Query results -> standard ROS 2 messages (and back, for consumers of ``~/candidates``).
 
 ``~/candidates`` is a 2-D ``std_msgs/Float64MultiArray`` (row-major, strides as in the
-``MultiArrayLayout`` docs): one row per candidate in rank order, columns :data:`CANDIDATE_COLUMNS`.
-Times are seconds (float64); a keyframe without a stamp has ``map_stamp = NaN``.
+``MultiArrayLayout`` docs): one row per candidate in rank order, columns :data:`CANDIDATE_COLUMNS`
+(``query_stamp``, ``camera``, then the candidate fields every output shares,
+:data:`vlad_localization.detector.CANDIDATE_FIELDS`). Times are seconds (float64); a keyframe
+without a stamp has ``map_stamp = NaN``, a candidate not re-ranked NaN scores.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -15,11 +16,10 @@ from geometry_msgs.msg import Pose, PoseArray
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float64MultiArray, Header, MultiArrayDimension
 
+from vlad_localization.detector import CANDIDATE_FIELDS, candidate_row
 from vlad_localization.images.convert import rgb_to_image_fields
 
-CANDIDATE_COLUMNS = (
-    "query_stamp", "camera", "map_id", "map_stamp", "global_similarity", "patch_score", "inliers",
-)
+CANDIDATE_COLUMNS = ("query_stamp", "camera") + CANDIDATE_FIELDS
 
 
 def stamp_to_ns(stamp: Time) -> int:
@@ -32,18 +32,7 @@ def ns_to_stamp(ns: int) -> Time:
 
 def candidates_msg(query_stamp_ns: int, camera: int, candidates: Sequence) -> Float64MultiArray:
     """The ``~/candidates`` array for one processed frame (K = len(candidates), may be 0)."""
-    rows = [
-        (
-            query_stamp_ns * 1e-9,
-            float(camera),
-            float(c.map_id),
-            c.stamp_ns * 1e-9 if c.stamp_ns is not None else math.nan,
-            float(c.global_similarity),
-            float(c.patch_score),
-            float(c.inliers),
-        )
-        for c in candidates
-    ]
+    rows = [(query_stamp_ns * 1e-9, float(camera)) + candidate_row(c) for c in candidates]
     n, m = len(rows), len(CANDIDATE_COLUMNS)
     msg = Float64MultiArray()
     msg.layout.dim = [

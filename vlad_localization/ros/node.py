@@ -1,5 +1,6 @@
-"""``vlad_localization_node``: the ROS 2 lifecycle node. It only translates: image messages in,
-:class:`~vlad_localization.pipeline.Localizer` queries on a worker thread, standard messages out.
+"""``vlad_localization_node``: the ROS 2 lifecycle node. It only translates: image (and odometry)
+messages in, :meth:`LoopClosureDetector.process <vlad_localization.detector.LoopClosureDetector.process>`
+on a worker thread, standard messages out.
 
 Lifecycle (``rclpy.lifecycle``): configure loads the model and map; activate subscribes and starts
 the worker; deactivate unsubscribes, stops the worker and frees GPU memory; cleanup drops
@@ -17,6 +18,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseArray
+from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -29,10 +31,10 @@ from std_msgs.msg import Float64MultiArray, Header
 from std_srvs.srv import Trigger
 
 from vlad_localization.images.convert import ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb
-from vlad_localization.loop_closure import select_loop_closure
+from vlad_localization.images.frames import Pose, PoseTrack
 from vlad_localization.ros import messages
 from vlad_localization.ros.diagnostics import NodeStats, diagnostic_array
-from vlad_localization.ros.params import BY_NAME, PARAMETERS
+from vlad_localization.ros.params import BY_NAME, PARAMETERS, config_overrides
 from vlad_localization.ros.worker import LatestFrameWorker
 
 NODE_NAME = "vlad_localization"
@@ -40,29 +42,29 @@ WARN_PERIOD_S = 5.0
 STOP_TIMEOUT_S = 0.8  # then the query in progress is abandoned (shutdown budget: 2 s)
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 RAW_TYPE = "sensor_msgs/msg/Image"
+ODOM_KEEP = 20_000  # odometry poses kept for interpolation (minutes at 100 Hz)
+ODOM_TOLERANCE_NS = 100_000_000  # an image up to 0.1 s newer than the last odometry gets its pose
+FULL_WARN_PERIOD_S = 60.0
 
 
-def localizer_config(preset: str, device: str, half: bool, top_k: int, rerank_k: int, matcher: str):
-    """The library :class:`Config` for the node's parameters (0 / '' keep the preset's value)."""
+def node_config(get):
+    """The library :class:`Config` for the node's parameters (``get(name)`` reads one)."""
     from vlad_localization.config import apply_overrides, load_config
 
-    return apply_overrides(load_config(preset), {
-        "model.device": device, "model.half": half, "localizer.top_k": top_k or None,
-        "localizer.rerank_k": rerank_k or None, "matching.matcher": matcher or None,
-    }, where="node parameters")
+    return apply_overrides(load_config(get("preset")), config_overrides(get), where="node parameters")
 
 
-def load_localizer(map_path: str, checkpoint: str, cfg):
-    """The default localizer factory: :meth:`Localizer.from_paths`."""
-    from vlad_localization.pipeline import Localizer
+def load_detector(cfg, checkpoint: str, map_path: str):
+    """The default detector factory: :meth:`LoopClosureDetector.from_config`."""
+    from vlad_localization.detector import LoopClosureDetector
 
-    return Localizer.from_paths(map_path, checkpoint, cfg)
+    return LoopClosureDetector.from_config(cfg, checkpoint, map_path or None)
 
 
 class VladLocalizationNode(LifecycleNode):
     """Patch-NetVLAD loop-closure candidates for every camera frame (newest frame only)."""
 
-    def __init__(self, node_name: str = NODE_NAME, localizer_factory=load_localizer, **kwargs):
+    def __init__(self, node_name: str = NODE_NAME, detector_factory=load_detector, **kwargs):
         super().__init__(node_name, **kwargs)
         self.add_on_set_parameters_callback(self._check_parameters)
         for p in PARAMETERS:
@@ -72,13 +74,18 @@ class VladLocalizationNode(LifecycleNode):
             except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
                 self.get_logger().error(f"parameter {p.name}: {exc}; using the default {p.default!r}")
                 self.declare_parameter(p.name, p.default, descriptor, ignore_override=True)
-        self._factory = localizer_factory
-        self._localizer = None
-        self._loc_lock = threading.Lock()  # a query vs replacing or releasing the localizer
+        self._factory = detector_factory
+        self._detector = None
+        self._det_lock = threading.Lock()  # a frame vs replacing or releasing the detector
         self._cfg = None
+        self._frame_params = None  # the every-frame parameters last applied to the detector's config
         self._paths: dict[str, str] = {}  # map and checkpoint read at configure
         self._topics: list[str] = []
         self._subs = []
+        self._odom_sub = None
+        self._poses = PoseTrack([])
+        self._poses_lock = threading.Lock()
+        self._full_warned = -1e9
         self._worker: LatestFrameWorker | None = None
         self._last_accept: dict[int, float] = {}
         self._input_loggers: dict[str, object] = {}
@@ -88,6 +95,7 @@ class VladLocalizationNode(LifecycleNode):
         self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.create_service(Trigger, "~/reload_map", self._reload_map,
                             callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_service(Trigger, "~/save_map", self._save_map, callback_group=MutuallyExclusiveCallbackGroup())
 
     def param(self, name: str):
         value, spec = self.get_parameter(name).value, BY_NAME.get(name)
@@ -104,16 +112,19 @@ class VladLocalizationNode(LifecycleNode):
 
     # -- lifecycle -------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        missing = [n for n in ("map_path", "checkpoint") if not self.param(n)]
-        if missing:
-            self.get_logger().error(f"set the parameter(s) {missing}, e.g. --ros-args -p map_path:=maps/run1")
-            return TransitionCallbackReturn.FAILURE
         try:
             topics = list(self.param("image_topics"))
             for topic in topics:
                 self._resolve(topic)
-            self._cfg = localizer_config(self.param("preset"), self.param("device"), self.param("half"),
-                                         self.param("top_k"), self.param("rerank_k"), self.param("matcher"))
+            self._cfg = node_config(self.param)
+            missing = ["checkpoint"] if not self.param("checkpoint") else []
+            if self._cfg.loop_closure.searches_map and not self.param("map_path"):
+                missing.append("map_path")
+            if missing:
+                self.get_logger().error(
+                    f"set the parameter(s) {missing}, e.g. --ros-args -p map_path:=maps/run1 (mode "
+                    f"{self._cfg.loop_closure.mode!r}; mode loop_closure needs no map)")
+                return TransitionCallbackReturn.FAILURE
             self._paths = {"map": self.param("map_path"), "checkpoint": self.param("checkpoint")}
             self._load()
         except Exception as exc:  # noqa: BLE001 - reported as a failed transition
@@ -132,7 +143,7 @@ class VladLocalizationNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            if self._localizer is None:  # released on deactivate (GPU)
+            if self._detector is None:  # released on deactivate (GPU)
                 self._load()
         except Exception as exc:  # noqa: BLE001
             self.get_logger().error(f"activate failed: {type(exc).__name__}: {exc}")
@@ -147,6 +158,8 @@ class VladLocalizationNode(LifecycleNode):
                 self._subs.append(self.create_subscription(
                     msg_type, topic, lambda msg, c=camera: self._on_image(c, msg), qos))
                 self.get_logger().info(f"camera {camera}: {topic} ({msg_type.__name__}, {qos.reliability.name})")
+            if self.param("odom_topic"):
+                self._odom_sub = self.create_subscription(Odometry, self.param("odom_topic"), self._on_odom, 50)
         except Exception as exc:  # noqa: BLE001 - no half-active node: undo what was started
             self._stop_input()
             self.get_logger().error(f"activate failed: {type(exc).__name__}: {exc}")
@@ -155,8 +168,8 @@ class VladLocalizationNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_input()
-        if self._localizer is not None and self._device().startswith(("cuda", "mps")):
-            self._release()  # frees GPU memory; activate loads again
+        if self._detector is not None and self._device().startswith(("cuda", "mps")):
+            self._release()  # frees GPU memory (and this run's keyframes); activate loads again
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -190,35 +203,58 @@ class VladLocalizationNode(LifecycleNode):
     def _load(self) -> None:
         self._release()  # a configure after an error: never two models at once
         t0 = time.monotonic()
-        localizer = self._factory(self._paths["map"], self._paths["checkpoint"], self._cfg)  # as configured
-        with self._loc_lock:
-            self._localizer = localizer
+        detector = self._factory(self._cfg, self._paths["checkpoint"], self._paths["map"])  # as configured
+        with self._det_lock:
+            self._detector = detector
+            self._frame_params = None
+        size = detector.map.size if detector.map is not None else 0
         self.get_logger().info(
-            f"loaded map {self._paths['map']} ({localizer.map.size} keyframes), preset "
-            f"{self._cfg.name}, device {self._device()} in {time.monotonic() - t0:.1f} s")
+            f"loaded mode {self._cfg.loop_closure.mode}, map {self._paths['map'] or '-'} ({size} keyframes), "
+            f"preset {self._cfg.name}, device {self._device()} in {time.monotonic() - t0:.1f} s")
 
     def _release(self) -> None:
-        with self._loc_lock:
-            localizer, self._localizer = self._localizer, None
-        if localizer is not None:
-            localizer.release()
+        with self._det_lock:
+            detector, self._detector = self._detector, None
+        if detector is not None:
+            detector.release()
 
     def _device(self) -> str:
-        device = getattr(getattr(self._localizer, "encoder", None), "device", None)
+        localizer = getattr(self._detector, "localizer", None)
+        device = getattr(getattr(localizer, "encoder", None), "device", None)
         return str(device or (self._cfg.model.device if self._cfg else "?"))
 
     def _reload_map(self, request, response):
-        if self._localizer is None:
-            response.success, response.message = False, "no map loaded: configure (and on a GPU activate) the node first"
+        detector = self._detector
+        if detector is None or detector.map is None:
+            response.success, response.message = False, (
+                "no prebuilt map loaded: configure (and on a GPU activate) the node first, in mode localize or both")
             return response
         try:  # Localizer.reload_map is safe beside a running query (the map swap is atomic)
             path = self.param("map_path")
-            size = self._localizer.reload_map(path).size
+            size = detector.localizer.reload_map(path).size
             self._paths["map"] = path  # what a re-activation on a GPU loads
         except Exception as exc:  # noqa: BLE001 - the old map stays loaded
             response.success, response.message = False, f"reload failed ({exc}); the previous map stays loaded"
             return response
         response.success, response.message = True, f"reloaded {self.param('map_path')}: {size} keyframes"
+        self.get_logger().info(response.message)
+        return response
+
+    def _save_map(self, request, response):
+        """``~/save_map``: this run's keyframes, written atomically to ``save_map_path``."""
+        detector, path = self._detector, self.param("save_map_path")
+        if not path:
+            response.success, response.message = False, "set the parameter save_map_path first"
+            return response
+        if detector is None:
+            response.success, response.message = False, "nothing to save: the node is not configured"
+            return response
+        try:
+            manifest = detector.save_map(path, sources=[f"{self.get_fully_qualified_name()}:{t}" for t in self._topics])
+        except Exception as exc:  # noqa: BLE001 - reported to the caller; the previous map at path stays
+            response.success, response.message = False, f"save failed ({exc}); nothing written at {path}"
+            return response
+        response.success, response.message = True, f"saved {manifest.keyframes} keyframes to {path}"
         self.get_logger().info(response.message)
         return response
 
@@ -259,10 +295,21 @@ class VladLocalizationNode(LifecycleNode):
         if worker is not None and worker.put(camera, msg):
             self.stats.count("dropped", camera)
 
+    def _on_odom(self, msg: Odometry) -> None:
+        """Executor callback: keep the pose for interpolation at image stamps."""
+        p, q = msg.pose.pose.position, msg.pose.pose.orientation
+        pose = Pose((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
+        with self._poses_lock:
+            self._poses.append(messages.stamp_to_ns(msg.header.stamp), pose, keep=ODOM_KEEP)
+
+    def _pose_at(self, stamp_ns: int) -> Pose | None:
+        with self._poses_lock:
+            return self._poses.at(stamp_ns, ODOM_TOLERANCE_NS)
+
     def _stop_input(self) -> bool:
-        for sub in self._subs:
+        for sub in self._subs + ([self._odom_sub] if self._odom_sub is not None else []):
             self.destroy_subscription(sub)
-        self._subs = []
+        self._subs, self._odom_sub = [], None
         worker, self._worker = self._worker, None
         return worker.stop(STOP_TIMEOUT_S) if worker is not None else True
 
@@ -281,7 +328,6 @@ class VladLocalizationNode(LifecycleNode):
 
     # -- work (worker thread) ---------------------------------------------------------------------
     def _process(self, camera: int, msg) -> None:
-        t0 = time.perf_counter()
         max_pixels = self._cfg.localizer.max_image_pixels
         try:
             if isinstance(msg, CompressedImage):
@@ -291,29 +337,53 @@ class VladLocalizationNode(LifecycleNode):
         except ImageConversionError as exc:
             self._reject(camera, exc)
             return
-        with self._loc_lock:
-            if self._localizer is None:
+        stamp_ns = messages.stamp_to_ns(msg.header.stamp)
+        pose = self._pose_at(stamp_ns)
+        with self._det_lock:
+            detector = self._detector
+            if detector is None:
                 return
-            result = self._localizer.query(rgb)
+            self._apply_frame_params(detector)
+            result = detector.process(stamp_ns, rgb, pose, camera)
             thumbnail = self._match_image_ref(result)
         if not self._pubs:  # cleaned up while this frame was being processed
             return
-        stamp_ns = messages.stamp_to_ns(msg.header.stamp)
         header = Header(stamp=msg.header.stamp, frame_id=self.param("map_frame"))
-        closure = select_loop_closure(stamp_ns, result.candidates, float(self.param("score_threshold")),
-                                      float(self.param("min_time_gap_s")))
+        closure = result.loop_closure
         if closure is not None:
             self._pubs["loop_closure"].publish(messages.loop_closure_msg(closure.t_query, closure.t_match))
+            c = closure.candidate
             self.get_logger().info(
-                f"loop closure: camera {camera} t={closure.t_query:.3f} -> keyframe {closure.candidate.map_id} "
-                f"t={closure.t_match:.3f} (patch score {closure.candidate.patch_score:.3f})")
+                f"loop closure: camera {camera} t={closure.t_query:.3f} -> {'run' if c.source else 'map'} keyframe "
+                f"{c.map_id} t={closure.t_match:.3f} (score {c.score:.3f})")
         if any(c.pose is not None for c in result.candidates):
             self._pubs["candidate_poses"].publish(messages.pose_array_msg(header, result.candidates))
         self._pubs["candidates"].publish(messages.candidates_msg(stamp_ns, camera, result.candidates))
         if thumbnail is not None:
             self._publish_match_image(header, rgb, result, thumbnail)
-        timings = dict(result.timings, total_ms=(time.perf_counter() - t0) * 1e3)
-        self.stats.frame_done(timings, closure is not None)
+        self.stats.frame_done(result.timings, closure is not None)
+        self._warn_if_full(detector)
+
+    def _apply_frame_params(self, detector) -> None:
+        """Parameters read for every frame (score_threshold, min_time_gap_s, ...) into the
+        detector's configuration, through ``config.apply_overrides`` when they changed."""
+        from vlad_localization.config import apply_overrides
+
+        values = config_overrides(self.param, every_frame=True)
+        if values != self._frame_params:
+            detector.config = apply_overrides(detector.config, values, where="node parameters")
+            self._frame_params = values
+
+    def _warn_if_full(self, detector) -> None:
+        stats = detector.stats()
+        now = time.monotonic()
+        if stats.get("run_full") and now - self._full_warned >= FULL_WARN_PERIOD_S:
+            self._full_warned = now
+            lc = self._cfg.loop_closure
+            self.get_logger().warning(
+                f"this run's keyframe store is full ({stats['run_keyframes']} keyframes, max_keyframes "
+                f"{lc.max_keyframes}): " + ("the oldest are evicted" if lc.eviction == "oldest" else
+                                            "new keyframes are refused") + "; raise max_keyframes or save the map")
 
     def _match_image_ref(self, result):
         """The best candidate's thumbnail when ~/match_image is wanted and subscribed, else None
@@ -321,7 +391,8 @@ class VladLocalizationNode(LifecycleNode):
         pub = self._pubs.get("match_image")
         if not result.candidates or not self.param("publish_match_image") or pub.get_subscription_count() == 0:
             return None
-        return result.map.thumbnail(result.candidates[0].map_id)
+        best = result.candidates[0]
+        return result.query.store(best).thumbnail(best.map_id)
 
     def _publish_match_image(self, header: Header, rgb, result, thumbnail) -> None:
         from vlad_localization.matching.plot import draw_matches
@@ -329,7 +400,7 @@ class VladLocalizationNode(LifecycleNode):
         best, none = result.candidates[0], np.zeros((0, 2))
         canvas = draw_matches(rgb, thumbnail, none if best.query_keypoints is None else best.query_keypoints,
                               none if best.map_keypoints is None else best.map_keypoints,
-                              image_hw=tuple(result.network_size))
+                              image_hw=tuple(result.query.network_size))
         self._pubs["match_image"].publish(messages.image_msg(Header(stamp=header.stamp), canvas))
 
     # -- diagnostics ---------------------------------------------------------------------------------
@@ -338,14 +409,19 @@ class VladLocalizationNode(LifecycleNode):
             return
         state = self._state_machine.current_state[1]  # (id, label)
         values = {"state": str(state), "device": self._device()}
-        localizer = self._localizer
-        values["map_size"] = str(localizer.map.size) if localizer is not None else "0"
+        detector = self._detector
+        loaded = detector is not None
+        values["mode"] = self._cfg.loop_closure.mode if self._cfg is not None else "?"
+        values["map_size"] = str(detector.map.size) if loaded and detector.map is not None else "0"
         values["gpu_memory_mb"] = _gpu_memory_mb(values["device"])
+        values.update({k: str(v) for k, v in (detector.stats() if loaded else {}).items()})
         values.update(self.stats.snapshot())
         recent = int(values["rejected_last_period"])
-        level = DiagnosticStatus.OK if localizer is not None else DiagnosticStatus.WARN
-        message = "ok" if localizer is not None else "no map loaded (not configured)"
-        if recent and localizer is not None:
+        level = DiagnosticStatus.OK if loaded else DiagnosticStatus.WARN
+        message = "ok" if loaded else "no model loaded (not configured)"
+        if loaded and values.get("run_full") == "1":
+            level, message = DiagnosticStatus.WARN, "this run's keyframe store is full (max_keyframes)"
+        if recent and loaded:
             level, message = DiagnosticStatus.WARN, f"{recent} bad frame(s) rejected in the last second"
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(),
                                                 f"{self.get_name()}: loop closure", level, message, values))

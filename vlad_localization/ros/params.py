@@ -1,12 +1,15 @@
-"""The node's parameters: one table (name, default, description) used to declare them, to check
-``config/vlad_localization.yaml`` and to document them."""
+"""The node's parameters: one table (name, default, description, configuration key) used to declare
+them, to check ``config/vlad_localization.yaml``, to document them and to turn them into the
+library's :class:`~vlad_localization.config.Config` (through ``config.apply_overrides``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from vlad_localization.choices import MATCHERS, names
-from vlad_localization.loop_closure import DEFAULT_MIN_TIME_GAP_S, DEFAULT_SCORE_THRESHOLD
+from vlad_localization.choices import MATCHERS, MODES, names
+from vlad_localization.config import LoopClosureConfig
+
+_LC = LoopClosureConfig()  # the node's loop-closure defaults are the library's
 
 
 @dataclass(frozen=True)
@@ -16,6 +19,8 @@ class Param:
     description: str
     on_configure: bool = False  # read on configure; else read for every frame
     choices: tuple[str, ...] = ()  # for text parameters: the values allowed ('' always allowed when the default)
+    config: str | None = None  # the configuration key it sets ("section.field"), if any
+    keep: Any = None  # the value that keeps the preset's (0 or '')
 
     @property
     def dynamic(self) -> bool:
@@ -42,11 +47,15 @@ class Param:
 
 
 PARAMETERS: tuple[Param, ...] = (
-    Param("map_path", "", "Map directory built by `vlad-localization build-map` (required).", True),
+    Param("mode", "", f"{names(MODES)} ('' = the preset's loop_closure.mode, localize unless set): "
+          "search the prebuilt map, this run's own keyframes, or both.", True, choices=tuple(MODES),
+          config="loop_closure.mode", keep=""),
+    Param("map_path", "", "Map directory built by `vlad-localization build-map` (required by modes localize "
+          "and both).", True),
     Param("checkpoint", "", "Patch-NetVLAD checkpoint (.pth.tar) the map was built with (required).", True),
     Param("preset", "speed", "Configuration: performance | speed | storage, or a YAML file path.", True),
-    Param("device", "auto", "Torch device: auto | cpu | cuda | cuda:N | mps.", True),
-    Param("half", False, "fp16 inference (CUDA only).", True),
+    Param("device", "auto", "Torch device: auto | cpu | cuda | cuda:N | mps.", True, config="model.device"),
+    Param("half", False, "fp16 inference (CUDA only).", True, config="model.half"),
     Param("image_topics", ["/camera/image_raw"],
           "Camera topics; the index in this list is the `camera` column of ~/candidates.", True),
     Param("compressed", "auto",
@@ -55,15 +64,31 @@ PARAMETERS: tuple[Param, ...] = (
           choices=("auto", "true", "false")),
     Param("qos_reliability", "best_effort", "Image subscription reliability: best_effort | reliable "
           "(sensor-data QoS, depth 1).", True, choices=("best_effort", "reliable")),
+    Param("odom_topic", "", "nav_msgs/Odometry topic ('' = none): poses interpolated to each image stamp, for "
+          "keyframe distance, min_travel_m and the keyframes' poses.", True),
     Param("max_rate_hz", 0.0, "Per-camera processing rate cap in Hz (0 = as fast as the model runs)."),
-    Param("top_k", 0, "Global (NetVLAD) candidates retrieved from the map (0 = the preset's value).", True),
-    Param("rerank_k", 0, "Candidates re-ranked by patch matching (0 = the preset's value).", True),
+    Param("top_k", 0, "Global (NetVLAD) candidates retrieved from the map (0 = the preset's value).", True,
+          config="localizer.top_k", keep=0),
+    Param("rerank_k", 0, "Candidates re-ranked by patch matching (0 = the preset's value).", True,
+          config="localizer.rerank_k", keep=0),
     Param("matcher", "", f"Patch matcher: {names(MATCHERS)} ('' = the preset's value).", True,
-          choices=tuple(MATCHERS)),
-    Param("score_threshold", DEFAULT_SCORE_THRESHOLD,
-          "Minimum absolute patch score in [0, 1] for a candidate to be a ~/loop_closure."),
-    Param("min_time_gap_s", DEFAULT_MIN_TIME_GAP_S,
-          "Minimum |t_query - t_match| in s for a ~/loop_closure (excludes the robot's recent frames)."),
+          choices=tuple(MATCHERS), config="matching.matcher", keep=""),
+    Param("score_threshold", _LC.score_threshold,
+          "Minimum candidate score in [0, 1] (fused score when computed, else patch score) for a ~/loop_closure.",
+          config="loop_closure.score_threshold"),
+    Param("min_time_gap_s", _LC.min_time_gap_s,
+          "Loop closures and the run's own search skip keyframes less than this many s before the frame.",
+          config="loop_closure.min_time_gap_s"),
+    Param("min_travel_m", _LC.min_travel_m,
+          "... and (with odometry) less than this many m back along the trajectory (0 = off).",
+          config="loop_closure.min_travel_m"),
+    Param("keyframe_min_distance_m", 0.0, "This run's keyframes: at least this far apart (with odometry; "
+          "0 = the preset's map.min_distance_m).", True, config="map.min_distance_m", keep=0.0),
+    Param("keyframe_min_time_gap_s", 0.0, "This run's keyframes: at least this many s apart (0 = the preset's "
+          "map.min_time_gap_s).", True, config="map.min_time_gap_s", keep=0.0),
+    Param("max_keyframes", 0, "Bound of this run's keyframe store (0 = the preset's loop_closure.max_keyframes); "
+          "then loop_closure.eviction (oldest first by default).", True, config="loop_closure.max_keyframes", keep=0),
+    Param("save_map_path", "", "Where ~/save_map writes this run's keyframes as a map directory.", True),
     Param("map_frame", "map", "frame_id of ~/candidate_poses."),
     Param("publish_match_image", True, "Publish ~/match_image (computed only while subscribed)."),
     Param("autostart", True, "Configure and activate on start-up (no lifecycle manager needed).", True),
@@ -71,6 +96,19 @@ PARAMETERS: tuple[Param, ...] = (
 
 PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
 BY_NAME = {p.name: p for p in PARAMETERS}
+
+
+def config_overrides(get, every_frame: bool = False) -> dict[str, Any]:
+    """{"section.field": value} of the parameters with a configuration key (``get(name)`` reads
+    one); a parameter at its ``keep`` value keeps the preset's. ``every_frame``: only those read
+    for every frame (the rest apply at configure)."""
+    out = {}
+    for p in PARAMETERS:
+        if p.config is None or (every_frame and p.on_configure):
+            continue
+        value = get(p.name)
+        out[p.config] = None if p.keep is not None and value == p.keep else value
+    return out
 
 
 def markdown_table() -> str:

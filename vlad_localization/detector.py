@@ -1,0 +1,221 @@
+"""The per-frame loop-closure detector: one call per camera frame, shared by the node and ``replay``.
+
+    det = LoopClosureDetector.from_config(load_config("speed"), "model.pth.tar", map_path=None)  # mode from config
+    res = det.process(stamp_ns, rgb, pose=None, camera=0)
+    res.candidates, res.loop_closure, res.keyframe, res.timings
+    det.save_map("maps/today")              # this run's keyframes, as a map usable by build-map/merge-maps
+
+Modes (``loop_closure.mode``, :data:`vlad_localization.choices.MODES`): ``localize`` searches the
+prebuilt map only; ``loop_closure`` searches this run's own keyframes only; ``both`` searches both
+(each candidate's ``source``: 0 = prebuilt map, 1 = this run). In ``loop_closure``/``both`` a
+frame becomes a keyframe of the run with the ``map`` section's thresholds (the
+:class:`~vlad_localization.mapdb.KeyframeSelector` that ``build-map`` uses, one per camera).
+
+The run's search never returns keyframes taken less than ``loop_closure.min_time_gap_s`` before
+the query, nor, when poses are known, less than ``loop_closure.min_travel_m`` back along the
+trajectory, so the robot never closes a loop with what it just saw. The query runs before the
+frame is inserted. The loop closure itself is :func:`vlad_localization.loop_closure.select_loop_closure`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlad_localization.config import Config
+from vlad_localization.images.frames import NS_PER_S, Pose
+from vlad_localization.loop_closure import LoopClosure, select_loop_closure
+from vlad_localization.mapdb import KeyframeSelector, LiveMap, MapError
+from vlad_localization.mapdb.metadata import Keyframe, encode_thumbnail
+from vlad_localization.mapdb.patch_store import PATCH_DTYPE
+from vlad_localization.pipeline import RUN, Candidate, Localizer, QueryResult
+
+# One candidate's fields in every serialisation (replay and query JSON, the node's ~/candidates
+# columns after query_stamp and camera), in this order; times in seconds.
+CANDIDATE_FIELDS = ("map_id", "map_stamp", "global_similarity", "patch_score", "inliers", "source", "fused_score")
+
+
+def _finite_or_none(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def candidate_record(c: Candidate) -> dict[str, Any]:
+    """One candidate as JSON: :data:`CANDIDATE_FIELDS` (None for no stamp and for the NaN scores
+    of a candidate that was not re-ranked) plus ``file``, the keyframe's image or bag topic."""
+    return {
+        "map_id": int(c.map_id),
+        "map_stamp": None if c.stamp_ns is None else c.stamp_ns / NS_PER_S,
+        "global_similarity": round(float(c.global_similarity), 6),
+        "patch_score": _finite_or_none(c.patch_score),
+        "inliers": int(c.inliers),
+        "source": int(c.source),
+        "fused_score": _finite_or_none(c.fused_score),
+        "file": c.file,
+    }
+
+
+def candidate_row(c: Candidate) -> tuple[float, ...]:
+    """:data:`CANDIDATE_FIELDS` as float64 numbers (NaN for a missing stamp or score)."""
+    record = candidate_record(c)
+    return tuple(math.nan if record[f] is None else float(record[f]) for f in CANDIDATE_FIELDS)
+
+
+@dataclass
+class FrameResult:
+    """What one frame produced: ranked candidates, the loop closure (or None), the id of the
+    keyframe inserted into this run's store (or None) and timings (ms)."""
+
+    stamp_ns: int
+    camera: int
+    candidates: list[Candidate]
+    loop_closure: LoopClosure | None
+    keyframe: int | None
+    timings: dict[str, float]
+    query: QueryResult | None = field(default=None, repr=False)
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON object of ``replay`` (one line per frame)."""
+        closure = self.loop_closure
+        return {
+            "query_stamp": self.stamp_ns / NS_PER_S,
+            "camera": self.camera,
+            "candidates": [candidate_record(c) for c in self.candidates],
+            "loop_closure": [closure.t_query, closure.t_match] if closure else None,
+            "loop_closure_match": None if closure is None else {
+                "map_id": int(closure.candidate.map_id), "source": int(closure.candidate.source),
+                "rank": closure.rank, "score": float(closure.candidate.score)},
+            "keyframe": self.keyframe,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+class LoopClosureDetector:
+    """Owns the :class:`Localizer`, this run's keyframe store and the acceptance rule.
+
+    Not thread-safe for concurrent :meth:`process` calls (one worker); :meth:`save_map` and
+    :meth:`stats` may run beside it (the run's :class:`LiveMap` is safe for that)."""
+
+    def __init__(self, localizer: Localizer, config: Config):
+        self.localizer = localizer
+        self.config = config
+        lc = config.loop_closure
+        if lc.searches_map and localizer.map is None:
+            raise ValueError(f"loop_closure.mode {lc.mode!r} needs a prebuilt map (map_path); "
+                             "use mode loop_closure to detect loop closures in this run alone")
+        if lc.searches_run and localizer.run_map is None:
+            localizer.run_map = LiveMap(localizer.encoder.identity(), lc.max_keyframes, lc.eviction,
+                                        thumbnails=config.map.store_thumbnails)
+        if not lc.searches_map and localizer.map is not None:
+            raise ValueError("loop_closure.mode 'loop_closure' searches no prebuilt map: open none")
+        self._selectors: dict[int, KeyframeSelector] = {}
+        self._travel: dict[int, tuple[float, tuple[float, float, float]]] = {}  # camera -> (metres, last position)
+        self.refused = 0  # keyframes not inserted because the store was full (eviction "refuse")
+
+    @classmethod
+    def from_config(cls, config: Config, checkpoint: str | Path, map_path: str | Path | None = None,
+                    device: str | None = None) -> "LoopClosureDetector":
+        """Load the encoder (and the prebuilt map when the mode searches one)."""
+        from vlad_localization.mapdb import MapDatabase
+        from vlad_localization.model.encoder import Encoder
+
+        lc = config.loop_closure
+        if lc.searches_map and not map_path:
+            raise ValueError(f"loop_closure.mode {lc.mode!r} needs a prebuilt map: give its path "
+                             "(or use mode loop_closure)")
+        encoder = Encoder.from_checkpoint(checkpoint, config.model, device)
+        try:
+            map_db = None
+            if lc.searches_map:
+                map_db = MapDatabase.open(map_path, identity=encoder.identity(), map_cfg=config.map)
+            return cls(Localizer(encoder, map_db, config), config)
+        except BaseException:
+            encoder.release()
+            raise
+
+    # ------------------------------------------------------------------ state
+    @property
+    def run_map(self) -> LiveMap | None:
+        return self.localizer.run_map
+
+    @property
+    def map(self):
+        return self.localizer.map
+
+    def stats(self) -> dict[str, int]:
+        """Run-store figures for diagnostics: keyframes, bytes, evicted, refused, full (0/1)."""
+        run = self.run_map
+        if run is None:
+            return {}
+        return {"run_keyframes": run.size, "run_bytes": run.nbytes, "run_evicted": run.evicted,
+                "run_refused": self.refused, "run_full": int(run.full)}
+
+    def save_map(self, path: str | Path, sources=()) -> Any:
+        """Write this run's keyframes as a map directory (atomically; see :meth:`LiveMap.save`)."""
+        if self.run_map is None:
+            raise MapError("mode 'localize' keeps no keyframes of its own: nothing to save "
+                           "(use mode loop_closure or both)")
+        return self.run_map.save(path, sources=sources, index=self.config.map.index)
+
+    def release(self) -> None:
+        self.localizer.release()
+
+    # ------------------------------------------------------------------ per frame
+    def process(self, stamp_ns: int, image: np.ndarray, pose: Pose | None = None, camera: int = 0) -> FrameResult:
+        """Query with one camera frame, decide the loop closure, insert it as a keyframe of the run
+        when the keyframe policy says so. ``image``: RGB uint8 (H, W, 3); ``pose``: the frame's
+        pose (odometry interpolated to ``stamp_ns``) or None."""
+        t0 = time.perf_counter()
+        cfg = self.config
+        lc = cfg.loop_closure
+        stamp_ns = int(stamp_ns)
+        desc = self.localizer.encode(image)
+        t1 = time.perf_counter()
+        travel = self._travelled(camera, pose)
+        max_travel = travel - lc.min_travel_m if travel is not None and lc.min_travel_m > 0 else None
+        result = self.localizer.query(desc, max_stamp_ns=stamp_ns - round(lc.min_time_gap_s * NS_PER_S),
+                                      max_travel_m=max_travel)
+        closure = select_loop_closure(stamp_ns, result.candidates, lc.score_threshold, lc.min_time_gap_s)
+        t2 = time.perf_counter()
+        keyframe = self._insert(stamp_ns, image, pose, camera, desc, travel) if lc.searches_run else None
+        timings = dict(result.timings, encode_ms=(t1 - t0) * 1e3,
+                       insert_ms=(time.perf_counter() - t2) * 1e3, total_ms=(time.perf_counter() - t0) * 1e3)
+        result.query_rgb_size = tuple(np.asarray(image).shape[:2])
+        return FrameResult(stamp_ns, camera, result.candidates, closure, keyframe, timings, result)
+
+    def _travelled(self, camera: int, pose: Pose | None) -> float | None:
+        """Distance travelled by this camera so far (m), or None while it has no pose."""
+        if pose is None:
+            return self._travel[camera][0] if camera in self._travel else None
+        position = tuple(float(v) for v in pose.position)
+        metres, last = self._travel.get(camera, (0.0, position))
+        metres += math.dist(position, last)
+        self._travel[camera] = (metres, position)
+        return metres
+
+    def _insert(self, stamp_ns: int, image, pose: Pose | None, camera: int, desc, travel) -> int | None:
+        selector = self._selectors.get(camera)
+        if selector is None:
+            selector = self._selectors[camera] = KeyframeSelector.from_config(self.config.map)
+        position = None if pose is None else tuple(pose.position)
+        global_desc, patches = desc.numpy()
+        if not (selector.prefilter(stamp_ns, position) and selector.accept(stamp_ns, position, global_desc[0])):
+            return None
+        extra: dict[str, Any] = {"camera": camera}
+        if travel is not None:
+            extra["travel_m"] = travel
+        keyframe = Keyframe(id=-1, stamp_ns=stamp_ns, frame_id=f"camera{camera}", source=f"run:camera{camera}",
+                            position=position, orientation=None if pose is None else tuple(pose.orientation),
+                            extra=extra)
+        thumb = encode_thumbnail(image, self.config.map.thumbnail_width) if self.config.map.store_thumbnails else None
+        new_id = self.run_map.add(global_desc[0], {p: a[0].astype(PATCH_DTYPE) for p, a in patches.items()},
+                                  keyframe, thumb, grid=desc.grid, image_size=desc.image_size)
+        if new_id is None:
+            self.refused += 1
+        return new_id
+
+
+__all__ = ["CANDIDATE_FIELDS", "FrameResult", "LoopClosureDetector", "candidate_record", "candidate_row"]
