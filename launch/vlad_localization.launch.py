@@ -23,7 +23,8 @@ def generate_launch_description():
     default_params = os.path.join(get_package_share_directory(PACKAGE), "config", "vlad_localization.yaml")
     args = [
         DeclareLaunchArgument("map", description="map directory from `vlad-localization build-map`"),
-        DeclareLaunchArgument("checkpoint", description="checkpoint the map was built with"),
+        DeclareLaunchArgument("checkpoint", description="checkpoint the map was built with: a .pth.tar file or "
+                                                        "a downloaded name such as pittsburgh_WPCA512"),
         DeclareLaunchArgument("preset", default_value="",
                               description="performance | speed | storage | path to a config YAML "
                                           "(default: params_file's, speed in the shipped one)"),

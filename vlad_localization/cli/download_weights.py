@@ -15,7 +15,7 @@ Examples:
   vlad-localization download-weights --list
   vlad-localization download-weights pittsburgh_WPCA512
   vlad-localization download-weights --mirror http://10.0.0.5/patchnetvlad mapillary_WPCA128
-  vlad-localization encode --checkpoint pittsburgh_WPCA512 --config speed --out d.npz a.png
+  vlad-localization query --map maps/run1 --checkpoint pittsburgh_WPCA512 frame.png
 """
 
 

@@ -43,7 +43,8 @@ class Param:
 
 PARAMETERS: tuple[Param, ...] = (
     Param("map_path", "", "Map directory built by `vlad-localization build-map` (required).", True),
-    Param("checkpoint", "", "Patch-NetVLAD checkpoint (.pth.tar) the map was built with (required).", True),
+    Param("checkpoint", "", "Patch-NetVLAD checkpoint (.pth.tar) the map was built with, or a name from "
+          "`vlad-localization download-weights --list` read from the cache (required).", True),
     Param("preset", "speed", "Configuration: performance | speed | storage, or a YAML file path.", True),
     Param("device", "auto", "Torch device: auto | cpu | cuda | cuda:N | mps.", True),
     Param("half", False, "fp16 inference (CUDA only).", True),
