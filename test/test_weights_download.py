@@ -35,6 +35,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server's name
         srv = self.server
         srv.requests.append((self.path, self.headers.get("Range")))
+        if self.path.startswith("/moved/"):  # as the model hub redirects to its file store
+            self.send_response(302)
+            self.send_header("Location", self.path[len("/moved"):])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         data = srv.files.get(self.path.lstrip("/"))
         if data is None:
             self.send_error(404)
@@ -179,6 +185,22 @@ def test_interrupted_download_resumes_with_range(env, server):
     offset = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
     assert 0 < offset < len(env.data)
     assert _sha(env.cached) == hashlib.sha256(env.data).hexdigest()
+
+
+def test_resume_through_a_redirect_keeps_the_range(env, server):
+    server.drops = 1
+    assert main(["download-weights", "--mirror", f"{server.url}/moved", NAME]) == 0
+    assert [r for _, r in server.requests][:2] == [None, None]
+    (p1, r1), (p2, r2) = server.requests[2:]
+    assert (p1, p2) == (f"/moved/{FILE}", f"/{FILE}") and r1 == r2 and r1.startswith("bytes=")
+    assert env.cached.read_bytes() == env.data
+
+
+def test_a_mirror_serving_the_cache_names(env, server):
+    server.files = {f"{NAME}.pth.tar": env.data}  # e.g. `python -m http.server` in a copy of a cache
+    assert _download(server) == 0
+    assert server.requests == [(f"/{FILE}", None), (f"/{NAME}.pth.tar", None)]  # 404, then the cache's name
+    assert env.cached.read_bytes() == env.data
 
 
 def test_a_later_run_continues_the_part_file(env, server, tmp_path):

@@ -31,7 +31,12 @@ USER_AGENT = "vlad_localization-download/1"
 
 
 class DownloadError(Exception):
-    """A download failed or its file was refused; the message is one line naming the URL."""
+    """A download failed or its file was refused; the message is one line naming the URL.
+    ``status``: the HTTP status when the server answered with an error."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class _Interrupted(Exception):
@@ -76,7 +81,7 @@ def _transfer(url: str, part: Path, size: int | None, timeout: float, progress: 
             log.warning("%s: the server refuses to resume at byte %d; starting again from zero", url, offset)
             part.unlink()
             return _transfer(url, part, size, timeout, progress, desc)
-        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}", exc.code) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise DownloadError(f"cannot reach {url}: {reason}") from None

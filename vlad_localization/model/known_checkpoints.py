@@ -52,9 +52,13 @@ class KnownCheckpoint:
         """The file name on the server (the last part of its URL)."""
         return self.url.rstrip("/").rsplit("/", 1)[-1]
 
-    def url_from(self, mirror: str | None = None) -> str:
-        """The URL to fetch: the table's, or ``mirror/<file>`` for a site serving the same files."""
-        return f"{mirror.rstrip('/')}/{self.file}" if mirror else self.url
+    def urls_from(self, mirror: str | None = None) -> list[str]:
+        """The URLs to try in turn: the table's; with a mirror ``mirror/<file>`` (a copy of the
+        hub), then ``mirror/<name>.pth.tar`` (a served copy of a cache) when the names differ."""
+        if not mirror:
+            return [self.url]
+        files = dict.fromkeys((self.file, f"{self.name}{SUFFIX}"))
+        return [f"{mirror.rstrip('/')}/{f}" for f in files]
 
     def shape(self) -> dict[str, Any]:
         return {"backbone": self.backbone, "num_clusters": self.num_clusters, "num_pcs": self.num_pcs}

@@ -45,12 +45,16 @@ def download_checkpoint(entry: KnownCheckpoint, mirror: str | None = None, sha25
                 return Fetched(dest, False)
             log.warning("cached %s %s: downloading it again", dest, problem)
             dest.unlink()
-        url = entry.url_from(mirror)
-        try:
-            part = fetch(url, dest.with_name(dest.name + ".part"), entry.size, digest,
-                         retries=retries, timeout=timeout, progress=progress, desc=entry.name)
-        except DownloadError as exc:
-            raise DownloadError(f"{exc}. {ways_out(entry)}") from None
+        urls = entry.urls_from(mirror)
+        for i, url in enumerate(urls):
+            try:
+                part = fetch(url, dest.with_name(dest.name + ".part"), entry.size, digest,
+                             retries=retries, timeout=timeout, progress=progress, desc=entry.name)
+                break
+            except DownloadError as exc:
+                if exc.status == 404 and i + 1 < len(urls):
+                    continue  # the mirror may serve the cache's name instead
+                raise DownloadError(f"{exc}. {ways_out(entry)}", exc.status) from None
         try:
             check_shapes(part, entry)
         except CheckpointError:
