@@ -15,7 +15,6 @@ from __future__ import annotations
 import http.client
 import logging
 import re
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -102,12 +101,15 @@ def _transfer(url: str, part: Path, size: int | None, timeout: float, progress: 
             total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
             desc=desc, disable=not progress, leave=False,
         ) as bar:
-            try:
-                for block in iter(lambda: response.read(CHUNK), b""):
-                    out.write(block)
-                    bar.update(len(block))
-            except (http.client.IncompleteRead, ConnectionError, socket.timeout, TimeoutError) as exc:
-                raise _Interrupted(type(exc).__name__) from None
+            while True:
+                try:
+                    block = response.read(CHUNK)
+                except (http.client.HTTPException, OSError) as exc:  # reset, timeout, TLS error: resume
+                    raise _Interrupted(type(exc).__name__) from None
+                if not block:
+                    break
+                out.write(block)  # a full disk is no reason to retry: its OSError propagates
+                bar.update(len(block))
     if total is not None and _size(part) < total:
         raise _Interrupted(f"{_size(part)} of {total} bytes")
     return total
