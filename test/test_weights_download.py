@@ -275,6 +275,19 @@ def test_unknown_name_and_misused_sha256(env, capsys):
     assert main(["download-weights", "no_such_model"]) == 2
     assert "unknown checkpoint(s) no_such_model" in capsys.readouterr().err
     assert main(["download-weights", "--sha256", "0" * 64, "--all"]) == 2
+    assert main(["download-weights", "--sha256", "abc", NAME]) == 2
+    assert "expected 64 hex digits" in capsys.readouterr().err
+
+
+def test_a_damaged_cached_file_is_replaced_once_the_new_one_passes(env, server, capsys):
+    env.cached.parent.mkdir(parents=True)
+    env.cached.write_bytes(env.data[: len(env.data) // 2])  # e.g. copied in half
+    server.corrupt = True
+    assert _download(server) == 2
+    assert env.cached.stat().st_size == len(env.data) // 2  # kept: the new one failed
+    server.corrupt = False
+    assert _download(server) == 0 and "downloaded, verified" in capsys.readouterr().out
+    assert env.cached.read_bytes() == env.data
 
 
 # ----------------------------------------------------------------------------- --checkpoint NAME

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 EPILOG = """\
 Downloads into the cache ($VLAD_LOCALIZATION_CACHE, else $XDG_CACHE_HOME/vlad_localization, else
@@ -54,6 +55,8 @@ def run(args) -> int:
         raise UserError(f"unknown checkpoint(s) {', '.join(unknown)}; known: {', '.join(table)}")
     if args.sha256 and len(names) != 1:
         raise UserError("--sha256 pins the digest of one file: name exactly one checkpoint")
+    if args.sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", args.sha256):
+        raise UserError(f"--sha256 {args.sha256!r}: expected 64 hex digits")
     print(f"cache: {cache_dir()}")
     for name in names:
         _download(table[name], args.mirror, args.sha256)

@@ -33,7 +33,7 @@ class Fetched(NamedTuple):
 def download_checkpoint(entry: KnownCheckpoint, mirror: str | None = None, sha256: str | None = None, *,
                         progress: bool = True, retries: int = 3, timeout: float = 30.0) -> Fetched:
     """Make ``entry`` available in the cache (``sha256`` pins a digest over the table's) and return
-    where. A cached file that fails verification is fetched again. Raises :class:`DownloadError`
+    where. A cached file that fails verification is fetched again and replaced once the new one passes. Raises :class:`DownloadError`
     (one line: the URL, the problem and the ways out) or :class:`CheckpointError` (wrong shapes)."""
     dest = cached_path(entry.name)
     digest = (sha256 or entry.sha256 or "").lower() or None
@@ -43,8 +43,7 @@ def download_checkpoint(entry: KnownCheckpoint, mirror: str | None = None, sha25
             problem = verification_problem(dest, entry.size, digest)
             if problem is None:
                 return Fetched(dest, False)
-            log.warning("cached %s %s: downloading it again", dest, problem)
-            dest.unlink()
+            log.warning("cached %s %s: downloading it again (it stays until the new one is verified)", dest, problem)
         urls = entry.urls_from(mirror)
         for i, url in enumerate(urls):
             try:
