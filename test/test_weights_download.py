@@ -274,6 +274,8 @@ def test_list_shows_state_and_presets(env, server, capsys):
 def test_unknown_name_and_misused_sha256(env, capsys):
     assert main(["download-weights", "no_such_model"]) == 2
     assert "unknown checkpoint(s) no_such_model" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="nor is it a known checkpoint name"):
+        Encoder.from_checkpoint("pitsburgh_WPCA512", load_config("speed").model, device="cpu")
     assert main(["download-weights", "--sha256", "0" * 64, "--all"]) == 2
     assert main(["download-weights", "--sha256", "abc", NAME]) == 2
     assert "expected 64 hex digits" in capsys.readouterr().err

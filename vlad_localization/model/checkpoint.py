@@ -151,6 +151,9 @@ def checkpoint_file(path: str | Path) -> Path:
     if entry is not None and not resolved.is_file():
         raise CheckpointError(path, f"a known checkpoint, not downloaded yet (no {resolved}): "
                               f"run `vlad-localization download-weights {entry.name}`")
+    if not resolved.exists() and resolved.parent == Path("."):  # a bare name: maybe a mistyped known one
+        raise CheckpointError(path, "file does not exist, nor is it a known checkpoint name "
+                              "(`vlad-localization download-weights --list` shows them)")
     return resolved
 
 
