@@ -33,7 +33,8 @@ def add_parser(sub) -> None:
     which.add_argument("--all", action="store_true", help="every known checkpoint (about 3 GB)")
     which.add_argument("--list", action="store_true",
                        help="list the known checkpoints: size, cache state, the presets each fits")
-    p.add_argument("--mirror", metavar="URL", help="fetch URL/<file> instead (the hub's file name, e.g. pitts_WPCA512.pth.tar; "
+    p.add_argument("--mirror", metavar="URL",
+                   help="fetch URL/<file> instead (the hub's file name, e.g. pitts_WPCA512.pth.tar; "
                         "then URL/<NAME>.pth.tar): a site serving the same files")
     p.add_argument("--sha256", metavar="HEX", help="pin the file's sha256 (one NAME only; overrides the table's)")
     p.add_argument("--json", action="store_true", help="with --list: machine-readable output")

@@ -41,7 +41,8 @@ def run(args) -> int:
           f"patches={model['patch_sizes']} strides={model['strides']} input={model['image_height']}x{model['image_width']}")
     known = f" (known checkpoint {info['known_checkpoint']})" if info["known_checkpoint"] else ""
     print(f"            checkpoint sha256 {model['checkpoint_sha256']}{known}")
-    print(f"            fits preset(s) {', '.join(info['fits_presets']) or 'none: query with the config it was built with'}")
+    fits = ", ".join(info["fits_presets"]) or "none: query with the config it was built with"
+    print(f"            fits preset(s) {fits}")
     print(f"  index     {m['index']['spec']} (as {m['index']['effective']}, nprobe {m['index']['nprobe']}, "
           f"efSearch {m['index']['ef_search']}), {m['dim']}-d inner product")
     print(f"  keyframes {m['keyframes']} ({s['with_pose']} with pose, {s['thumbnails']} thumbnails) "

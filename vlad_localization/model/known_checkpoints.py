@@ -162,5 +162,6 @@ def _entry(path: Path, name: str, fields: Any, base: str) -> KnownCheckpoint:
     backbone = fields.get("backbone", "vgg16")
     if backbone not in BACKBONES:
         raise TableError(f"{where}: backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
-    return KnownCheckpoint(name=name, url=url, size=fields.get("size"), sha256=None if sha is None else str(sha).lower(),
-                           backbone=backbone, num_clusters=fields.get("num_clusters"), num_pcs=fields.get("num_pcs"))
+    return KnownCheckpoint(name=name, url=url, size=fields.get("size"),
+                           sha256=None if sha is None else str(sha).lower(), backbone=backbone,
+                           num_clusters=fields.get("num_clusters"), num_pcs=fields.get("num_pcs"))

@@ -33,8 +33,9 @@ class Fetched(NamedTuple):
 def download_checkpoint(entry: KnownCheckpoint, mirror: str | None = None, sha256: str | None = None, *,
                         progress: bool = True, retries: int = 3, timeout: float = 30.0) -> Fetched:
     """Make ``entry`` available in the cache (``sha256`` pins a digest over the table's) and return
-    where. A cached file that fails verification is fetched again and replaced once the new one passes. Raises :class:`DownloadError`
-    (one line: the URL, the problem and the ways out) or :class:`CheckpointError` (wrong shapes)."""
+    where. A cached file that fails verification is fetched again, and replaced once the new one
+    passes. Raises :class:`DownloadError` (one line: the URL, the problem and the ways out) or
+    :class:`CheckpointError` (wrong shapes)."""
     dest = cached_path(entry.name)
     digest = (sha256 or entry.sha256 or "").lower() or None
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +69,8 @@ def check_shapes(path: Path, entry: KnownCheckpoint) -> None:
     checkpoint with the table's backbone, clusters and PCs."""
     contents = read_checkpoint(path)
     if not contents.has_pooling:
-        raise CheckpointError(path, f"holds only backbone weights, but {entry.name} is a Patch-NetVLAD checkpoint: refused")
+        raise CheckpointError(path, f"holds only backbone weights, but {entry.name} is a Patch-NetVLAD "
+                              "checkpoint: refused")
     found = {"backbone": contents.backbone, "num_clusters": contents.num_clusters, "num_pcs": contents.num_pcs}
     wrong = [f"{k} {found[k]} (expected {v})" for k, v in entry.shape().items() if v is not None and found[k] != v]
     if wrong:
