@@ -79,8 +79,7 @@ def _download(entry, mirror: str | None, sha256: str | None) -> None:
 
 
 def _print_list(table, as_json: bool) -> int:
-    from ..model.known_checkpoints import cache_dir, cached_path, presets_fitting
-    from ..model.weights import cache_state
+    from ..model.known_checkpoints import cache_dir, cache_state, cached_path, presets_fitting
 
     rows = [{"name": e.name, "size": e.size, "sha256": e.sha256, "url": e.url, "state": cache_state(e),
              "path": str(cached_path(e.name)), "backbone": e.backbone, "num_clusters": e.num_clusters,

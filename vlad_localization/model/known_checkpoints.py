@@ -78,6 +78,17 @@ def cached_path(name: str) -> Path:
     return cache_dir() / f"{name}{SUFFIX}"
 
 
+def cache_state(entry: KnownCheckpoint) -> str:
+    """``cached``, ``partial N%`` (a ``.part`` file to resume), ``wrong size`` or ``-`` (size check only)."""
+    path = cached_path(entry.name)
+    if path.is_file():
+        return "cached" if entry.size in (None, path.stat().st_size) else "wrong size"
+    part = path.with_name(path.name + ".part")
+    if part.is_file():
+        return f"partial {100 * part.stat().st_size // entry.size}%" if entry.size else "partial"
+    return "-"
+
+
 def load_table(extra: str | Path | None = None) -> dict[str, KnownCheckpoint]:
     """The shipped table, updated with ``extra`` (default: the file named by ``$VLAD_LOCALIZATION_CHECKPOINTS``)."""
     table = _read_table(TABLE_FILE)

@@ -87,17 +87,6 @@ def verification_problem(path: Path, size: int | None, sha256: str | None) -> st
     return None
 
 
-def cache_state(entry: KnownCheckpoint) -> str:
-    """``cached``, ``partial N%`` (a ``.part`` file to resume), ``wrong size`` or ``-`` (size check only)."""
-    path = cached_path(entry.name)
-    if path.is_file():
-        return "cached" if entry.size in (None, path.stat().st_size) else "wrong size"
-    part = path.with_name(path.name + ".part")
-    if part.is_file():
-        return f"partial {100 * part.stat().st_size // entry.size}%" if entry.size else "partial"
-    return "-"
-
-
 def describe_shape(entry: KnownCheckpoint) -> str:
     fits = presets_fitting(entry.shape())
     return (f"{entry.backbone} K={entry.num_clusters} PCs={entry.num_pcs}; "
