@@ -55,7 +55,8 @@ setup(
     # The preset YAMLs live in config/ (installed to share/ for ROS) and ship inside the
     # Python package too, so pip-only installs find them.
     package_dir={f"{PACKAGE}.presets": "config"},
-    package_data={f"{PACKAGE}.presets": ["*.yaml"]},
+    # The table of known checkpoints (download-weights) is data beside its module.
+    package_data={f"{PACKAGE}.presets": ["*.yaml"], f"{PACKAGE}.model": ["*.yaml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

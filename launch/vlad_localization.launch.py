@@ -28,7 +28,8 @@ def generate_launch_description():
                               description="map directory from `vlad-localization build-map` (modes localize, both)"),
         DeclareLaunchArgument("odom_topic", default_value="",
                               description="nav_msgs/Odometry topic for keyframe poses and min_travel_m"),
-        DeclareLaunchArgument("checkpoint", description="checkpoint the map was built with"),
+        DeclareLaunchArgument("checkpoint", description="checkpoint the map was built with: a .pth.tar file or "
+                                                        "a downloaded name such as pittsburgh_WPCA512"),
         DeclareLaunchArgument("preset", default_value="",
                               description="performance | speed | storage | path to a config YAML "
                                           "(default: params_file's, speed in the shipped one)"),

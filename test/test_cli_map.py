@@ -53,11 +53,12 @@ def test_build_from_folder_summary_and_map_info(map_a, capsys, env):
     assert main(["map-info", str(map_a)]) == 0
     text = capsys.readouterr().out
     assert "keyframes 4 (4 with pose, 4 thumbnails)" in text and "unreadable_image 1" in text
-    assert "% of the reference float32 .npy" in text
+    assert "% of the reference float32 .npy" in text and "fits preset(s) none" in text
     assert main(["map-info", "--json", str(map_a)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["manifest"]["keyframes"] == 4 and info["stats"]["patch_size_ratio_vs_reference"] <= 0.5
     assert info["manifest"]["model"]["image_height"] == 240 and info["manifest"]["index"]["spec"] == "Flat"
+    assert info["fits_presets"] == [] and info["known_checkpoint"] is None  # 240x320: a config of its own
 
 
 def test_query_json_and_table(map_a, env, capsys):

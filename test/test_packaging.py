@@ -50,7 +50,9 @@ def test_colcon_build_installs_executables_and_share_files(tmp_path):
     # The installed package (not the source tree) finds its presets.
     site = next(install.glob("lib/python3*/site-packages"))
     check = subprocess.run(
-        [sys.executable, "-c", "import vlad_localization.config as c; cfg = c.load_config('speed'); print(c.__file__, cfg.name)"],
+        [sys.executable, "-c", "import vlad_localization.config as c; cfg = c.load_config('speed'); "
+         "from vlad_localization.model.known_checkpoints import load_table; assert 'pittsburgh_WPCA512' in load_table(); "
+         "print(c.__file__, cfg.name)"],
         cwd=tmp_path, env=dict(env, PYTHONPATH=str(site)), capture_output=True, text=True, timeout=60,
     )
     assert check.returncode == 0, check.stderr
@@ -71,7 +73,7 @@ def test_core_library_never_imports_rclpy():
 
 
 @pytest.mark.parametrize(
-    "command", ["init-model", "encode", "match", "build-map", "map-info", "merge-maps", "query", "replay"]
+    "command", ["download-weights", "init-model", "encode", "match", "build-map", "map-info", "merge-maps", "query", "replay"]
 )
 def test_every_subcommand_has_a_teaching_help(command):
     proc = subprocess.run(

@@ -9,6 +9,7 @@ import logging
 import sys
 
 SUBCOMMANDS = (
+    "download_weights",
     "init_model",
     "encode",
     "match",
@@ -23,8 +24,8 @@ DESCRIPTION = """\
 Patch-NetVLAD visual loop closure and relocalization.
 
 Typical workflow:
-  1. vlad-localization init-model --backbone-weights vgg16.pth --images map_imgs/ --out model.pth.tar
-     (or use an official checkpoint such as pittsburgh_WPCA512.pth.tar)
+  1. vlad-localization download-weights pittsburgh_WPCA512   (then --checkpoint pittsburgh_WPCA512)
+     or vlad-localization init-model --backbone-weights vgg16.pth --images map_imgs/ --out model.pth.tar
   2. vlad-localization build-map --checkpoint model.pth.tar --config speed --bag run1.mcap \\
          --image-topic /camera/image_raw --out maps/run1
   3. vlad-localization query --map maps/run1 --checkpoint model.pth.tar --json query.png

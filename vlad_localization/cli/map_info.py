@@ -6,7 +6,8 @@ import json
 
 EPILOG = """\
 Shows the model the map was built with (backbone, clusters, PCs, patch sizes, input size and the
-checkpoint's sha256: query it with that checkpoint and config), the index, keyframe counts, stamps,
+checkpoint's sha256: query it with that checkpoint and config; the official checkpoint it is, when
+its sha256 is a known one, and the presets whose model matches the map's), the index, keyframe counts, stamps,
 storage per file and the runs it was built from.
 
 Examples:
@@ -29,6 +30,7 @@ def run(args) -> int:
 
     with MapDatabase.open(args.map) as db:
         info = {"path": str(db.path), "manifest": db.manifest.to_dict(), "stats": db.stats()}
+    info.update(model_provenance(info["manifest"]["model"]))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -37,7 +39,10 @@ def run(args) -> int:
     print(f"map {info['path']}  (format {m['format']} v{m['version']}, created {m['created']}, updated {m['updated']})")
     print(f"  model     {model['backbone']} K={model['num_clusters']} PCs={model['num_pcs']} vladv2={model['vladv2']} "
           f"patches={model['patch_sizes']} strides={model['strides']} input={model['image_height']}x{model['image_width']}")
-    print(f"            checkpoint sha256 {model['checkpoint_sha256']}")
+    known = f" (known checkpoint {info['known_checkpoint']})" if info["known_checkpoint"] else ""
+    print(f"            checkpoint sha256 {model['checkpoint_sha256']}{known}")
+    fits = ", ".join(info["fits_presets"]) or "none: query with the config it was built with"
+    print(f"            fits preset(s) {fits}")
     print(f"  index     {m['index']['spec']} (as {m['index']['effective']}, nprobe {m['index']['nprobe']}, "
           f"efSearch {m['index']['ef_search']}), {m['dim']}-d inner product")
     print(f"  keyframes {m['keyframes']} ({s['with_pose']} with pose, {s['thumbnails']} thumbnails) "
@@ -52,3 +57,13 @@ def run(args) -> int:
         print(f"  run {i}     ids {run['first_id']}..{run['first_id'] + run['keyframes'] - 1} ({run['created']}; "
               f"{skipped}): {'; '.join(run['sources'])}")
     return 0
+
+
+def model_provenance(model: dict) -> dict:
+    """``known_checkpoint``: the table name whose sha256 built the map (or None); ``fits_presets``:
+    the presets whose model (backbone, PCs, patch sizes, strides, input size) is the map's."""
+    from vlad_localization.model.known_checkpoints import load_table, presets_fitting
+
+    sha = model.get("checkpoint_sha256")
+    known = next((e.name for e in load_table().values() if sha and e.sha256 == sha), None)
+    return {"known_checkpoint": known, "fits_presets": presets_fitting(model)}

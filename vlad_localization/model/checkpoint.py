@@ -4,7 +4,10 @@ Accepted inputs:
 * official checkpoints (``pittsburgh_WPCA{128,512,4096}.pth.tar``, ``mapillary_WPCA*``):
   ``{'state_dict': {'encoder.N.*', 'pool.centroids', 'pool.conv.weight'[, 'pool.conv.bias'],
   'WPCA.0.weight', 'WPCA.0.bias'}}`` - num_clusters / num_pcs / vladv2 are read from the shapes;
-* plain backbone state dicts (torchvision layout, e.g. ``features.N.*`` for VGG16).
+* plain backbone state dicts (torchvision layout, e.g. ``features.N.*`` for VGG16);
+* the name of a known checkpoint (``pittsburgh_WPCA512``, see ``known_checkpoints``), read from
+  the cache; an existing file of that name wins. A name not downloaded yet is refused with the
+  ``vlad-localization download-weights NAME`` command to run (nothing is downloaded here).
 
 Files are always read with ``torch.load(weights_only=True)``: a file that needs arbitrary pickled
 objects (which could run code) is refused with :class:`CheckpointError`, never executed.
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 
 from .backbones import detect_backbone
+from .known_checkpoints import resolve_checkpoint_path
 
 _BACKBONE_PREFIXES = ("encoder.", "features.", "backbone.", "")
 
@@ -141,9 +145,22 @@ def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` itself, or the cached file of a known checkpoint name (when no such file exists)."""
+    resolved, entry = resolve_checkpoint_path(path)
+    if entry is not None and not resolved.is_file():
+        raise CheckpointError(path, f"a known checkpoint, not downloaded yet (no {resolved}): "
+                              f"run `vlad-localization download-weights {entry.name}`")
+    if not resolved.exists() and resolved.parent == Path("."):  # a bare name: maybe a mistyped known one
+        raise CheckpointError(path, "file does not exist, nor is it a known checkpoint name "
+                              "(`vlad-localization download-weights --list` shows them)")
+    return resolved
+
+
 def read_checkpoint(path: str | Path) -> CheckpointContents:
-    """Load a Patch-NetVLAD checkpoint or a plain backbone state dict (no pooling/WPCA then)."""
-    path = Path(path)
+    """Load a Patch-NetVLAD checkpoint or a plain backbone state dict (no pooling/WPCA then), from
+    a file or by a known checkpoint's name (:func:`checkpoint_file`)."""
+    path = checkpoint_file(path)
     raw = load_torch_file(path)
     state = _state_dict(raw, path)
     backbone_state, backbone = {}, None

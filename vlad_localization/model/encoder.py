@@ -60,10 +60,12 @@ class Encoder:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, model_cfg: ModelConfig, device: str | None = None) -> "Encoder":
-        """Build from an official-format checkpoint; num_clusters, num_pcs and vladv2 come from
+        """Build from an official-format checkpoint (a file, or a known name such as
+        ``pittsburgh_WPCA512`` read from the cache); num_clusters, num_pcs and vladv2 come from
         its tensor shapes (the config's values are only checked), patch sizes / strides / image
         size / device / half from ``model_cfg``. ``model_cfg.num_pcs = None`` skips the WPCA."""
         contents = read_checkpoint(path)
+        path = contents.path  # a known checkpoint's name resolves to its cached file
         if not contents.has_pooling:
             raise CheckpointError(
                 path,

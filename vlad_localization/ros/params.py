@@ -52,7 +52,8 @@ PARAMETERS: tuple[Param, ...] = (
           config="loop_closure.mode", keep=""),
     Param("map_path", "", "Map directory built by `vlad-localization build-map` (required by modes localize "
           "and both).", True),
-    Param("checkpoint", "", "Patch-NetVLAD checkpoint (.pth.tar) the map was built with (required).", True),
+    Param("checkpoint", "", "Patch-NetVLAD checkpoint (.pth.tar) the map was built with, or a name from "
+          "`vlad-localization download-weights --list` read from the cache (required).", True),
     Param("preset", "speed", "Configuration: performance | speed | storage, or a YAML file path.", True),
     Param("device", "auto", "Torch device: auto | cpu | cuda | cuda:N | mps.", True, config="model.device"),
     Param("half", False, "fp16 inference (CUDA only).", True, config="model.half"),
