@@ -74,14 +74,18 @@ def module_domain_id(module_index: int) -> str:
 
 
 @contextmanager
-def running_node(campus: CampusMap, log: Path, name: str, image_topics, domain_index: int, **params):
+def running_node(campus: CampusMap, log: Path, name: str, image_topics, domain_index: int, odom_topic=None,
+                 **params):
     """The real node on ``campus`` in its own process (on its module's ROS_DOMAIN_ID), and a
-    connected :class:`NodeClient`; the node is stopped on exit."""
+    connected :class:`NodeClient` (publishing odometry on ``odom_topic`` when given); the node is
+    stopped on exit."""
     mp = pytest.MonkeyPatch()
     mp.setenv("ROS_DOMAIN_ID", module_domain_id(domain_index))
+    if odom_topic:
+        params["odom_topic"] = odom_topic
     proc = start_node(campus.node_params(image_topics, **params), name=name, log_path=log)
     try:
-        with NodeClient(node_name=name, image_topics=tuple(image_topics)) as client:
+        with NodeClient(node_name=name, image_topics=tuple(image_topics), odom_topic=odom_topic) as client:
             assert client.wait_connected(90), f"node did not start:\n{log.read_text()[-3000:]}"
             yield client
     finally:

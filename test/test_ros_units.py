@@ -65,12 +65,13 @@ def test_worker_survives_handler_errors():
 
 
 def test_candidates_message_layout_round_trips():
-    from vlad_localization.ros.messages import CANDIDATE_COLUMNS, candidates_msg, parse_candidates
+    from vlad_localization.ros.messages import CANDIDATE_COLUMNS, candidates_msg, candidates_query, parse_candidates
 
     cands = [FakeCandidate(7, 3 * S, 0.8, inliers=12, source=1, fused_score=0.95), FakeCandidate(2, None, 0.1)]
     msg = candidates_msg(5 * S + 250_000_000, 1, cands)
     d0, d1 = msg.layout.dim
-    assert (d0.label, d0.size, d0.stride) == ("candidate", 2, 18)
+    assert (d0.label, d0.size, d0.stride) == ("candidate@5.250000000/1", 2, 18)
+    assert candidates_query(msg) == (5.25, 1) and candidates_query(candidates_msg(7 * S, 0, [])) == (7.0, 0)
     assert (d1.label, d1.size, d1.stride) == (",".join(CANDIDATE_COLUMNS), 9, 9)
     rows = parse_candidates(msg)
     assert rows[0] == {"query_stamp": 5.25, "camera": 1.0, "map_id": 7.0, "map_stamp": 3.0,

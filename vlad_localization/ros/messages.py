@@ -3,7 +3,8 @@
 ``~/candidates`` is a 2-D ``std_msgs/Float64MultiArray`` (row-major, strides as in the
 ``MultiArrayLayout`` docs): one row per candidate in rank order, columns :data:`CANDIDATE_COLUMNS`
 (``query_stamp``, ``camera``, then the candidate fields every output shares,
-:data:`vlad_localization.detector.CANDIDATE_FIELDS`). Times are seconds (float64); a keyframe
+:data:`vlad_localization.detector.CANDIDATE_FIELDS`). ``layout.dim[0].label`` is
+``candidate@<query_stamp s>/<camera>``, so a frame with no candidate (K = 0) still names itself. Times are seconds (float64); a keyframe
 without a stamp has ``map_stamp = NaN``, a candidate not re-ranked NaN scores.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ def candidates_msg(query_stamp_ns: int, camera: int, candidates: Sequence) -> Fl
     n, m = len(rows), len(CANDIDATE_COLUMNS)
     msg = Float64MultiArray()
     msg.layout.dim = [
-        MultiArrayDimension(label="candidate", size=n, stride=n * m),
+        MultiArrayDimension(label=f"candidate@{query_stamp_ns * 1e-9:.9f}/{int(camera)}", size=n, stride=n * m),
         MultiArrayDimension(label=",".join(CANDIDATE_COLUMNS), size=m, stride=m),
     ]
     msg.data = np.asarray(rows, dtype=np.float64).reshape(-1).tolist()
@@ -75,7 +76,13 @@ def image_msg(header: Header, rgb: np.ndarray) -> Image:
 
 
 def candidates_query(msg: Float64MultiArray) -> tuple[float, int] | None:
-    """(query stamp in s, camera index) of a ``~/candidates`` message; None when K = 0."""
-    if not msg.layout.dim or msg.layout.dim[0].size == 0:
+    """(query stamp in s, camera index) of a ``~/candidates`` message (also when K = 0); None when
+    the message does not say (not from this node)."""
+    if not msg.layout.dim:
         return None
-    return float(msg.data[0]), int(msg.data[1])
+    _, _, query = msg.layout.dim[0].label.partition("@")
+    stamp, _, camera = query.partition("/")
+    try:
+        return float(stamp), int(camera)
+    except ValueError:
+        return None

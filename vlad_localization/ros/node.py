@@ -209,7 +209,8 @@ class VladLocalizationNode(LifecycleNode):
             self._frame_params = None
         size = detector.map.size if detector.map is not None else 0
         self.get_logger().info(
-            f"loaded mode {self._cfg.loop_closure.mode}, map {self._paths['map'] or '-'} ({size} keyframes), "
+            f"loaded mode {self._cfg.loop_closure.mode}, map {self._paths['map'] if detector.map else '-'} "
+            f"({size} keyframes), "
             f"preset {self._cfg.name}, device {self._device()} in {time.monotonic() - t0:.1f} s")
 
     def _release(self) -> None:
