@@ -401,6 +401,8 @@ def test_concurrent_inserts_searches_and_saves_never_tear(tmp_path):
 
     @guarded
     def saver():
+        while len(live) == 0:
+            time.sleep(0.001)
         while not done.is_set():
             live.save(tmp_path / "map")
             with MapDatabase.open(tmp_path / "map", IDENTITY) as db:
