@@ -39,6 +39,7 @@ import numpy as np
 from vlad_localization.choices import EVICTIONS, names
 
 from .errors import MapError
+from .index import blas_top_k
 from .manifest import Manifest
 from .metadata import Keyframe, decode_thumbnail
 from .patch_store import PATCH_DTYPE
@@ -88,7 +89,6 @@ class LiveMap:
         self._meta: dict[int, Keyframe] = {}
         self._thumbs: dict[int, bytes] = {}
         self._thumb_bytes = self._meta_bytes = 0
-        self._meta_size: dict[int, int] = {}
         self._pins = 0
         self._closed = False
 
@@ -96,6 +96,10 @@ class LiveMap:
     @property
     def size(self) -> int:
         """Searchable keyframes."""
+        with self._lock:
+            return self._size()
+
+    def _size(self) -> int:
         return self._next_id - self._first_id
 
     def __len__(self) -> int:
@@ -127,7 +131,7 @@ class LiveMap:
         with self._lock:
             if self._layout is None:
                 return None
-            return replace(self._layout, keyframes=self.size, num_patches=dict(self._layout.num_patches))
+            return replace(self._layout, keyframes=self._size(), num_patches=dict(self._layout.num_patches))
 
     @property
     def nbytes(self) -> int:
@@ -140,7 +144,7 @@ class LiveMap:
             m = self._layout
             patch_row = sum(n * m.dim for n in m.num_patches.values()) * np.dtype(PATCH_DTYPE).itemsize
             held = self._next_id - self._held_lo * self.chunk
-            return (self.size * (m.dim * 4 + 16) + held * patch_row + self._thumb_bytes + self._meta_bytes)
+            return (self._size() * (m.dim * 4 + 16) + held * patch_row + self._thumb_bytes + self._meta_bytes)
 
     def stats(self) -> dict[str, Any]:
         """For diagnostics: keyframes, evicted, bytes, max_keyframes, eviction, full."""
@@ -181,12 +185,11 @@ class LiveMap:
             with self._lock:  # publish
                 self._chunks[c] = chunk
                 self._meta[kf_id] = kf
-                self._meta_size[kf_id] = _meta_estimate(kf)
-                self._meta_bytes += self._meta_size[kf_id]
+                self._meta_bytes += _meta_estimate(kf)
                 if thumb is not None:
                     self._thumbs[kf_id] = thumb
                     self._thumb_bytes += len(thumb)
-                if self.full:  # eviction == "oldest": the oldest leaves the search
+                if self._size() >= self.max_keyframes:  # eviction == "oldest": the oldest leaves the search
                     self._start += 1
                     self._first_id += 1
                     self._evicted += 1
@@ -272,8 +275,8 @@ class LiveMap:
         while self._pins == 0 and (self._held_lo + 2) * self.chunk <= self._first_id:
             self._chunks.pop(self._held_lo, None)
             for i in range(self._held_lo * self.chunk, (self._held_lo + 1) * self.chunk):
-                self._meta.pop(i, None)
-                self._meta_bytes -= self._meta_size.pop(i, 0)
+                kf = self._meta.pop(i, None)
+                self._meta_bytes -= 0 if kf is None else _meta_estimate(kf)
                 thumb = self._thumbs.pop(i, None)
                 self._thumb_bytes -= len(thumb) if thumb is not None else 0
             self._held_lo += 1
@@ -315,13 +318,9 @@ class LiveMap:
         k = min(int(k), int(allowed.sum()))
         if k <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        sims = (g @ q.T).T  # (Q, N), BLAS
-        sims[:, ~allowed] = -np.inf
-        rows = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else np.tile(np.arange(k), (len(q), 1))
-        top = np.take_along_axis(sims, rows, 1)
-        order = np.argsort(-top, axis=1, kind="stable")
-        return (np.take_along_axis(top, order, 1).astype(np.float32),
-                np.take_along_axis(rows, order, 1).astype(np.int64) + first)
+        ids = np.arange(first, first + len(g), dtype=np.int64)
+        excluded = None if allowed.all() else ~allowed
+        return blas_top_k(g, ids, np.empty(len(g), np.float32), q, k, excluded)
 
     def _readable(self, ids) -> list[int]:
         """(Under the lock.) ``ids`` as ints; KeyError for ids never added or already released."""
@@ -376,7 +375,7 @@ class LiveMap:
         with self._lock:
             if self._closed:
                 raise MapError("the live map is closed")
-            if self.size == 0:
+            if self._size() == 0:
                 raise MapError(f"nothing to save to {path}: the live map has no keyframes yet")
             first, end = self._first_id, self._next_id
             g = self._global[self._start:self._end]
@@ -401,7 +400,6 @@ class LiveMap:
             self._chunks.clear()
             self._meta.clear()
             self._thumbs.clear()
-            self._meta_size.clear()
             self._thumb_bytes = self._meta_bytes = 0
             self._first_id = self._next_id
 
