@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlad_localization.mapdb import Keyframe, LiveMap, MapDatabase, MapError
+from vlad_localization.mapdb import Keyframe, LiveMap, MapDatabase, MapError, MapWriter, merge_maps
 from vlad_localization.mapdb.metadata import encode_thumbnail
 
 DIM, NPATCH, GRID, IMG = 32, 20, (8, 9), (64, 72)  # 4 x 5 patches of size 5 on an 8 x 9 grid
@@ -260,6 +260,12 @@ def test_save_opens_as_a_map_with_the_same_results(tmp_path):
         np.testing.assert_allclose(live_sims, sims, atol=1e-6)
         assert [k.__dict__ for k in db.keyframes(range(40))] == [k.__dict__ for k in live.keyframes(range(40))]
         np.testing.assert_array_equal(db.patches(range(40))[5], live.patches(range(40))[5])
+    merged = merge_maps(tmp_path / "merged", [tmp_path / "map", tmp_path / "map"])  # as merge-maps does
+    assert merged.keyframes == 80 and [r.keyframes for r in merged.runs] == [40, 40]
+    with MapWriter(tmp_path / "map", IDENTITY, append=True) as writer:  # as build-map --append does
+        writer.add(global_of(40)[None], {5: patches_of(40)[None]}, [keyframe_of(40)], thumbnails=[thumb_of(40)])
+        writer.commit(["appended"])
+    check_saved(tmp_path / "map", 0, 41).close()
     evicting = filled(70, max_keyframes=30, chunk=4)  # saved ids = live id - oldest live id
     evicting.save(tmp_path / "evicted", index="HNSW16")
     with check_saved(tmp_path / "evicted", 40, 30) as db:

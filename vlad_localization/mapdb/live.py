@@ -131,7 +131,9 @@ class LiveMap:
         with self._lock:
             if self._layout is None:
                 return None
-            return replace(self._layout, keyframes=self._size(), num_patches=dict(self._layout.num_patches))
+            m = self._layout
+            return replace(m, keyframes=self._size(), model=dict(m.model), index=dict(m.index),
+                           num_patches=dict(m.num_patches))
 
     @property
     def nbytes(self) -> int:
