@@ -157,7 +157,8 @@ class LiveMap:
     def add(self, global_desc: np.ndarray, patches: dict[int, np.ndarray], keyframe: Keyframe,
             thumbnail: bytes | None = None, grid=None, image_size=None) -> int | None:
         """Insert one keyframe: global (D,) float32 (L2-normalised), patches {P: (patches_P, D)}
-        (stored float16), its metadata (``id`` assigned here and returned; ``extra["travel_m"]``
+        (stored float16: pass float16, e.g. torch ``.half()``, to skip numpy's slow conversion, 3 ms
+        at the speed preset's 936 x 512), its metadata (``id`` assigned here and returned; ``extra["travel_m"]``
         feeds ``search``'s ``max_travel_m``) and a JPEG thumbnail. ``grid``/``image_size`` are
         needed for the first add and checked afterwards. Returns None when full and
         ``eviction == "refuse"``; NaN/inf descriptors raise :class:`MapError`."""
@@ -217,9 +218,9 @@ class LiveMap:
             if a.ndim != 2 or a.shape[1] != len(g):
                 raise MapError(f"patch size {p}: descriptors must be (patches, {len(g)}), got shape {a.shape}")
             with np.errstate(over="ignore"):  # overflow -> inf, refused below
-                p16[int(p)] = a.astype(PATCH_DTYPE)
-        bad = [name for name, a in [("global", g)] + [(f"patch size {p}", a) for p, a in p16.items()]
-               if not np.isfinite(a).all()]
+                p16[int(p)] = a.astype(PATCH_DTYPE)  # a copy: the caller may reuse its array
+        bad = [name for name, ok in [("global", np.isfinite(g).all())] +
+               [(f"patch size {p}", _finite16(a)) for p, a in p16.items()] if not ok]
         if bad:  # a NaN keyframe would be every query's nearest neighbour (inf: float16 overflow)
             raise MapError(f"refusing a keyframe with NaN/inf descriptors ({', '.join(bad)}): check the encoder "
                            "(fp16 overflow? corrupt checkpoint?)")
@@ -414,6 +415,11 @@ class LiveMap:
     def __repr__(self) -> str:
         return (f"LiveMap(keyframes={self.size}, evicted={self.evicted}, max_keyframes={self.max_keyframes}, "
                 f"eviction={self.eviction!r})")
+
+
+def _finite16(a: np.ndarray) -> bool:
+    """No NaN/inf in a float16 array (exponent bits all ones), ~10x faster than np.isfinite on float16."""
+    return not ((a.view(np.uint16) & 0x7C00) == 0x7C00).any()
 
 
 def _meta_estimate(kf: Keyframe) -> int:
