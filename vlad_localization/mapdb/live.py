@@ -389,9 +389,9 @@ class LiveMap:
         with MapWriter(path, self.identity, index, thumbnails=self.thumbnails) as writer:
             for c, chunk in chunks.items():
                 lo, hi = max(first, c * self.chunk), min(end, (c + 1) * self.chunk)
-                writer.add(g[lo - first:hi - first], {p: a[lo - c * self.chunk:hi - c * self.chunk] for p, a in chunk.items()},
-                           kfs[lo - first:hi - first], grid=m.grid, image_size=m.image_size,
-                           thumbnails=thumbs[lo - first:hi - first])
+                rows, part = slice(lo - c * self.chunk, hi - c * self.chunk), slice(lo - first, hi - first)
+                writer.add(g[part], {p: a[rows] for p, a in chunk.items()}, kfs[part],
+                           grid=m.grid, image_size=m.image_size, thumbnails=thumbs[part])
             return writer.commit(list(sources))
 
     def close(self) -> None:
