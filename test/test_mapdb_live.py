@@ -89,6 +89,8 @@ def test_add_search_read_round_trip():
         sizes.append(live.nbytes)
     assert np.all(np.diff(sizes) > 0) and sizes[-1] > 10 * (DIM * 4 + NPATCH * DIM * 2)
     assert live.size == len(live) == 10 and not live.full and live.evicted == 0
+    assert live.stats() == {"keyframes": 10, "evicted": 0, "bytes": sizes[-1], "max_keyframes": 20000,
+                            "eviction": "oldest", "full": False}
     m = live.manifest
     assert (m.dim, m.grid, m.image_size, m.num_patches, m.keyframes) == (DIM, GRID, IMG, {5: NPATCH}, 10)
     assert m.model["patch_sizes"] == [5] and m.model["strides"] == [1]
