@@ -82,6 +82,7 @@ def test_add_search_read_round_trip():
     assert live.manifest is None and len(live) == 0 and live.nbytes == 0
     sims, ids = live.search(global_of(0), 5)
     assert sims.shape == ids.shape == (1, 0)
+    assert live.keyframes(ids[0]) == [] and live.patches(ids[0]) == {}  # no layout yet: no patch sizes
     rgb = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
     sizes = []
     for i in range(10):
@@ -390,9 +391,14 @@ def test_concurrent_inserts_searches_and_saves_never_tear(tmp_path):
                 time.sleep(0.01)  # let the readers in at every size
         done.set()
 
+    def first_keyframe():  # the layout (patch sizes, dim) exists from the first add on
+        while len(live) == 0:
+            time.sleep(0.001)
+
     @guarded
     def reader(seed):
         rng = np.random.default_rng(seed)
+        first_keyframe()
         while not done.is_set():
             target = int(rng.integers(0, max(1, live.next_id)))
             q = global_of(target) + 0.2 * rng.standard_normal(DIM).astype(np.float32)
@@ -409,8 +415,7 @@ def test_concurrent_inserts_searches_and_saves_never_tear(tmp_path):
 
     @guarded
     def saver():
-        while len(live) == 0:
-            time.sleep(0.001)
+        first_keyframe()
         while not done.is_set():
             live.save(tmp_path / "map")
             with MapDatabase.open(tmp_path / "map", IDENTITY) as db:

@@ -344,7 +344,7 @@ class LiveMap:
         return self.keyframes([map_id])[0]
 
     def patches(self, ids) -> dict[int, np.ndarray]:
-        """{patch size: (len(ids), patches, D) float16} (copies)."""
+        """{patch size: (len(ids), patches, D) float16} (copies; {} before the first add)."""
         with self._lock:
             ids = self._readable(ids)
             if self._layout is None:
