@@ -11,6 +11,12 @@ process RSS growth while building the index, recall@10 is against Flat, revisit@
 queries whose revisited keyframe is in the top 10. Combinations that exceed ``--mem-gb`` (vectors +
 index) or the HNSW/IVF size limits are reported as skipped with the reason.
 
+Live: the in-memory store of a run's own keyframes (``mapdb.LiveMap``) holding 0, 1k, 10k keyframes
+(``--live-sizes``; synthetic descriptors of ``--live-dim`` x ``--live-patches``, 512 x 936 = the
+speed preset at 640x480): median latency of one ``add``, of one ``search`` (k=10, stamp filter) and
+of search + keyframes + patches of the top 10, bytes per keyframe (``nbytes``) and RSS growth per
+1k keyframes; sizes over ``--mem-gb`` are skipped.
+
 Build: ``build_map`` (decode, encode, float16 patch store, SQLite, thumbnails, index, atomic
 publish) vs the reference ``feature_extract.py`` work (the official PatchNetVLAD pooling +
 WPCA conv on the same checkpoint and input tensors, one float32 .npy per image and patch size),
@@ -19,6 +25,7 @@ keyframes/s and patch bytes per keyframe for both, on the same images in the sam
     python benchmarks/mapdb.py [--sizes 1000 10000 100000 1000000] [--dims 512 4096]
         [--data clusters routes] [--checkpoint CKPT --config speed] [--images DIR]
         [--build-images 16] [--no-build] [--faiss-gpu] [--device cuda]
+        [--no-search] [--no-live] [--live-sizes 0 1000 10000] [--live-dim 512] [--live-patches 936]
 """
 from __future__ import annotations
 
@@ -38,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from vlad_localization.mapdb import GlobalIndex
+from vlad_localization.mapdb import GlobalIndex, Keyframe, LiveMap
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VLAD_SHARED", REPO.parent / "shared"))
@@ -188,6 +195,47 @@ def bench_search(data: str, n: int, dim: int, args) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------------------------- live
+def bench_live(n: int, args, reps: int = 50) -> dict:
+    """A LiveMap filled with ``n`` synthetic keyframes: add / search / read latency, bytes, RSS."""
+    dim, patches = args.live_dim, args.live_patches
+    row = dim * 4 + patches * dim * 2
+    if (n + reps) * row > args.mem_gb * 1e9:
+        return {"keyframes": n, "skipped": f"needs ~{(n + reps) * row / 1e9:.1f} GB > --mem-gb {args.mem_gb:.1f}"}
+    identity = {"backbone": "vgg16", "patch_sizes": [5], "strides": [1]}
+    rng = np.random.default_rng(0)
+    patch = rng.standard_normal((patches, dim)).astype(np.float16)  # copied into the store per keyframe
+    live = LiveMap(identity, max_keyframes=n + reps, thumbnails=False)
+
+    def add(i: int, g: np.ndarray) -> None:
+        live.add(g, {5: patch}, Keyframe(-1, stamp_ns=i * 10**8, extra={"travel_m": 0.3 * i}), None, (30, 40), (480, 640))
+
+    gc.collect()
+    m0 = rss()
+    for lo in range(0, n, 4096):
+        for i, g in zip(range(lo, n), _unit_rows(rng, min(4096, n - lo), dim)):
+            add(i, g)
+    grown = rss() - m0
+    out = {"keyframes": n, "dim": dim, "patches": patches,
+           "bytes_per_keyframe": live.nbytes // n if n else None,
+           "rss_mb_per_1k_keyframes": round(grown / n * 1000 / 1e6, 1) if n else None}
+    q = _unit_rows(rng, reps, dim)
+    adds, searches, reads = [], [], []
+    for r in range(reps):
+        t = time.perf_counter()
+        add(n + r, q[r])
+        adds.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        _, ids = live.search(q[r], 10, max_stamp_ns=(n + r - 30) * 10**8)  # skip the last 30 keyframes
+        searches.append(time.perf_counter() - t)
+        live.keyframes(ids[0])
+        live.patches(ids[0])
+        reads.append(time.perf_counter() - t)
+    live.close()
+    return out | {f"{name}_ms": round(statistics.median(v) * 1e3, 3)
+                  for name, v in (("add", adds), ("search", searches), ("search_read_top10", reads))}
+
+
 # ---------------------------------------------------------------------------------------- build
 def vgg16_conv5_3_layers() -> list:
     """torchvision's ``vgg16().features`` minus the last ReLU + max-pool (what get_backend keeps),
@@ -318,6 +366,11 @@ def main(argv=None) -> int:
     p.add_argument("--nprobes", type=int, nargs="+", default=[16, 64, 256])
     p.add_argument("--efs", type=int, nargs="+", default=[32, 64, 128])
     p.add_argument("--no-build", action="store_true", help="skip the build-throughput part")
+    p.add_argument("--no-search", action="store_true", help="skip the global-search part")
+    p.add_argument("--no-live", action="store_true", help="skip the live-store part")
+    p.add_argument("--live-sizes", type=int, nargs="+", default=[0, 1000, 10_000], help="keyframes already in the live store")
+    p.add_argument("--live-dim", type=int, default=512)
+    p.add_argument("--live-patches", type=int, default=936, help="patches per keyframe (936: patch 5 at 640x480)")
     p.add_argument("--checkpoint", help="model for the build part (default: an off-the-shelf one, built here)")
     p.add_argument("--config", default="speed", help="preset/YAML for the build part")
     p.add_argument("--images", default=str(SHARED / "datasets" / "campus_loop_72"))
@@ -332,12 +385,18 @@ def main(argv=None) -> int:
                           "load_avg_1m": round(os.getloadavg()[0], 2), "faiss": faiss.__version__,
                           "faiss_threads": faiss.omp_get_max_threads(), "torch": torch.__version__},
               "search": []}
-    for data in args.data:
+    for data in [] if args.no_search else args.data:
         for dim in args.dims:
             for n in args.sizes:
                 print(f"search {data} n={n} dim={dim} ...", file=sys.stderr, flush=True)
                 result["search"].extend({"data": data} | row for row in bench_search(data, n, dim, args))
                 gc.collect()
+    if not args.no_live:
+        result["live"] = []
+        for n in args.live_sizes:
+            print(f"live store n={n} ...", file=sys.stderr, flush=True)
+            result["live"].append(bench_live(n, args))
+            gc.collect()
     if not args.no_build:
         print("build throughput ...", file=sys.stderr, flush=True)
         result["build"] = bench_build(args)

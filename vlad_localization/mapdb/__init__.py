@@ -4,12 +4,15 @@ and SQLite keyframe metadata; built atomically, opened with validation.
     db = MapDatabase.open("maps/run1", identity=encoder.identity())
     sims, ids = db.search(global_desc, k=10)
     patches = db.patches(ids[0][:5])        # {P: (5, patches, D) float16}
+
+:class:`LiveMap` holds a run's keyframes in memory (searchable while inserting) and saves them as one.
 """
 from .build import BuildSummary, build_map
 from .database import MapDatabase
 from .errors import MapError
 from .index import GlobalIndex, IndexSpec
 from .keyframes import KeyframeSelector
+from .live import LiveMap
 from .manifest import Manifest, Run
 from .merge import merge_maps
 from .metadata import Keyframe
@@ -21,6 +24,7 @@ __all__ = [
     "IndexSpec",
     "Keyframe",
     "KeyframeSelector",
+    "LiveMap",
     "Manifest",
     "MapDatabase",
     "MapError",

@@ -97,13 +97,16 @@ class IndexSpec:
 REFINE = 4  # shortlist factor of lossy (PQ) indexes, re-scored exactly
 
 
-def _blas_top_k(vectors: np.ndarray, ids: np.ndarray, scratch: np.ndarray, q: np.ndarray,
-                k: int) -> tuple[np.ndarray, np.ndarray]:
+def blas_top_k(vectors: np.ndarray, ids: np.ndarray, scratch: np.ndarray, q: np.ndarray,
+               k: int, excluded: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-k (similarities descending), one BLAS matrix-vector product per
-    query into a reused ``scratch`` buffer (a fresh 100k-float result costs page faults)."""
+    query into a reused ``scratch`` buffer (a fresh 100k-float result costs page faults).
+    ``excluded`` (bool per row) rows are never returned; ``k`` must not exceed the others."""
     sims_out, ids_out = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
     for i, query in enumerate(q):
         sims = np.dot(vectors, query, out=scratch)
+        if excluded is not None:
+            sims[excluded] = -np.inf
         rows = np.argpartition(sims, len(sims) - k)[-k:] if k < len(sims) else np.arange(len(sims))
         rows = rows[np.argsort(-sims[rows], kind="stable")]
         sims_out[i], ids_out[i] = sims[rows], ids[rows]
@@ -197,7 +200,7 @@ class GlobalIndex:
         flat = self._flat_storage() if len(q) < SMALL_BATCH else None
         if flat is not None:
             with self._flat_lock:
-                return _blas_top_k(*flat, q, k)
+                return blas_top_k(*flat, q, k)
         with omp_threads(1 if len(q) < SMALL_BATCH and not self._gpu else None):
             return self.index.search(q, k)
 
