@@ -6,8 +6,13 @@ keyframes; ImageNet VGG16 from ../shared/weights), then ``--duration`` s of 30 H
 processed rate, frames dropped by the node (newest-frame policy) and the node's RSS during the
 input (first vs second half: bounded memory). Prints JSON.
 
+``--online``: the online loop-closure mode instead. The node in ``loop_closure`` mode (no map) under
+the same 30 Hz input, and the per-frame detector in-process with 0, 1k and 10k keyframes already in
+the run's store (real campus descriptors, replicated with noise; a DDS-free measurement of what
+the store's size costs): processed rate, latency and RSS growth per 1k keyframes.
+
     python benchmarks/node.py [--presets speed,performance,storage] [--duration 20] [--device cuda [--half]]
-        [--out node.json]
+        [--online [--prefill 0,1000,10000]] [--image-size 240x320] [--out node.json]
 """
 from __future__ import annotations
 
@@ -78,7 +83,7 @@ def sample_rss(pid: int, stop: threading.Event, out: list, period: float = 0.5) 
 
 
 def run_preset(preset: str, work: Path, duration: float, rate_hz: float, image_hw, device: str = "cpu",
-               fp16: bool = False) -> dict:
+               fp16: bool = False, online: bool = False) -> dict:
     from vlad_localization.images.io import list_images, load_rgb
     from vlad_localization.ros.client import NodeClient, start_node, stop_node
     from vlad_localization.ros.diagnostics import parse_diagnostics
@@ -88,9 +93,10 @@ def run_preset(preset: str, work: Path, duration: float, rate_hz: float, image_h
     prep_s = time.monotonic() - t0
     images = [load_rgb(p) for p in list_images(CAMPUS)]
     log = work / f"{preset}_node.log"
+    mode = {"mode": "loop_closure", "min_time_gap_s": 1.0} if online else {"mode": "localize"}
     proc = start_node({"map_path": map_dir, "checkpoint": checkpoint, "preset": config, "device": device, "half": fp16,
                        "image_topics": [TOPIC], "qos_reliability": "best_effort",
-                       "publish_match_image": False}, name=NAME, log_path=log)
+                       "publish_match_image": False, **mode}, name=NAME, log_path=log)
     rss, stop = [], threading.Event()
     sampler = threading.Thread(target=sample_rss, args=(proc.pid, stop, rss), daemon=True)
     sampler.start()
@@ -141,8 +147,10 @@ def run_preset(preset: str, work: Path, duration: float, rate_hz: float, image_h
         "latency_ms": {"median": round(statistics.median(latencies), 1) if latencies else None,
                        "p95": round(q[18], 1), "min": round(min(latencies), 1) if latencies else None,
                        "max": round(max(latencies), 1) if latencies else None},
+        "mode": mode["mode"],
         "node_diagnostics": {k: last.get(k) for k in ("device", "gpu_memory_mb", "dropped", "processed", "latency_encode_ms",
-                                                     "latency_search_ms", "latency_rerank_ms", "latency_total_ms")},
+                                                     "latency_search_ms", "latency_rerank_ms", "latency_total_ms",
+                                                     "run_keyframes", "run_bytes")},
         "rss_mb": {"at_start": round(mem[0], 1) if mem else None,
                    "first_half_median": round(statistics.median(mem[:half]), 1) if half else None,
                    "second_half_median": round(statistics.median(mem[half:]), 1) if half else None,
@@ -156,6 +164,58 @@ def run_preset(preset: str, work: Path, duration: float, rate_hz: float, image_h
     }
 
 
+def run_store_sizes(preset: str, work: Path, image_hw, device: str, prefill: list[int], frames: int = 15,
+                    seed: int = 0) -> dict:
+    """The detector in loop_closure mode with ``prefill`` keyframes already in the run's store:
+    per-frame latency and rate, and the process RSS as the store grows (no DDS)."""
+    import numpy as np
+
+    from vlad_localization.config import apply_overrides, load_config
+    from vlad_localization.detector import LoopClosureDetector
+    from vlad_localization.images.io import list_images, load_rgb
+    from vlad_localization.mapdb.metadata import Keyframe
+    from vlad_localization.mapdb.patch_store import PATCH_DTYPE
+
+    config, checkpoint, _ = prepare(preset, work, image_hw)
+    cfg = apply_overrides(load_config(config), {
+        "model.device": device, "loop_closure.mode": "loop_closure", "loop_closure.score_threshold": 0.0,
+        "loop_closure.max_keyframes": max(prefill) + frames + 1, "map.min_time_gap_s": 1e6})  # queries insert ~none
+    det = LoopClosureDetector.from_config(cfg, checkpoint)
+    images = [load_rgb(p) for p in list_images(CAMPUS)]
+    real = [det.localizer.encode(im) for im in images[:24]]
+    real = [(d.numpy()[0][0], {p: a[0].astype(PATCH_DTYPE) for p, a in d.numpy()[1].items()}, d) for d in real]
+    rng = np.random.default_rng(seed)
+    proc = psutil.Process()
+    store, rows, rss = det.run_map, [], []
+    rss.append((0, proc.memory_info().rss / 2**20))
+    query_stamp = 10**7 * 10**9
+    for target in sorted(prefill):
+        while store.size < target:
+            g, patches, d = real[store.size % len(real)]
+            g = g + rng.normal(0, 0.05, g.shape).astype(np.float32)
+            g /= np.linalg.norm(g)
+            store.add(g, patches, Keyframe(id=-1, stamp_ns=store.size * 10**9), grid=d.grid, image_size=d.image_size)
+            if store.size % 1000 == 0:
+                rss.append((store.size, proc.memory_info().rss / 2**20))
+        timings, t0 = [], time.perf_counter()
+        for i in range(frames):
+            query_stamp += 10**9
+            timings.append(det.process(query_stamp, images[24 + i % 48]).timings)
+        wall = time.perf_counter() - t0
+        rows.append({"keyframes_in_store": target, "processed_rate_hz": round(frames / wall, 2),
+                     **{f"median_{k}": round(statistics.median(t[k] for t in timings), 2)
+                        for k in ("encode_ms", "search_ms", "rerank_ms", "insert_ms", "total_ms")}})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    det.release()
+    growth = None
+    if len(rss) > 2:
+        x, y = np.array([r[0] for r in rss[1:]], float), np.array([r[1] for r in rss[1:]], float)
+        growth = round(float(np.polyfit(x / 1000, y, 1)[0]), 1)
+    return {"preset": preset, "device": device, "image_size_hw": list(image_hw) if image_hw else None,
+            "bytes_per_keyframe": store.nbytes // max(store.size, 1), "rss_growth_mb_per_1k_keyframes": growth,
+            "rss_mb_by_keyframes": [[k, round(m, 1)] for k, m in rss], "by_store_size": rows}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default="speed,storage,performance")
@@ -164,6 +224,9 @@ def main(argv=None) -> int:
     parser.add_argument("--image-size", default=None, help="HxW network input (default: the preset's)")
     parser.add_argument("--device", default="cpu", help="the node's device parameter: cpu, cuda, cuda:N, auto")
     parser.add_argument("--half", action="store_true", help="the node's half parameter: fp16 encoder on CUDA")
+    parser.add_argument("--online", action="store_true",
+                        help="online loop-closure mode: the node without a map, and the detector with a filled store")
+    parser.add_argument("--prefill", default="0,1000,10000", help="--online: keyframes already in the run's store")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if not CAMPUS.is_dir() or not WEIGHTS.is_file():
@@ -174,9 +237,14 @@ def main(argv=None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="vlad_bench_node_") as tmp:
         for preset in args.presets.split(","):
-            results.append(run_preset(preset, Path(tmp), args.duration, args.rate, image_hw, args.device, args.half))
+            results.append(run_preset(preset, Path(tmp), args.duration, args.rate, image_hw, args.device, args.half,
+                                      args.online))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-    report = {"benchmark": "node", "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            if args.online:
+                prefill = [int(v) for v in args.prefill.split(",")]
+                results[-1]["store_sizes"] = run_store_sizes(preset, Path(tmp), image_hw, args.device, prefill)
+    report = {"benchmark": "node-online" if args.online else "node",
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "input": f"campus_loop_72 426x240 rgb8 at {args.rate} Hz, best_effort depth 1", "results": results}
     text = json.dumps(report, indent=2)
     print(text)

@@ -116,7 +116,7 @@ class LoopClosureConfig:
     score_threshold: float = 0.3  # minimum candidate score in [0, 1] for a loop closure
     min_time_gap_s: float = 30.0  # closures and this run's search skip keyframes closer in time
     min_travel_m: float = 0.0  # ... and (with poses) closer along the trajectory; 0 disables
-    max_keyframes: int = 20000  # this run's store; then `eviction` applies
+    max_keyframes: int = 5000  # this run's store (~1 MB a keyframe at the speed preset, 640x480); then `eviction`
     eviction: str = "oldest"  # oldest | refuse
 
     def validate(self) -> None:
