@@ -1,0 +1,88 @@
+"""Geometric verification of one re-ranked candidate: patch matches -> relative pose.
+
+:func:`verify_candidate` takes the mutual patch matches of candidate ``k`` of a
+:class:`~vlad_localization.matching.matcher.MatchResult` (all patch sizes, network-input pixels),
+scales them to each camera image, optionally refines them to SIFT matches inside the matched
+patch pairs (:mod:`.refine`; needs both images), and estimates the query -> match pose: PnP when
+one side has metric depth (the match side first, what a map stores), else the essential matrix.
+A depth source that yields too few points falls back to the monocular estimate (``metric: false``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from vlad_localization.verification.camera import PinholeCamera
+from vlad_localization.verification.refine import match_in_patches, sift_features
+from vlad_localization.verification.relative_pose import (
+    RelativePose,
+    backproject,
+    estimate_metric,
+    estimate_monocular,
+)
+
+DepthFn = Callable[[np.ndarray], np.ndarray]  # raw pixels (M, 2) -> depth (M,) in metres, NaN unknown
+
+
+@dataclass
+class View:
+    """One image of the pair: its camera (intrinsics of the camera image, not the network input),
+    the camera image size (H, W), optionally the image itself (for refinement) and a depth source."""
+
+    camera: PinholeCamera
+    image_hw: tuple[int, int]
+    image: np.ndarray | None = None
+    depth: DepthFn | None = None
+    features: tuple | None = None  # cached sift_features(image)
+
+    def sift(self):
+        if self.features is None:
+            self.features = sift_features(self.image)
+        return self.features
+
+
+def to_image_pixels(points: np.ndarray, input_hw, image_hw) -> np.ndarray:
+    """Network-input pixels -> camera-image pixels (the input is the image resized to ``input_hw``)."""
+    return np.asarray(points, np.float64).reshape(-1, 2) * [image_hw[1] / input_hw[1], image_hw[0] / input_hw[0]]
+
+
+def refined_matches(result, k: int, input_hw, query: View, match: View, cfg, cell_px: int = 16):
+    """SIFT matches (query (M, 2), match (M, 2), camera-image pixels) inside candidate ``k``'s matched
+    patch pairs; each pair's box is ``cfg.refine_window`` x the patch's extent (size x ``cell_px``)."""
+    centres_q, centres_m, halves = [], [], []
+    for size, corr in zip(result.patch_sizes, result.correspondences[k]):
+        centres_q.append(to_image_pixels(corr.query_keypoints, input_hw, query.image_hw))
+        centres_m.append(to_image_pixels(corr.candidate_keypoints, input_hw, match.image_hw))
+        extent = to_image_pixels([[size * cell_px, size * cell_px]], input_hw, query.image_hw)[0]
+        halves.append(np.repeat(extent[None] * cfg.refine_window / 2, len(corr.query_keypoints), axis=0))
+    return match_in_patches(query.sift(), match.sift(), np.concatenate(centres_q), np.concatenate(centres_m),
+                            np.concatenate(halves))
+
+
+def verify_candidate(result, k: int, input_hw, query: View, match: View, cfg, cell_px: int = 16) -> RelativePose:
+    """Relative pose of candidate ``k`` (``cfg``: a VerificationConfig; ``input_hw``: the network input
+    size the keypoints are in; ``cell_px``: the backbone stride, 16 for VGG16 and ResNet layer3)."""
+    if cfg.refine == "sift" and query.image is not None and match.image is not None:
+        q_px, m_px = refined_matches(result, k, input_hw, query, match, cfg, cell_px)
+    else:
+        q_kp, m_kp = result.matched_keypoints(k)
+        q_px, m_px = to_image_pixels(q_kp, input_hw, query.image_hw), to_image_pixels(m_kp, input_hw, match.image_hw)
+    return estimate_pose(q_px, m_px, query, match, cfg)
+
+
+def estimate_pose(q_px: np.ndarray, m_px: np.ndarray, query: View, match: View, cfg) -> RelativePose:
+    """Relative pose from correspondences in raw camera-image pixels (see the module doc)."""
+    for depth_side, pixels_side, cam_3d, cam_2d, in_query in (
+        (match, m_px, match.camera, query.camera, False), (query, q_px, query.camera, match.camera, True)
+    ):
+        if depth_side.depth is None or not len(q_px):
+            continue
+        points = backproject(cam_3d, pixels_side, depth_side.depth(pixels_side))
+        metric = estimate_metric(points, q_px if not in_query else m_px, cam_2d, cfg, points_in_query=in_query)
+        if metric.status != "too_few_depth":
+            return metric
+        break
+    focal = 0.5 * (query.camera.focal + match.camera.focal)
+    return estimate_monocular(query.camera.normalized(q_px), match.camera.normalized(m_px), focal, cfg)
