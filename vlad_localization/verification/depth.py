@@ -8,6 +8,7 @@ calibration (``cv2.stereoRectify``), disparity by semi-global block matching (``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -102,4 +103,15 @@ def stereo_depth_at(left: np.ndarray, right: np.ndarray, rig: StereoRig, points:
     z_left = (rays * z_rect[:, None]) @ r_left  # rows: R_rect^T X_rect, back to the left camera
     depth = z_left[:, 2]
     depth[~(depth <= max_depth_m)] = np.nan
+    return depth
+
+
+def load_depth(path) -> np.ndarray:
+    """A depth image file (16-bit PNG in sensor units, or a float TIFF/EXR in metres) as one channel."""
+    data = np.fromfile(str(path), dtype=np.uint8) if Path(path).is_file() else None
+    if data is None:
+        raise FileNotFoundError(f"depth image {path} does not exist")
+    depth = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if depth is None or depth.ndim != 2:
+        raise ValueError(f"depth image {path} is not a one-channel image (expected 16-bit PNG or float TIFF)")
     return depth
