@@ -91,14 +91,16 @@ def _seed(seed: int | None) -> None:
         cv2.setRNGSeed(int(seed))
 
 
-def estimate_monocular(query_norm: np.ndarray, match_norm: np.ndarray, focal: float, cfg) -> RelativePose:
-    """Rotation and unit translation from normalized correspondences (M, 2) row by row; ``focal``
-    (px) turns ``cfg.ransac_threshold_px`` into normalized units. ``cfg``: a VerificationConfig."""
-    count = len(query_norm)
+def estimate_monocular(query_px: np.ndarray, match_px: np.ndarray, query_camera, match_camera, cfg
+                       ) -> RelativePose:
+    """Rotation and unit translation from raw-pixel correspondences (M, 2) row by row (``cfg``: a
+    VerificationConfig; its pixel thresholds become normalized units through the mean focal length)."""
+    count = len(query_px)
     if count < max(5, cfg.min_inliers):
         return RelativePose.rejected("too_few_matches", inliers=count)
+    focal = 0.5 * (query_camera.focal + match_camera.focal)
     threshold = cfg.ransac_threshold_px / focal
-    q, m = (np.ascontiguousarray(p, np.float64).reshape(-1, 2) for p in (query_norm, match_norm))
+    q, m = query_camera.normalized(query_px), match_camera.normalized(match_px)
     _seed(cfg.ransac_seed)
     essential, mask = cv2.findEssentialMat(m, q, np.eye(3), cv2.RANSAC, cfg.ransac_confidence, threshold)
     if essential is None or mask is None or int(mask.sum()) < cfg.min_inliers:
@@ -111,7 +113,17 @@ def estimate_monocular(query_norm: np.ndarray, match_norm: np.ndarray, focal: fl
         return RelativePose.rejected("cheirality", inliers=good)
     keep = pose_mask.ravel() > 0
     translation = translation.ravel() / np.linalg.norm(translation)
-    sigma = cov.monocular_covariance(cov.sampson_residuals(q[keep], m[keep], focal), rotation, translation)
+    scale = 0.5 * (cov.pixel_scale(query_camera, np.asarray(query_px, np.float64))
+                   + cov.pixel_scale(match_camera, np.asarray(match_px, np.float64)))
+    for _ in range(2):  # refine on the inliers, then re-select them in raw pixels and refine again
+        residuals = cov.sampson_residuals(q[keep], m[keep], scale[keep])
+        rotation, translation = cov.refine(residuals, rotation, translation, unit=True)
+        keep = np.abs(cov.sampson_residuals(q, m, scale)(rotation, translation)) < cfg.ransac_threshold_px
+    good = int(keep.sum())
+    if good < cfg.min_inliers:
+        return RelativePose.rejected("too_few_inliers", inliers=good)
+    residuals = cov.sampson_residuals(q[keep], m[keep], scale[keep])
+    sigma = cov.monocular_covariance(residuals, rotation, translation)
     return RelativePose(rotation, translation, False, int(good), sigma, "ok")
 
 
@@ -136,17 +148,16 @@ def estimate_metric(points_3d: np.ndarray, pixels: np.ndarray, camera, cfg, poin
     if int(valid.sum()) < max(4, cfg.min_inliers):
         return RelativePose.rejected("too_few_depth", metric=True, inliers=int(valid.sum()))
     objects = np.ascontiguousarray(points_3d[valid], np.float64)
-    image_px = np.asarray(pixels, np.float64)[valid]
-    norm = camera.normalized(image_px)
+    image_px = np.ascontiguousarray(np.asarray(pixels, np.float64)[valid])
+    k_matrix, dist = camera.matrix, camera.dist_coeffs
     _seed(cfg.ransac_seed)
     found, rvec, tvec, inl = cv2.solvePnPRansac(
-        objects, norm, np.eye(3), None, iterationsCount=cfg.pnp_iterations,
-        reprojectionError=cfg.pnp_threshold_px / camera.focal, confidence=cfg.ransac_confidence,
-        flags=cv2.SOLVEPNP_AP3P)
+        objects, image_px, k_matrix, dist, iterationsCount=cfg.pnp_iterations,
+        reprojectionError=cfg.pnp_threshold_px, confidence=cfg.ransac_confidence, flags=cv2.SOLVEPNP_AP3P)
     if not found or inl is None or len(inl) < cfg.min_inliers:
         return RelativePose.rejected("too_few_inliers", metric=True, inliers=0 if inl is None else len(inl))
     inl = inl.ravel()
-    rvec, tvec = cv2.solvePnPRefineLM(objects[inl], norm[inl], np.eye(3), None, rvec, tvec)
+    rvec, tvec = cv2.solvePnPRefineLM(objects[inl], image_px[inl], k_matrix, dist, rvec, tvec)
     rotation, translation = cv2.Rodrigues(rvec)[0], tvec.ravel()
     if int(((objects[inl] @ rotation.T + translation)[:, 2] > 0).sum()) < cfg.min_inliers:
         return RelativePose.rejected("cheirality", metric=True, inliers=len(inl))

@@ -84,5 +84,4 @@ def estimate_pose(q_px: np.ndarray, m_px: np.ndarray, query: View, match: View, 
         if metric.status != "too_few_depth":
             return metric
         break
-    focal = 0.5 * (query.camera.focal + match.camera.focal)
-    return estimate_monocular(query.camera.normalized(q_px), match.camera.normalized(m_px), focal, cfg)
+    return estimate_monocular(q_px, m_px, query.camera, match.camera, cfg)
