@@ -102,6 +102,10 @@ def run(args) -> int:
     except CheckpointError as exc:
         raise UserError(str(exc)) from exc
     query_rgb, ref_rgb = load_rgb(args.query), load_rgb(args.reference)
+    if args.pose:
+        from .match_pose import pose_views
+
+        views = pose_views(args, cfg, query_rgb, ref_rgb)
     query, ref = encoder.encode([query_rgb]), encoder.encode([ref_rgb])
     if query.grid != ref.grid:
         raise UserError(
@@ -124,10 +128,10 @@ def run(args) -> int:
         "matcher": result.matcher,
     }
     if args.pose:
-        from .match_pose import relative_pose
+        from ..verification import verify_candidate
 
-        report["relative_pose"] = relative_pose(args, cfg, result, query.image_size, query_rgb, ref_rgb,
-                                                encoder.geometry.stride).to_json()
+        pose = verify_candidate(result, 0, query.image_size, *views, cfg.verification, encoder.geometry.stride)
+        report["relative_pose"] = pose.to_json()
     if args.plot is not None:
         picture = draw_matches(query_rgb, ref_rgb, *result.matched_keypoints(0), image_hw=query.image_size)
         if not cv2.imwrite(str(args.plot), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):

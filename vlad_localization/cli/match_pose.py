@@ -55,9 +55,10 @@ def _depth_source(image, depth_path, right_path, rig, vcfg):
     return lambda points: stereo_depth_at(image, other, rig, points, vcfg.max_depth_m)
 
 
-def relative_pose(args, cfg, result, input_hw, query_rgb, ref_rgb, cell_px: int):
-    """The RelativePose of the pair (candidate 0 of ``result``) as the flags describe the cameras."""
-    from ..verification import View, verify_candidate
+def pose_views(args, cfg, query_rgb, ref_rgb):
+    """The two :class:`~vlad_localization.verification.View` s the flags describe (checked before
+    anything is encoded, so a wrong flag fails at once)."""
+    from ..verification import View
 
     if query_rgb.shape[:2] != ref_rgb.shape[:2]:
         raise UserError(f"--pose assumes one camera, but the images are {query_rgb.shape[1]}x{query_rgb.shape[0]} "
@@ -68,4 +69,4 @@ def relative_pose(args, cfg, result, input_hw, query_rgb, ref_rgb, cell_px: int)
     query = View(camera, query_rgb.shape[:2], query_rgb,
                  _depth_source(query_rgb, args.depth_query, args.stereo_query, rig, vcfg))
     ref = View(camera, ref_rgb.shape[:2], ref_rgb, _depth_source(ref_rgb, args.depth_ref, args.stereo_ref, rig, vcfg))
-    return verify_candidate(result, 0, input_hw, query, ref, vcfg, cell_px=cell_px)
+    return query, ref
