@@ -118,13 +118,21 @@ def estimate_monocular(query_px: np.ndarray, match_px: np.ndarray, query_camera,
     for _ in range(2):  # refine on the inliers, then re-select them in raw pixels and refine again
         residuals = cov.sampson_residuals(q[keep], m[keep], scale[keep])
         rotation, translation = cov.refine(residuals, rotation, translation, unit=True)
-        keep = np.abs(cov.sampson_residuals(q, m, scale)(rotation, translation)) < cfg.ransac_threshold_px
+        keep = (np.abs(cov.sampson_residuals(q, m, scale)(rotation, translation)) < cfg.ransac_threshold_px) \
+            & _in_front(q, m, rotation, translation)
     good = int(keep.sum())
     if good < cfg.min_inliers:
         return RelativePose.rejected("too_few_inliers", inliers=good)
     residuals = cov.sampson_residuals(q[keep], m[keep], scale[keep])
     sigma = cov.monocular_covariance(residuals, rotation, translation)
     return RelativePose(rotation, translation, False, int(good), sigma, "ok")
+
+
+def _in_front(q: np.ndarray, m: np.ndarray, rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
+    """(M,) bool: the triangulated point lies in front of both cameras (cheirality)."""
+    points = cv2.triangulatePoints(np.eye(3, 4), np.column_stack([rotation, translation]), m.T, q.T)
+    points = points[:3] / points[3]
+    return (points[2] > 0) & ((rotation @ points + translation[:, None])[2] > 0)
 
 
 def _parallax_inliers(q: np.ndarray, m: np.ndarray, inliers: np.ndarray, focal: float, cfg) -> int:
