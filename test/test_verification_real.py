@@ -3,13 +3,23 @@ EuRoC V1_01 revisits against the Vicon ground truth (monocular and stereo), the 
 (planar), different places (rejected)."""
 from __future__ import annotations
 
+import hashlib
+
 import cv2
 import numpy as np
 import pytest
 
 from vlad_localization.images.io import load_rgb
 from vlad_localization.matching.matcher import PatchMatcher
-from vlad_localization.verification import StereoRig, View, load_euroc_sensor, stereo_depth_at, verify_candidate
+from vlad_localization.verification import (
+    StereoRig,
+    View,
+    depth_lookup,
+    load_euroc_sensor,
+    stereo_depth_at,
+    verify_candidate,
+)
+from vlad_localization.verification.refine import sift_features
 
 # (query, match) as in Kimera-VIO's loop-closure test: img_1 revisits img_0 98 s later; img_3 / img_2 0.5 s apart
 PAIRS = ((1, 0), (3, 2))
@@ -55,19 +65,30 @@ def euroc(datasets_dir):
     return datasets_dir / "euroc_loop_pairs"
 
 
+_ENCODED = {}  # image bytes -> descriptors: each image is encoded once per module
+
+
+def encode(encoder, rgb):
+    key = (rgb.shape, hashlib.sha1(rgb.tobytes()).hexdigest())
+    if key not in _ENCODED:
+        _ENCODED[key] = encoder.encode([rgb])
+    return _ENCODED[key]
+
+
 def patch_matches(encoder, speed_config, query_rgb, match_rgb):
     """(MatchResult of the pair, network input size (H, W))."""
-    query, match = encoder.encode([query_rgb]), encoder.encode([match_rgb])
+    query, match = encode(encoder, query_rgb), encode(encoder, match_rgb)
     matcher = PatchMatcher.from_config(speed_config, encoder.geometry, query.grid)
     return matcher.pair(query, match), query.image_size
 
 
-def verify(encoder, speed_config, query_rgb, match_rgb, camera, match_depth=None, **cfg):
+def verify(encoder, speed_config, query_rgb, match_rgb, camera, match_depth=None, match_features=None, **cfg):
+    """Verify the pair; ``match_features`` (stored SIFT features) replace the match image, as for a map keyframe."""
     for key, value in cfg.items():
         setattr(speed_config.verification, key, value)
     result, input_hw = patch_matches(encoder, speed_config, query_rgb, match_rgb)
     query = View(camera, query_rgb.shape[:2], query_rgb)
-    match = View(camera, match_rgb.shape[:2], match_rgb, match_depth)
+    match = View(camera, match_rgb.shape[:2], None if match_features else match_rgb, match_depth, match_features)
     return verify_candidate(result, 0, input_hw, query, match, speed_config.verification, encoder.geometry.stride)
 
 
@@ -97,6 +118,12 @@ def test_euroc_stereo_pose_is_metric(speed_encoder, speed_config, euroc, pair):
     assert rotation < MAX_ROTATION_DEG[pair] and direction < MAX_DIRECTION_DEG, (rotation, direction)
     assert abs(scale - 1) < MAX_SCALE_ERROR, scale
     assert np.all(np.linalg.eigvalsh(pose.covariance) > 0)
+    # a map keyframe without its image: stored SIFT features and the depth at them give the same edge
+    keypoints, descriptors = sift_features(match)
+    stored = verify(speed_encoder, speed_config, query, match, left.camera, depth_lookup(keypoints, depth(keypoints)),
+                    match_features=(keypoints, descriptors.astype(np.uint8).astype(np.float32)))
+    assert stored.status == "ok" and stored.metric and abs(stored.inliers - pose.inliers) <= 3
+    assert np.linalg.norm(stored.translation - pose.translation) < 0.005
 
 
 def test_patch_keypoints_alone_are_too_coarse_for_a_pose(speed_encoder, speed_config, euroc):

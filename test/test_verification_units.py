@@ -186,3 +186,23 @@ def test_loop_closure_edge_message_round_trips():
         loop_closure_edge_msg(1, 2, 3, "prebuilt", RelativePose.rejected("planar"), 0.5)
     with pytest.raises(ValueError, match="which_map"):
         loop_closure_edge_msg(1, 2, 3, "other", pose, 0.5)
+
+
+def test_depth_from_a_registered_depth_image_and_from_stored_keypoints():
+    from vlad_localization.verification import depth_at, depth_lookup
+
+    mm = np.tile(np.arange(1000, 1752, dtype=np.uint16), (480, 1))  # depth grows 1 mm per column
+    mm[100:110, 200:210] = 0  # holes are unknown, not zero depth
+    points = np.array([[10.0, 10.0], [205.0, 105.0], [203.0, 100.0], [-1.0, 5.0], [751.4, 479.4]])
+    depth = depth_at(mm, points, 0.001, 20.0)
+    assert depth[0] == pytest.approx(1.010) and np.isnan(depth[1]) and np.isnan(depth[3])
+    assert depth[2] == pytest.approx(1.2035, abs=0.002)  # the median of the valid pixels around it
+    assert depth[4] == pytest.approx(1.750, abs=0.002)
+    assert np.isnan(depth_at(mm, points[:1], 0.001, 1.0)[0])  # beyond max_depth_m
+    metres = depth_at(mm.astype(np.float32) / 1000, points[:1], 0.001, 20.0)  # float images are metres
+    assert metres[0] == pytest.approx(1.010)
+    with pytest.raises(ValueError, match="one channel"):
+        depth_at(np.zeros((4, 4, 3)), points, 0.001, 20.0)
+    lookup = depth_lookup(np.array([[10.0, 20.0], [30.0, 40.0]]), np.array([1.5, 2.5]))
+    np.testing.assert_array_equal(lookup(np.array([[30.2, 40.1], [10.0, 20.0], [50.0, 50.0]]))[:2], [2.5, 1.5])
+    assert np.isnan(lookup(np.array([[50.0, 50.0]]))[0])

@@ -46,6 +46,25 @@ def depth_at(depth_image: np.ndarray, points: np.ndarray, depth_scale: float, ma
     return depth
 
 
+def depth_lookup(keypoints: np.ndarray, depths: np.ndarray, tolerance_px: float = 0.5):
+    """A depth source from depths stored at known keypoints (e.g. a map keyframe's SIFT keypoints):
+    each queried pixel gets the depth of the stored keypoint within ``tolerance_px``, else NaN."""
+    keypoints = np.asarray(keypoints, np.float64).reshape(-1, 2)
+    depths = np.asarray(depths, np.float64).ravel()
+
+    def depth(points: np.ndarray) -> np.ndarray:
+        points = np.asarray(points, np.float64).reshape(-1, 2)
+        out = np.full(len(points), np.nan)
+        if len(keypoints) and len(points):
+            dist = np.linalg.norm(points[:, None, :] - keypoints[None, :, :], axis=2)
+            nearest = np.argmin(dist, axis=1)
+            close = dist[np.arange(len(points)), nearest] <= tolerance_px
+            out[close] = depths[nearest[close]]
+        return out
+
+    return depth
+
+
 @dataclass(frozen=True)
 class StereoRig:
     """Left and right cameras and the right camera's pose: ``X_right = R X_left + t``."""

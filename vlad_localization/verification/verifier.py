@@ -3,7 +3,8 @@
 :func:`verify_candidate` takes the mutual patch matches of candidate ``k`` of a
 :class:`~vlad_localization.matching.matcher.MatchResult` (all patch sizes, network-input pixels),
 scales them to each camera image, optionally refines them to SIFT matches inside the matched
-patch pairs (:mod:`.refine`; needs both images), and estimates the query -> match pose: PnP when
+patch pairs (:mod:`.refine`; needs both images or their SIFT features, else the patch keypoints
+are used as they are), and estimates the query -> match pose: PnP when
 one side has metric depth (the match side first, what a map stores), else the essential matrix.
 A depth source that yields too few points falls back to the monocular estimate (``metric: false``).
 """
@@ -29,13 +30,20 @@ DepthFn = Callable[[np.ndarray], np.ndarray]  # raw pixels (M, 2) -> depth (M,) 
 @dataclass
 class View:
     """One image of the pair: its camera (intrinsics of the camera image, not the network input),
-    the camera image size (H, W), optionally the image itself (for refinement) and a depth source."""
+    the camera image size (H, W), optionally the image itself or its stored SIFT features (for the
+    refinement) and a depth source. A map keyframe without its image can carry ``features``
+    ``(keypoints (N, 2) camera-image pixels, descriptors (N, 128) float32)`` as ``sift_features``
+    returns them, and ``depth=depth_lookup(keypoints, depths)``."""
 
     camera: PinholeCamera
     image_hw: tuple[int, int]
     image: np.ndarray | None = None
     depth: DepthFn | None = None
-    features: tuple | None = None  # cached sift_features(image)
+    features: tuple | None = None  # sift_features(image), computed on first use when not given
+
+    @property
+    def can_refine(self) -> bool:
+        return self.image is not None or self.features is not None
 
     def sift(self):
         if self.features is None:
@@ -64,7 +72,7 @@ def refined_matches(result, k: int, input_hw, query: View, match: View, cfg, cel
 def verify_candidate(result, k: int, input_hw, query: View, match: View, cfg, cell_px: int = 16) -> RelativePose:
     """Relative pose of candidate ``k`` (``cfg``: a VerificationConfig; ``input_hw``: the network input
     size the keypoints are in; ``cell_px``: the backbone stride, 16 for VGG16 and ResNet layer3)."""
-    if cfg.refine == "sift" and query.image is not None and match.image is not None:
+    if cfg.refine == "sift" and query.can_refine and match.can_refine:
         q_px, m_px = refined_matches(result, k, input_hw, query, match, cfg, cell_px)
     else:
         q_kp, m_kp = result.matched_keypoints(k)
