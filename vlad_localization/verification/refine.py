@@ -44,19 +44,19 @@ def match_in_patches(query_features, match_features, query_centres: np.ndarray, 
     if not len(q_pts) or not len(m_pts) or not len(query_centres):
         return empty, empty
     half = np.asarray(half_size, np.float64)
-    allowed = (_in_boxes(q_pts, query_centres, half).astype(np.float32)
-               @ _in_boxes(m_pts, match_centres, half).astype(np.float32).T) > 0
-    dist = np.sqrt(np.maximum(
-        (q_desc ** 2).sum(1)[:, None] + (m_desc ** 2).sum(1)[None, :] - 2.0 * q_desc @ m_desc.T, 0.0))
-    dist[~allowed] = np.inf
-    if dist.shape[1] < 2:
+    in_q, in_m = _in_boxes(q_pts, query_centres, half), _in_boxes(m_pts, match_centres, half)
+    rows, cols = np.flatnonzero(in_q.any(1)), np.flatnonzero(in_m.any(1))  # features in some patch
+    if len(rows) < 1 or len(cols) < 2:
         return empty, empty
-    nearest = np.argpartition(dist, 1, axis=1)[:, :2]
-    d_sorted = np.take_along_axis(dist, nearest, axis=1)
-    order = np.argsort(d_sorted, axis=1)
-    best = np.take_along_axis(nearest, order[:, :1], axis=1)[:, 0]
-    d_best, d_second = np.take_along_axis(d_sorted, order, axis=1).T
-    rows = np.arange(len(q_pts))
-    mutual = np.argmin(dist, axis=0)[best] == rows
-    keep = np.isfinite(d_best) & (d_best < RATIO * d_second) & mutual
-    return q_pts[keep], m_pts[best[keep]]
+    allowed = (in_q[rows].astype(np.float32) @ in_m[cols].astype(np.float32).T) > 0
+    qd, md = np.asarray(q_desc[rows], np.float32), np.asarray(m_desc[cols], np.float32)
+    dist2 = (qd * qd).sum(1)[:, None] + (md * md).sum(1)[None, :] - 2.0 * (qd @ md.T)  # squared distances
+    dist2[~allowed] = np.inf
+    nearest = np.argpartition(dist2, 1, axis=1)[:, :2]
+    d_two = np.take_along_axis(dist2, nearest, axis=1)
+    swap = d_two[:, 1] < d_two[:, 0]
+    best = np.where(swap, nearest[:, 1], nearest[:, 0])
+    d_best, d_second = np.where(swap, d_two[:, 1], d_two[:, 0]), np.where(swap, d_two[:, 0], d_two[:, 1])
+    mutual = np.argmin(dist2, axis=0)[best] == np.arange(len(rows))
+    keep = np.isfinite(d_best) & (d_best < RATIO * RATIO * d_second) & mutual
+    return q_pts[rows[keep]], m_pts[cols[best[keep]]]
