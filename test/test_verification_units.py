@@ -83,6 +83,10 @@ def test_monocular_and_metric_poses_recover_the_motion():
     sparse[:10] = points[:10, 2]
     fallback = estimate_pose(query_px, match_px, View(CAMERA, HW), View(CAMERA, HW, depth=lambda p: sparse), cfg)
     assert fallback.status == "ok" and not fallback.metric
+    # too few on the match side but depth on the query side: metric from the query side
+    both = estimate_pose(query_px, match_px, View(CAMERA, HW, depth=lambda p: query_depth),
+                         View(CAMERA, HW, depth=lambda p: sparse), cfg)
+    assert both.metric and np.linalg.norm(both.translation - trans) < 0.01
 
 
 def spread_ratios(monocular: bool, draws: int = 40):

@@ -5,8 +5,9 @@
 scales them to each camera image, optionally refines them to SIFT matches inside the matched
 patch pairs (:mod:`.refine`; needs both images or their SIFT features, else the patch keypoints
 are used as they are), and estimates the query -> match pose: PnP when
-one side has metric depth (the match side first, what a map stores), else the essential matrix.
-A depth source that yields too few points falls back to the monocular estimate (``metric: false``).
+one side has metric depth (the match side first, what a map stores, then the query side), else the
+essential matrix. Depth sources that yield too few points fall back to the monocular estimate
+(``metric: false``).
 """
 from __future__ import annotations
 
@@ -82,14 +83,12 @@ def verify_candidate(result, k: int, input_hw, query: View, match: View, cfg, ce
 
 def estimate_pose(q_px: np.ndarray, m_px: np.ndarray, query: View, match: View, cfg) -> RelativePose:
     """Relative pose from correspondences in raw camera-image pixels (see the module doc)."""
-    for depth_side, pixels_side, cam_3d, cam_2d, in_query in (
-        (match, m_px, match.camera, query.camera, False), (query, q_px, query.camera, match.camera, True)
-    ):
-        if depth_side.depth is None or not len(q_px):
+    sides = ((match, m_px, query, q_px, False), (query, q_px, match, m_px, True))  # (3-D view, its pixels, 2-D ...)
+    for view_3d, px_3d, view_2d, px_2d, in_query in sides:
+        if view_3d.depth is None or not len(px_3d):
             continue
-        points = backproject(cam_3d, pixels_side, depth_side.depth(pixels_side))
-        metric = estimate_metric(points, q_px if not in_query else m_px, cam_2d, cfg, points_in_query=in_query)
+        points = backproject(view_3d.camera, px_3d, np.asarray(view_3d.depth(px_3d), np.float64))
+        metric = estimate_metric(points, px_2d, view_2d.camera, cfg, points_in_query=in_query)
         if metric.status != "too_few_depth":
             return metric
-        break
     return estimate_monocular(q_px, m_px, query.camera, match.camera, cfg)
