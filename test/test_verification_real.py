@@ -126,6 +126,17 @@ def test_euroc_stereo_pose_is_metric(speed_encoder, speed_config, euroc, pair):
     assert np.linalg.norm(stored.translation - pose.translation) < 0.005
 
 
+def test_unrectified_stereo_treated_as_rectified_is_inconsistent(speed_encoder, speed_config, euroc):
+    """EuRoC's raw stereo pair with a baseline alone (no rectification: 0.8 deg between the cameras,
+    principal points 12 px apart): the disparities are wrong, PnP explains ~22 % of the points, rejected."""
+    left = load_euroc_sensor(euroc / "sensorLeft.yaml")
+    rig = StereoRig.from_baseline(left.camera, 0.110)
+    query, match, match_right = (load_rgb(euroc / f) for f in ("left_img_1.png", "left_img_0.png", "right_img_0.png"))
+    depth = lambda points: stereo_depth_at(match, match_right, rig, points, 20.0)  # noqa: E731
+    pose = verify(speed_encoder, speed_config, query, match, left.camera, depth)
+    assert pose.status == "inconsistent_depth" and pose.metric
+
+
 def test_patch_keypoints_alone_are_too_coarse_for_a_pose(speed_encoder, speed_config, euroc):
     """Without the SIFT refinement the 98 s revisit has ~40 mutual patch matches on a 38 px grid:
     rejected rather than reported with a wrong pose."""

@@ -139,6 +139,9 @@ def test_rejections_carry_their_reason():
     no_depth = estimate_pose(query_px, match_px, View(CAMERA, HW), View(CAMERA, HW, depth=lambda p: p[:, 0] * np.nan),
                              cfg)
     assert no_depth.status == "ok" and not no_depth.metric
+    jumbled = points[:, 2] * np.random.default_rng(4).uniform(0.5, 1.5, len(points))  # depth unrelated to matches
+    assert estimate_pose(query_px, match_px, View(CAMERA, HW), View(CAMERA, HW, depth=lambda p: jumbled),
+                         cfg).status == "inconsistent_depth"
     behind = estimate_pose(query_px, match_px, View(CAMERA, HW), View(CAMERA, HW, depth=lambda p: -points[:, 2]), cfg)
     assert behind.status == "ok" and not behind.metric  # negative depths are no depths
     out = planar.to_json()

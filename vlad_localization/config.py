@@ -146,6 +146,7 @@ class VerificationConfig:
     ransac_threshold_px: float = 1.0  # essential matrix / homography RANSAC threshold (camera image pixels)
     pnp_threshold_px: float = 2.0  # PnP RANSAC reprojection threshold (pixels)
     pnp_iterations: int = 1000
+    min_pnp_inlier_ratio: float = 0.4  # fewer PnP inliers / matches with depth: "inconsistent_depth"
     ransac_confidence: float = 0.999
     ransac_seed: int | None = 0  # seeds OpenCV's RNG before each RANSAC for repeatable poses
     homography_threshold_px: float = 3.0  # the plane model's tolerance (planar-scene test)
@@ -170,7 +171,8 @@ class VerificationConfig:
                      "refine_window", "depth_scale", "max_depth_m"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"verification.{name} must be > 0, got {getattr(self, name)!r}")
-        _at_least("verification", self, min_inliers=5, pnp_iterations=1, min_parallax_fraction=0.0)
+        _at_least("verification", self, min_inliers=5, pnp_iterations=1, min_parallax_fraction=0.0,
+                  min_pnp_inlier_ratio=0.0)
 
 
 @dataclass

@@ -36,6 +36,8 @@ STATUSES = {
               "rotation): the monocular pose is not determined",
     "cheirality": "fewer than min_inliers inliers lie in front of both cameras",
     "too_few_depth": "fewer than min_inliers matches have a valid depth",
+    "inconsistent_depth": "PnP explains fewer than min_pnp_inlier_ratio of the matches with depth (wrong depth, "
+                          "stereo calibration or scale)",
 }
 IDENTITY_QUATERNION = (0.0, 0.0, 0.0, 1.0)
 
@@ -164,6 +166,8 @@ def estimate_metric(points_3d: np.ndarray, pixels: np.ndarray, camera, cfg, poin
         reprojectionError=cfg.pnp_threshold_px, confidence=cfg.ransac_confidence, flags=cv2.SOLVEPNP_AP3P)
     if not found or inl is None or len(inl) < cfg.min_inliers:
         return RelativePose.rejected("too_few_inliers", metric=True, inliers=0 if inl is None else len(inl))
+    if len(inl) < cfg.min_pnp_inlier_ratio * len(objects):
+        return RelativePose.rejected("inconsistent_depth", metric=True, inliers=len(inl))
     inl = inl.ravel()
     rvec, tvec = cv2.solvePnPRefineLM(objects[inl], image_px[inl], k_matrix, dist, rvec, tvec)
     rotation, translation = cv2.Rodrigues(rvec)[0], tvec.ravel()
