@@ -123,6 +123,8 @@ def test_pose_user_errors(capsys, speed_checkpoint, config_file, datasets_dir):
     for flags, message in cases:
         code, _, err = run_match(capsys, speed_checkpoint, config_file, "--pose", *flags, *images)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (flags, err)
+    code, _, err = run_match(capsys, speed_checkpoint, config_file, "--depth-ref", euroc / "left_img_0.png", *images)
+    assert code == 2 and "only apply with --pose" in err
     with pytest.raises(SystemExit):
         main(["match", "--checkpoint", "x", "--intrinsics", "a,b", *map(str, images)])
     assert "comma-separated list of numbers" in capsys.readouterr().err
