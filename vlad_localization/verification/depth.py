@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from vlad_localization.verification.camera import CalibratedSensor, PinholeCamera
+from vlad_localization.verification.refine import gray
 
 WINDOW = 2  # depth/disparity is the median of the valid values in a (2 * WINDOW + 1)^2 window
 
@@ -97,7 +98,7 @@ def stereo_depth_at(left: np.ndarray, right: np.ndarray, rig: StereoRig, points:
     (greyscale or RGB uint8 images of one size)."""
     if left.shape[:2] != right.shape[:2]:
         raise ValueError(f"stereo images differ in size: {left.shape[:2]} and {right.shape[:2]}")
-    left, right = (cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) if im.ndim == 3 else im for im in (left, right))
+    left, right = gray(left), gray(right)
     height, width = left.shape
     r_left, r_right, p_left, p_right, *_ = cv2.stereoRectify(
         rig.left.matrix, rig.left.dist_coeffs, rig.right.matrix, rig.right.dist_coeffs, (width, height),
