@@ -143,6 +143,12 @@ def test_patch_keypoints_alone_are_too_coarse_for_a_pose(speed_encoder, speed_co
     camera = load_euroc_sensor(euroc / "sensorLeft.yaml").camera
     query, match = (load_rgb(euroc / f"left_img_{i}.png") for i in (1, 0))
     assert verify(speed_encoder, speed_config, query, match, camera, refine="none").status != "ok"
+    # refine: sift without the match image or its features is rejected, never silently coarse
+    speed_config.verification.refine = "sift"
+    result, input_hw = patch_matches(speed_encoder, speed_config, query, match)
+    pose = verify_candidate(result, 0, input_hw, View(camera, query.shape[:2], query), View(camera, match.shape[:2]),
+                            speed_config.verification)
+    assert pose.status == "no_features"
 
 
 def test_graffiti_wall_is_reported_planar(speed_encoder, speed_config, datasets_dir):

@@ -35,7 +35,7 @@ EVICTIONS = {
 
 REFINEMENTS = {
     "sift": "SIFT features matched inside the matched patch pairs (needs both images)",
-    "none": "the patch keypoints alone (coarse: one per conv cell)",
+    "none": "the patch keypoints alone (coarse, one per conv cell: poses 10-22 deg off on EuRoC)",
 }
 
 

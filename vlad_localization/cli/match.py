@@ -20,8 +20,8 @@ Output: one JSON object
                      the reference camera in the query camera's optical frame (x right, y down,
                      z forward; X_query = R X_ref + t); t is a unit direction unless metric
                      (depth or stereo given); covariance row-major, order [tx ty tz rx ry rz];
-                     reasons: too_few_matches, too_few_inliers, planar, cheirality, too_few_depth,
-                     inconsistent_depth
+                     reasons: no_features, too_few_matches, too_few_inliers, planar, cheirality,
+                     too_few_depth, inconsistent_depth
 
 What the score means (absolute, so one pair can be thresholded):
   ransac   fraction of the query's patches that are inliers of one homography between mutually

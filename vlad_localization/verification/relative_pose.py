@@ -30,6 +30,7 @@ from vlad_localization.verification import covariance as cov
 
 STATUSES = {
     "ok": "verified: the pose and covariance are valid",
+    "no_features": "refine is sift but a view has neither its image nor stored SIFT features",
     "too_few_matches": "fewer matches than min_inliers (or than the minimal solver needs)",
     "too_few_inliers": "the RANSAC model explains fewer than min_inliers matches",
     "planar": "too few essential-matrix inliers off the dominant homography (planar scene or pure "

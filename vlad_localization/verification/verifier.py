@@ -3,8 +3,9 @@
 :func:`verify_candidate` takes the mutual patch matches of candidate ``k`` of a
 :class:`~vlad_localization.matching.matcher.MatchResult` (all patch sizes, network-input pixels),
 scales them to each camera image, optionally refines them to SIFT matches inside the matched
-patch pairs (:mod:`.refine`; needs both images or their SIFT features, else the patch keypoints
-are used as they are), and estimates the query -> match pose: PnP when
+patch pairs (:mod:`.refine`; needs both images or their SIFT features, else the pair is rejected
+``no_features``: the patch keypoints alone, ``refine: none``, give poses 10-22 deg off on EuRoC),
+and estimates the query -> match pose: PnP when
 one side has metric depth (the match side first, what a map stores, then the query side), else the
 essential matrix. Depth sources that yield too few points fall back to the monocular estimate
 (``metric: false``).
@@ -73,7 +74,9 @@ def refined_matches(result, k: int, input_hw, query: View, match: View, cfg, cel
 def verify_candidate(result, k: int, input_hw, query: View, match: View, cfg, cell_px: int = 16) -> RelativePose:
     """Relative pose of candidate ``k`` (``cfg``: a VerificationConfig; ``input_hw``: the network input
     size the keypoints are in; ``cell_px``: the backbone stride, 16 for VGG16 and ResNet layer3)."""
-    if cfg.refine == "sift" and query.can_refine and match.can_refine:
+    if cfg.refine == "sift":
+        if not (query.can_refine and match.can_refine):
+            return RelativePose.rejected("no_features")
         q_px, m_px = refined_matches(result, k, input_hw, query, match, cfg, cell_px)
     else:
         q_kp, m_kp = result.matched_keypoints(k)
