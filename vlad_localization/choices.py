@@ -34,7 +34,7 @@ EVICTIONS = {
 }
 
 REFINEMENTS = {
-    "sift": "SIFT features matched inside the matched patch pairs (needs both images)",
+    "sift": "SIFT features matched inside the matched patch pairs (needs both images or their stored features)",
     "none": "the patch keypoints alone (coarse, one per conv cell: poses 10-22 deg off on EuRoC)",
 }
 

@@ -3,6 +3,7 @@ configuration (through :func:`vlad_localization.config.apply_overrides`), argpar
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, Mapping
 
 DEFAULT_CONFIG = "speed"  # of every subcommand, so a map built without --config is queried with the same model
@@ -72,8 +73,6 @@ def float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
-def path_list(text: str) -> list:
+def path_list(text: str) -> list[Path]:
     """argparse type: comma-separated file paths."""
-    from pathlib import Path
-
     return [Path(v) for v in text.split(",") if v]
