@@ -64,6 +64,33 @@ def test_worker_survives_handler_errors():
     worker.stop(1.0)
 
 
+def test_loop_closure_edge_message_round_trips():
+    import cv2
+
+    from vlad_localization.ros.messages import EDGE_COLUMNS, loop_closure_edge_msg, parse_loop_closure_edges
+    from vlad_localization.verification import RelativePose
+
+    cov = np.arange(36.0).reshape(6, 6)
+    pose = RelativePose(cv2.Rodrigues(np.array([0.1, 0.2, -0.3]))[0], np.array([0.4, -0.1, 0.2]), True, 321, cov, "ok")
+    msg = loop_closure_edge_msg(1_403_715_288_312_143_104, 1_403_715_386_762_142_976, 17, "run", pose, 0.42)
+    d0, d1 = msg.layout.dim
+    assert (d0.label, d0.size, d0.stride) == ("edge", 1, 50) and d1.size == 50 == len(EDGE_COLUMNS)
+    assert d1.label.split(",")[:14] == ["query_stamp", "match_stamp", "map_id", "map", "tx", "ty", "tz", "qx", "qy",
+                                         "qz", "qw", "metric", "score", "inliers"]
+    (edge,) = parse_loop_closure_edges(msg)
+    assert edge["query_stamp"] == pytest.approx(1403715288.312143, abs=1e-6)
+    assert edge["match_stamp"] == pytest.approx(1403715386.762143, abs=1e-6)
+    assert (edge["map_id"], edge["map"], edge["metric"], edge["inliers"]) == (17, "run", True, 321)
+    assert edge["score"] == 0.42
+    np.testing.assert_allclose(edge["translation"], pose.translation)
+    np.testing.assert_allclose(edge["quaternion"], pose.quaternion)
+    np.testing.assert_array_equal(edge["covariance"], cov)
+    with pytest.raises(ValueError, match="not a loop-closure edge"):
+        loop_closure_edge_msg(1, 2, 3, "prebuilt", RelativePose.rejected("planar"), 0.5)
+    with pytest.raises(ValueError, match="which_map"):
+        loop_closure_edge_msg(1, 2, 3, "other", pose, 0.5)
+
+
 def test_candidates_message_layout_round_trips():
     from vlad_localization.ros.messages import CANDIDATE_COLUMNS, candidates_msg, parse_candidates
 
