@@ -89,9 +89,9 @@ def test_pose_with_stereo_calibration_is_metric(capsys, speed_checkpoint, config
 
 
 def test_pose_from_config_intrinsics_and_depth_images(capsys, speed_checkpoint, tmp_path, datasets_dir):
-    """verification.intrinsics from the YAML; a registered 16-bit depth image (mm) of the reference: a
-    flat wall 2 m away is too far from this scene's geometry for PnP to agree with it, while a depth
-    image of the wrong size is refused."""
+    """verification.intrinsics from the YAML (monocular), then a registered 16-bit depth image (mm) of
+    the reference: real depth (from its stereo pair) written at its SIFT keypoints, zero elsewhere,
+    gives the metric translation (0.432 m in the ground truth); a depth image of the wrong size is refused."""
     euroc = datasets_dir / "euroc_loop_pairs"
     config = tmp_path / "pose.yaml"
     config.write_text("base: speed\nmodel: {image_height: 240, image_width: 320, device: cpu}\n"
@@ -101,6 +101,23 @@ def test_pose_from_config_intrinsics_and_depth_images(capsys, speed_checkpoint, 
     pose = json.loads(out)["relative_pose"]
     assert code == 0 and pose["status"] == "ok" and pose["metric"] is False
     assert np.linalg.norm(pose["t"]) == pytest.approx(1.0)
+    from vlad_localization.verification import StereoRig, load_euroc_sensor, stereo_depth_at
+    from vlad_localization.verification.refine import sift_features
+
+    left, right = (load_rgb(euroc / f"{side}_img_0.png") for side in ("left", "right"))
+    rig = StereoRig.from_sensors(*(load_euroc_sensor(euroc / f"sensor{s}.yaml") for s in ("Left", "Right")))
+    keypoints, _ = sift_features(left)
+    depth_m = stereo_depth_at(left, right, rig, keypoints, 20.0)
+    depth_mm = np.zeros(left.shape[:2], np.uint16)
+    ok = np.isfinite(depth_m)
+    x, y = np.rint(keypoints[ok]).astype(int).T
+    depth_mm[y, x] = np.round(depth_m[ok] * 1000).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "depth.png"), depth_mm)
+    code, out, _ = run_match(capsys, speed_checkpoint, config, "--pose", "--depth-ref", tmp_path / "depth.png",
+                             euroc / "left_img_1.png", euroc / "left_img_0.png")
+    pose = json.loads(out)["relative_pose"]
+    assert code == 0 and pose["status"] == "ok" and pose["metric"] is True and pose["inliers"] > 300
+    assert np.linalg.norm(pose["t"]) == pytest.approx(0.432, rel=0.08)
     small = tmp_path / "depth_small.png"
     cv2.imwrite(str(small), np.full((240, 376), 2000, np.uint16))
     code, _, err = run_match(capsys, speed_checkpoint, config, "--pose", "--depth-ref", small,
