@@ -91,6 +91,25 @@ def test_loop_closure_edge_message_round_trips():
         loop_closure_edge_msg(1, 2, 3, "other", pose, 0.5)
 
 
+def test_camera_info_gives_the_camera_model():
+    from sensor_msgs.msg import CameraInfo
+
+    from vlad_localization.ros.messages import camera_from_info
+
+    info = CameraInfo(height=480, width=752, distortion_model="plumb_bob",
+                      d=[-0.2834, 0.07396, 0.0001936, 0.0000176, 0.0],
+                      k=[458.654, 0.0, 367.215, 0.0, 457.296, 248.375, 0.0, 0.0, 1.0])
+    camera, hw = camera_from_info(info)
+    assert hw == (480, 752) and (camera.fx, camera.fy, camera.cx, camera.cy) == (458.654, 457.296, 367.215, 248.375)
+    assert camera.distortion == (-0.2834, 0.07396, 0.0001936, 0.0000176, 0.0)
+    pixel = np.array([[700.0, 450.0]])
+    assert np.linalg.norm(camera.normalized(pixel) - [(700 - 367.215) / 458.654, (450 - 248.375) / 457.296]) > 0.05
+    with pytest.raises(ValueError, match="equidistant"):
+        camera_from_info(CameraInfo(distortion_model="equidistant", k=info.k, d=[0.0] * 4))
+    with pytest.raises(ValueError, match="not calibrated"):
+        camera_from_info(CameraInfo(distortion_model="plumb_bob"))
+
+
 def test_candidates_message_layout_round_trips():
     from vlad_localization.ros.messages import CANDIDATE_COLUMNS, candidates_msg, parse_candidates
 

@@ -16,7 +16,8 @@ import yaml
 
 @dataclass(frozen=True)
 class PinholeCamera:
-    """Intrinsics ``fx, fy, cx, cy`` (pixels) and distortion ``(k1, k2, p1, p2)`` of one camera."""
+    """Intrinsics ``fx, fy, cx, cy`` (pixels) and distortion ``(k1, k2, p1, p2[, k3[, k4, k5, k6]])``
+    (OpenCV's order, as ``CameraInfo.d`` of plumb_bob / rational_polynomial) of one camera."""
 
     fx: float
     fy: float
