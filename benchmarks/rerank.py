@@ -10,7 +10,16 @@ does, then ``normalise_func`` + argsort; ours is ``PatchMatcher.score`` in refer
 Prints one JSON object: median seconds per query over ``--repeats`` runs and ours / reference, plus
 the time of the fp32 similarity products alone (``products_s``), the floor of any exact method.
 
-    python benchmarks/rerank.py [--device cuda] [--repeats 3] [--top-k 10 50] [--no-reference]
+Verification (``verification`` in the JSON): the time to verify one candidate with a relative
+pose (:func:`vlad_localization.verification.verify_candidate`) on a real EuRoC revisit
+(``left_img_1`` -> ``left_img_0``, 752x480) with the patch matches of a small off-the-shelf speed
+model (built from ``--weights`` and ``--datasets`` in ~10 s): monocular (SIFT on both images, guided
+matching, essential matrix, covariance) and stereo (plus SGBM disparity of the candidate's pair,
+PnP), and the parts: SIFT of one image, guided matching (features given), stereo depth, the
+estimators alone. In a node the query's SIFT is computed once per frame and a keyframe's could be
+stored, leaving guided matching + estimation per candidate.
+
+    python benchmarks/rerank.py [--device cuda] [--repeats 3] [--top-k 10 50] [--no-reference] [--no-verification]
 """
 from __future__ import annotations
 
@@ -20,6 +29,8 @@ import os
 import platform
 import statistics
 import time
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -104,6 +115,68 @@ def reference(preset: dict, query, cands):
     return run
 
 
+def verification(datasets: Path, weights: Path, repeats: int) -> dict:
+    """Seconds per verified candidate on the EuRoC revisit (median of ``repeats``), see the module doc."""
+    import tempfile
+
+    from vlad_localization.config import load_config
+    from vlad_localization.images.io import load_rgb
+    from vlad_localization.model.encoder import Encoder
+    from vlad_localization.model.init_model import build_offtheshelf_checkpoint
+    from vlad_localization.verification import StereoRig, View, load_euroc_sensor, stereo_depth_at, verify_candidate
+    from vlad_localization.verification.refine import sift_features
+    from vlad_localization.verification.verifier import estimate_pose, refined_matches
+
+    euroc = datasets / "euroc_loop_pairs"
+    if not euroc.is_dir() or not weights.is_file():
+        return {"skipped": f"needs {euroc} and {weights}"}
+    cfg = load_config("speed")
+    cfg.model.patch_sizes, cfg.model.strides = [5], [1]
+    cfg.model.image_height, cfg.model.image_width = 240, 320
+    images = [euroc / f"left_img_{i}.png" for i in range(4)]
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = build_offtheshelf_checkpoint(weights, images, Path(tmp) / "m.pth.tar", num_clusters=16,
+                                                  num_pcs=32, image_size=(240, 320), device="cpu", progress=False)
+        encoder = Encoder.from_checkpoint(checkpoint, cfg.model, device="cpu")
+    cfg.model = encoder.cfg
+    query_rgb, match_rgb, match_right = (load_rgb(euroc / f) for f in ("left_img_1.png", "left_img_0.png",
+                                                                          "right_img_0.png"))
+    query, match = encoder.encode([query_rgb]), encoder.encode([match_rgb])
+    result = PatchMatcher.from_config(cfg, encoder.geometry, query.grid).pair(query, match)
+    left, right = load_euroc_sensor(euroc / "sensorLeft.yaml"), load_euroc_sensor(euroc / "sensorRight.yaml")
+    rig, vcfg, hw = StereoRig.from_sensors(left, right), cfg.verification, query_rgb.shape[:2]
+
+    def depth(points):
+        return stereo_depth_at(match_rgb, match_right, rig, points, vcfg.max_depth_m)
+
+    def run(depth_fn):
+        views = View(left.camera, hw, query_rgb), View(left.camera, hw, match_rgb, depth_fn)
+        return verify_candidate(result, 0, query.image_size, *views, vcfg, encoder.geometry.stride)
+
+    cpu = torch.device("cpu")
+    mono_s, mono = time_runs(lambda: run(None), repeats, cpu)
+    stereo_s, stereo = time_runs(lambda: run(depth), repeats, cpu)
+    sift_s, _ = time_runs(lambda: sift_features(query_rgb), repeats, cpu)
+    views = View(left.camera, hw, query_rgb), View(left.camera, hw, match_rgb)
+    q_px, m_px = refined_matches(result, 0, query.image_size, *views, vcfg, encoder.geometry.stride)
+    guided_s, _ = time_runs(lambda: refined_matches(result, 0, query.image_size, *views, vcfg,
+                                                    encoder.geometry.stride), repeats, cpu)  # features cached
+    depth_s, _ = time_runs(lambda: depth(m_px), repeats, cpu)
+    essential_s, _ = time_runs(lambda: estimate_pose(q_px, m_px, *views, vcfg), repeats, cpu)
+    match_depth = depth(m_px)
+    metric_views = views[0], View(left.camera, hw, match_rgb, lambda points: match_depth)
+    pnp_s, _ = time_runs(lambda: estimate_pose(q_px, m_px, *metric_views, vcfg), repeats, cpu)
+    return {
+        "pair": "euroc left_img_1 -> left_img_0 (752x480), speed model 240x320, patch size 5",
+        "patch_matches": int(result.inliers[0].sum()), "refined_matches": int(len(q_px)),
+        "monocular_s": round(mono_s, 4), "stereo_s": round(stereo_s, 4),
+        "monocular": {"status": mono.status, "inliers": mono.inliers},
+        "stereo": {"status": stereo.status, "inliers": stereo.inliers},
+        "parts_s": {"sift_one_image": round(sift_s, 4), "guided_matching": round(guided_s, 4), "stereo_depth": round(depth_s, 4),
+                    "essential_and_covariance": round(essential_s, 4), "pnp_and_covariance": round(pnp_s, 4)},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
@@ -111,6 +184,11 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument("--no-reference", action="store_true", help="skip timing the official matcher")
+    parser.add_argument("--no-verification", action="store_true", help="skip timing the relative-pose verification")
+    shared = Path(__file__).resolve().parents[1].parent / "shared"
+    parser.add_argument("--datasets", type=Path, default=shared / "datasets", help="the shared datasets folder")
+    parser.add_argument("--weights", type=Path, default=shared / "weights" / "vgg16_imagenet_conv5_3.pth",
+                        help="ImageNet VGG16 conv weights (for the verification part's small model)")
     args = parser.parse_args()
     device = torch.device(args.device)
     results = []
@@ -138,6 +216,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "repeats": args.repeats,
         "results": results,
+        "verification": None if args.no_verification else verification(args.datasets, args.weights, args.repeats),
     }, indent=1))
 
 

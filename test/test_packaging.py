@@ -64,6 +64,7 @@ def test_core_library_never_imports_rclpy():
         "import sys\n"
         "import vlad_localization.config, vlad_localization.model.encoder, vlad_localization.matching.matcher\n"
         "import vlad_localization.mapdb, vlad_localization.pipeline, vlad_localization.images.convert\n"
+        "import vlad_localization.verification\n"
         "import vlad_localization.cli.main as m; m.build_parser()\n"
         "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('rclpy', 'torchvision'))\n"
         "assert not bad, bad\n"

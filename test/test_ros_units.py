@@ -64,6 +64,52 @@ def test_worker_survives_handler_errors():
     worker.stop(1.0)
 
 
+def test_loop_closure_edge_message_round_trips():
+    import cv2
+
+    from vlad_localization.ros.messages import EDGE_COLUMNS, loop_closure_edge_msg, parse_loop_closure_edges
+    from vlad_localization.verification import RelativePose
+
+    cov = np.arange(36.0).reshape(6, 6)
+    pose = RelativePose(cv2.Rodrigues(np.array([0.1, 0.2, -0.3]))[0], np.array([0.4, -0.1, 0.2]), True, 321, cov, "ok")
+    msg = loop_closure_edge_msg(1_403_715_288_312_143_104, 1_403_715_386_762_142_976, 17, "run", pose, 0.42)
+    d0, d1 = msg.layout.dim
+    assert (d0.label, d0.size, d0.stride) == ("edge", 1, 50) and d1.size == 50 == len(EDGE_COLUMNS)
+    assert d1.label.split(",")[:14] == ["query_stamp", "match_stamp", "map_id", "map", "tx", "ty", "tz", "qx", "qy",
+                                         "qz", "qw", "metric", "score", "inliers"]
+    (edge,) = parse_loop_closure_edges(msg)
+    assert edge["query_stamp"] == pytest.approx(1403715288.312143, abs=1e-6)
+    assert edge["match_stamp"] == pytest.approx(1403715386.762143, abs=1e-6)
+    assert (edge["map_id"], edge["map"], edge["metric"], edge["inliers"]) == (17, "run", True, 321)
+    assert edge["score"] == 0.42
+    np.testing.assert_allclose(edge["translation"], pose.translation)
+    np.testing.assert_allclose(edge["quaternion"], pose.quaternion)
+    np.testing.assert_array_equal(edge["covariance"], cov)
+    with pytest.raises(ValueError, match="not a loop-closure edge"):
+        loop_closure_edge_msg(1, 2, 3, "prebuilt", RelativePose.rejected("planar"), 0.5)
+    with pytest.raises(ValueError, match="which_map"):
+        loop_closure_edge_msg(1, 2, 3, "other", pose, 0.5)
+
+
+def test_camera_info_gives_the_camera_model():
+    from sensor_msgs.msg import CameraInfo
+
+    from vlad_localization.ros.messages import camera_from_info
+
+    info = CameraInfo(height=480, width=752, distortion_model="plumb_bob",
+                      d=[-0.2834, 0.07396, 0.0001936, 0.0000176, 0.0],
+                      k=[458.654, 0.0, 367.215, 0.0, 457.296, 248.375, 0.0, 0.0, 1.0])
+    camera, hw = camera_from_info(info)
+    assert hw == (480, 752) and (camera.fx, camera.fy, camera.cx, camera.cy) == (458.654, 457.296, 367.215, 248.375)
+    assert camera.distortion == (-0.2834, 0.07396, 0.0001936, 0.0000176, 0.0)
+    pixel = np.array([[700.0, 450.0]])
+    assert np.linalg.norm(camera.normalized(pixel) - [(700 - 367.215) / 458.654, (450 - 248.375) / 457.296]) > 0.05
+    with pytest.raises(ValueError, match="equidistant"):
+        camera_from_info(CameraInfo(distortion_model="equidistant", k=info.k, d=[0.0] * 4))
+    with pytest.raises(ValueError, match="not calibrated"):
+        camera_from_info(CameraInfo(distortion_model="plumb_bob"))
+
+
 def test_candidates_message_layout_round_trips():
     from vlad_localization.ros.messages import CANDIDATE_COLUMNS, candidates_msg, candidates_query, parse_candidates
 

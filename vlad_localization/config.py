@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from vlad_localization.choices import BACKBONES, EVICTIONS, FUSIONS, MATCHERS, MODES, names
+from vlad_localization.choices import BACKBONES, EVICTIONS, FUSIONS, MATCHERS, MODES, REFINEMENTS, names
 
 PRESETS = ("performance", "speed", "storage")
 
@@ -138,12 +138,51 @@ class LoopClosureConfig:
 
 
 @dataclass
+class VerificationConfig:
+    """Geometric verification of a candidate with a relative pose (:mod:`vlad_localization.verification`)."""
+
+    intrinsics: list[float] | None = None  # [fx, fy, cx, cy(, k1, k2, p1, p2)] of the camera image; None: unknown
+    min_inliers: int = 20  # fewer inliers (or matches, or matches with depth): rejected
+    ransac_threshold_px: float = 1.0  # essential matrix / homography RANSAC threshold (camera image pixels)
+    pnp_threshold_px: float = 2.0  # PnP RANSAC reprojection threshold (pixels)
+    pnp_iterations: int = 1000
+    min_pnp_inlier_ratio: float = 0.4  # fewer PnP inliers / matches with depth: "inconsistent_depth"
+    ransac_confidence: float = 0.999
+    ransac_seed: int | None = 0  # seeds OpenCV's RNG before each RANSAC for repeatable poses
+    homography_threshold_px: float = 3.0  # the plane model's tolerance (planar-scene test)
+    min_parallax_px: float = 12.0  # an essential inlier this far from the plane model has parallax
+    min_parallax_fraction: float = 0.05  # fewer essential inliers with parallax: "planar"
+    refine: str = "sift"  # sift | none (see choices.REFINEMENTS)
+    refine_window: float = 1.0  # guided-matching box = this x the patch's extent in the image
+    depth_scale: float = 0.001  # integer depth images (16UC1) in these metres per unit
+    max_depth_m: float = 20.0  # farther depths (and stereo points) are ignored
+
+    def validate(self) -> None:
+        _one_of("verification.refine", self.refine, REFINEMENTS)
+        if self.intrinsics is not None:
+            if len(self.intrinsics) not in (4, 8):
+                raise ConfigError("verification.intrinsics must be [fx, fy, cx, cy] or [fx, fy, cx, cy, k1, k2, "
+                                  f"p1, p2], got {self.intrinsics!r}")
+            if not (self.intrinsics[0] > 0 and self.intrinsics[1] > 0):
+                raise ConfigError(f"verification.intrinsics: fx and fy must be positive, got {self.intrinsics!r}")
+        if not 0.0 < self.ransac_confidence < 1.0:
+            raise ConfigError(f"verification.ransac_confidence must be in (0, 1), got {self.ransac_confidence!r}")
+        for name in ("ransac_threshold_px", "pnp_threshold_px", "homography_threshold_px", "min_parallax_px",
+                     "refine_window", "depth_scale", "max_depth_m"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"verification.{name} must be > 0, got {getattr(self, name)!r}")
+        _at_least("verification", self, min_inliers=5, pnp_iterations=1, min_parallax_fraction=0.0,
+                  min_pnp_inlier_ratio=0.0)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     map: MapConfig = field(default_factory=MapConfig)
     localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
     loop_closure: LoopClosureConfig = field(default_factory=LoopClosureConfig)
+    verification: VerificationConfig = field(default_factory=VerificationConfig)
     name: str = "custom"
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,6 +195,7 @@ class Config:
                   min_distance_m=0.0, min_descriptor_change=0.0)
         _at_least("localizer", self.localizer, top_k=1, rerank_k=0, max_image_pixels=1)
         self.loop_closure.validate()
+        self.verification.validate()
         return self
 
 
@@ -208,6 +248,7 @@ _SECTION_TYPES = {
     "map": MapConfig,
     "localizer": LocalizerConfig,
     "loop_closure": LoopClosureConfig,
+    "verification": VerificationConfig,
 }
 
 

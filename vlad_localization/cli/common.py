@@ -111,3 +111,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def float_list(text: str) -> list[float]:
+    """argparse type: comma-separated numbers (``458.6,457.3,367.2,248.4``)."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def path_list(text: str) -> list[Path]:
+    """argparse type: comma-separated file paths."""
+    return [Path(v) for v in text.split(",") if v]

@@ -4,8 +4,17 @@
 ``MultiArrayLayout`` docs): one row per candidate in rank order, columns :data:`CANDIDATE_COLUMNS`
 (``query_stamp``, ``camera``, then the candidate fields every output shares,
 :data:`vlad_localization.detector.CANDIDATE_FIELDS`). ``layout.dim[0].label`` is
-``candidate@<query_stamp s>/<camera>``, so a frame with no candidate (K = 0) still names itself. Times are seconds (float64); a keyframe
-without a stamp has ``map_stamp = NaN``, a candidate not re-ranked NaN scores.
+``candidate@<query_stamp s>/<camera>``, so a frame with no candidate (K = 0) still names itself.
+Times are seconds (float64); a keyframe without a stamp has ``map_stamp = NaN``, a candidate not
+re-ranked NaN scores.
+
+``~/loop_closure_edges`` is the same kind of array, one row per verified loop closure (a pose-graph
+edge), columns :data:`EDGE_COLUMNS`: both stamps, the matched keyframe's id and map (``0`` the
+prebuilt map, ``1`` this run's keyframes), the relative pose of the match camera in the query camera's
+optical frame (``X_query = R X_match + t``; x right, y down, z forward; translation in metres when
+``metric`` is 1, else a unit direction), the patch score, the inliers of the verification and the 6x6
+covariance row-major in ``cov0 .. cov35`` (order tx, ty, tz, rx, ry, rz; see
+:mod:`vlad_localization.verification.covariance`).
 """
 from __future__ import annotations
 
@@ -14,13 +23,19 @@ from typing import Sequence
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, PoseArray
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float64MultiArray, Header, MultiArrayDimension
 
 from vlad_localization.detector import CANDIDATE_FIELDS, candidate_row
 from vlad_localization.images.convert import rgb_to_image_fields
 
 CANDIDATE_COLUMNS = ("query_stamp", "camera") + CANDIDATE_FIELDS
+
+EDGE_COLUMNS = (
+    "query_stamp", "match_stamp", "map_id", "map", "tx", "ty", "tz", "qx", "qy", "qz", "qw", "metric",
+    "score", "inliers", *(f"cov{i}" for i in range(36)),
+)
+MAPS = {"prebuilt": 0, "run": 1}  # the ``map`` column of ~/loop_closure_edges
 
 
 def stamp_to_ns(stamp: Time) -> int:
@@ -34,21 +49,57 @@ def ns_to_stamp(ns: int) -> Time:
 def candidates_msg(query_stamp_ns: int, camera: int, candidates: Sequence) -> Float64MultiArray:
     """The ``~/candidates`` array for one processed frame (K = len(candidates), may be 0)."""
     rows = [(query_stamp_ns * 1e-9, float(camera)) + candidate_row(c) for c in candidates]
-    n, m = len(rows), len(CANDIDATE_COLUMNS)
+    return _table_msg(rows, CANDIDATE_COLUMNS, f"candidate@{query_stamp_ns * 1e-9:.9f}/{int(camera)}")
+
+
+def _table_msg(rows, columns: Sequence[str], row_label: str) -> Float64MultiArray:
+    """A row-major 2-D ``Float64MultiArray``: ``dim[0]`` = rows, ``dim[1]`` = the column labels."""
+    n, m = len(rows), len(columns)
     msg = Float64MultiArray()
     msg.layout.dim = [
-        MultiArrayDimension(label=f"candidate@{query_stamp_ns * 1e-9:.9f}/{int(camera)}", size=n, stride=n * m),
-        MultiArrayDimension(label=",".join(CANDIDATE_COLUMNS), size=m, stride=m),
+        MultiArrayDimension(label=row_label, size=n, stride=n * m),
+        MultiArrayDimension(label=",".join(columns), size=m, stride=m),
     ]
     msg.data = np.asarray(rows, dtype=np.float64).reshape(-1).tolist()
     return msg
 
 
 def parse_candidates(msg: Float64MultiArray) -> list[dict[str, float]]:
-    """``~/candidates`` -> one dict per row (column name -> value), in rank order."""
+    """``~/candidates`` (or ``~/loop_closure_edges``) -> one dict per row (column name -> value), in order."""
     labels = msg.layout.dim[1].label.split(",")
     data = np.asarray(msg.data, dtype=np.float64).reshape(msg.layout.dim[0].size, len(labels))
     return [dict(zip(labels, row.tolist())) for row in data]
+
+
+def loop_closure_edge_msg(query_stamp_ns: int, match_stamp_ns: int, map_id: int, which_map: str, pose,
+                          score: float) -> Float64MultiArray:
+    """``~/loop_closure_edges`` with one edge: ``pose`` a verified (status ``ok``)
+    :class:`~vlad_localization.verification.RelativePose`, ``which_map`` ``prebuilt`` or ``run``."""
+    if pose.status != "ok":
+        raise ValueError(f"a rejected pose ({pose.status}) is not a loop-closure edge")
+    if which_map not in MAPS:
+        raise ValueError(f"which_map {which_map!r}: use {' or '.join(MAPS)}")
+    row = [query_stamp_ns * 1e-9, match_stamp_ns * 1e-9, float(map_id), float(MAPS[which_map]),
+           *np.asarray(pose.translation, np.float64), *pose.quaternion, float(pose.metric), float(score),
+           float(pose.inliers), *np.asarray(pose.covariance, np.float64).ravel()]
+    return _table_msg([row], EDGE_COLUMNS, "edge")
+
+
+def parse_loop_closure_edges(msg: Float64MultiArray) -> list[dict]:
+    """``~/loop_closure_edges`` -> one dict per edge: ``query_stamp``, ``match_stamp`` (s), ``map_id``
+    (int), ``map`` (``prebuilt`` | ``run``), ``translation`` (3,), ``quaternion`` (x, y, z, w),
+    ``metric`` (bool), ``score``, ``inliers`` (int), ``covariance`` (6, 6)."""
+    names = {v: k for k, v in MAPS.items()}
+    edges = []
+    for row in parse_candidates(msg):
+        edges.append({
+            "query_stamp": row["query_stamp"], "match_stamp": row["match_stamp"], "map_id": int(row["map_id"]),
+            "map": names[int(row["map"])], "translation": np.array([row[k] for k in ("tx", "ty", "tz")]),
+            "quaternion": np.array([row[k] for k in ("qx", "qy", "qz", "qw")]), "metric": bool(row["metric"]),
+            "score": row["score"], "inliers": int(row["inliers"]),
+            "covariance": np.array([row[f"cov{i}"] for i in range(36)]).reshape(6, 6),
+        })
+    return edges
 
 
 def loop_closure_msg(t_query: float, t_match: float) -> Float64MultiArray:
@@ -86,3 +137,24 @@ def candidates_query(msg: Float64MultiArray) -> tuple[float, int] | None:
         return float(stamp), int(camera)
     except ValueError:
         return None
+
+
+DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "")  # what OpenCV's pinhole model reads
+
+
+def camera_from_info(msg: CameraInfo):
+    """``sensor_msgs/CameraInfo`` -> (:class:`~vlad_localization.verification.PinholeCamera`, (H, W)) of the
+    raw image: ``K`` and ``D`` (plumb_bob: k1, k2, p1, p2, k3; rational_polynomial: 8 coefficients).
+    Fisheye (``equidistant``) and unknown models are refused with a ValueError."""
+    from vlad_localization.verification import PinholeCamera
+
+    if msg.distortion_model not in DISTORTION_MODELS:
+        raise ValueError(f"CameraInfo distortion_model {msg.distortion_model!r} is not supported: use "
+                         "plumb_bob or rational_polynomial (or rectified images with no distortion)")
+    k = np.asarray(msg.k, np.float64).reshape(3, 3)
+    if not (k[0, 0] > 0 and k[1, 1] > 0):
+        raise ValueError("CameraInfo has no intrinsics (K is zero): the camera is not calibrated")
+    dist = tuple(float(v) for v in msg.d) or (0.0, 0.0, 0.0, 0.0)
+    if len(dist) not in (4, 5, 8):
+        raise ValueError(f"CameraInfo has {len(dist)} distortion coefficients, expected 4, 5 or 8")
+    return PinholeCamera(k[0, 0], k[1, 1], k[0, 2], k[1, 2], dist), (int(msg.height), int(msg.width))
