@@ -111,7 +111,8 @@ def run_preset(preset: str, work: Path, duration: float, rate_hz: float, image_h
             stamps, period, t_start = [], 1.0 / rate_hz, time.monotonic()
             i = 0
             while time.monotonic() - t_start < duration:
-                stamp = (1_000_000 + i) * 10**9 // 1000  # distinct stamps, 1 ms apart
+                # distinct stamps: 1 ms apart, or at the camera's rate online (the run's time gap is real time)
+                stamp = 10**12 + i * round(10**9 / rate_hz) if online else (1_000_000 + i) * 10**9 // 1000
                 client.publish(images[i % len(images)], stamp)
                 stamps.append(stamp)
                 i += 1
