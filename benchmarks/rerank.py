@@ -158,9 +158,9 @@ def verification(datasets: Path, weights: Path, repeats: int) -> dict:
     stereo_s, stereo = time_runs(lambda: run(depth), repeats, cpu)
     sift_s, _ = time_runs(lambda: sift_features(query_rgb), repeats, cpu)
     views = View(left.camera, hw, query_rgb), View(left.camera, hw, match_rgb)
-    q_px, m_px = refined_matches(result, 0, query.image_size, *views, vcfg, encoder.geometry.stride)
-    guided_s, _ = time_runs(lambda: refined_matches(result, 0, query.image_size, *views, vcfg,
-                                                    encoder.geometry.stride), repeats, cpu)  # features cached
+    guided = (result.patch_sizes, result.correspondences[0], query.image_size, *views, vcfg, encoder.geometry.stride)
+    q_px, m_px = refined_matches(*guided)
+    guided_s, _ = time_runs(lambda: refined_matches(*guided), repeats, cpu)  # features cached
     depth_s, _ = time_runs(lambda: depth(m_px), repeats, cpu)
     essential_s, _ = time_runs(lambda: estimate_pose(q_px, m_px, *views, vcfg), repeats, cpu)
     match_depth = depth(m_px)

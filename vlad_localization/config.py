@@ -141,6 +141,7 @@ class LoopClosureConfig:
 class VerificationConfig:
     """Geometric verification of a candidate with a relative pose (:mod:`vlad_localization.verification`)."""
 
+    enabled: bool = False  # verify each accepted loop closure (node ~/loop_closure_edges, replay relative_pose)
     intrinsics: list[float] | None = None  # [fx, fy, cx, cy(, k1, k2, p1, p2)] of the camera image; None: unknown
     min_inliers: int = 20  # fewer inliers (or matches, or matches with depth): rejected
     ransac_threshold_px: float = 1.0  # essential matrix / homography RANSAC threshold (camera image pixels)

@@ -11,6 +11,13 @@ prebuilt map only; ``loop_closure`` searches this run's own keyframes only; ``bo
 frame becomes a keyframe of the run with the ``map`` section's thresholds (the
 :class:`~vlad_localization.mapdb.KeyframeSelector` that ``build-map`` uses, one per camera).
 
+With ``verification.enabled`` and a camera model (``verification.intrinsics``, or the ``camera``
+given to :meth:`process`, e.g. from ``sensor_msgs/CameraInfo``), an accepted loop closure is
+verified geometrically (:mod:`vlad_localization.verification`): ``FrameResult.relative_pose`` is the
+match camera's pose in the query camera's frame with its covariance, or a rejection reason. The
+run's keyframes keep their image (JPEG) for this; a prebuilt map keeps no images, so its closures
+are reported ``no_features`` (monocular verification needs both images' SIFT features).
+
 The run's search never returns keyframes taken less than ``loop_closure.min_time_gap_s`` before
 the query, nor, when poses are known, less than ``loop_closure.min_travel_m`` back along the
 trajectory, so the robot never closes a loop with what it just saw. The query runs before the
@@ -30,7 +37,7 @@ from vlad_localization.config import Config
 from vlad_localization.images.frames import NS_PER_S, Pose
 from vlad_localization.loop_closure import LoopClosure, select_loop_closure
 from vlad_localization.mapdb import KeyframeSelector, LiveMap, MapError
-from vlad_localization.mapdb.metadata import Keyframe, encode_thumbnail
+from vlad_localization.mapdb.metadata import Keyframe, decode_thumbnail, encode_thumbnail
 from vlad_localization.mapdb.patch_store import PATCH_DTYPE
 from vlad_localization.pipeline import RUN, Candidate, Localizer, QueryResult
 
@@ -76,6 +83,7 @@ class FrameResult:
     keyframe: int | None
     timings: dict[str, float]
     query: QueryResult | None = field(default=None, repr=False)
+    relative_pose: Any = None  # verification.RelativePose of the loop closure (when verification is enabled)
 
     def to_record(self) -> dict[str, Any]:
         """The JSON object of ``replay`` (one line per frame)."""
@@ -89,6 +97,7 @@ class FrameResult:
                 "map_id": int(closure.candidate.map_id), "source": int(closure.candidate.source),
                 "rank": closure.rank, "score": float(closure.candidate.score)},
             "keyframe": self.keyframe,
+            "relative_pose": None if self.relative_pose is None else self.relative_pose.to_json(),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
@@ -111,6 +120,7 @@ class LoopClosureDetector:
                                         thumbnails=config.map.store_thumbnails)
         if not lc.searches_map and localizer.map is not None:
             raise ValueError("loop_closure.mode 'loop_closure' searches no prebuilt map: open none")
+        self._views: dict[int, tuple[bytes, Any]] = {}  # run keyframe id -> (JPEG, camera) for verification
         self._selectors: dict[int, KeyframeSelector] = {}
         self._travel: dict[int, tuple[float, tuple[float, float, float]]] = {}  # camera -> (metres, last position)
         self.refused = 0  # keyframes not inserted because the store was full (eviction "refuse")
@@ -164,10 +174,12 @@ class LoopClosureDetector:
         self.localizer.release()
 
     # ------------------------------------------------------------------ per frame
-    def process(self, stamp_ns: int, image: np.ndarray, pose: Pose | None = None, camera: int = 0) -> FrameResult:
+    def process(self, stamp_ns: int, image: np.ndarray, pose: Pose | None = None, camera: int = 0,
+                camera_model=None) -> FrameResult:
         """Query with one camera frame, decide the loop closure, insert it as a keyframe of the run
         when the keyframe policy says so. ``image``: RGB uint8 (H, W, 3); ``pose``: the frame's
-        pose (odometry interpolated to ``stamp_ns``) or None."""
+        pose (odometry interpolated to ``stamp_ns``) or None; ``camera_model``: this camera's
+        ``verification.PinholeCamera`` (default: ``verification.intrinsics``)."""
         t0 = time.perf_counter()
         cfg = self.config
         lc = cfg.loop_closure
@@ -180,11 +192,40 @@ class LoopClosureDetector:
                                       max_travel_m=max_travel)
         closure = select_loop_closure(stamp_ns, result.candidates, lc.score_threshold, lc.min_time_gap_s)
         t2 = time.perf_counter()
-        keyframe = self._insert(stamp_ns, image, pose, camera, desc, travel) if lc.searches_run else None
-        timings = dict(result.timings, encode_ms=(t1 - t0) * 1e3,
-                       insert_ms=(time.perf_counter() - t2) * 1e3, total_ms=(time.perf_counter() - t0) * 1e3)
+        camera_model = self._camera_model(camera_model)
+        relative_pose = None
+        if closure is not None and camera_model is not None:
+            relative_pose = self._verify(closure.candidate, image, camera_model, tuple(desc.image_size))
+        t3 = time.perf_counter()
+        keyframe = self._insert(stamp_ns, image, pose, camera, desc, travel, camera_model) if lc.searches_run else None
+        timings = dict(result.timings, encode_ms=(t1 - t0) * 1e3, verify_ms=(t3 - t2) * 1e3,
+                       insert_ms=(time.perf_counter() - t3) * 1e3, total_ms=(time.perf_counter() - t0) * 1e3)
         result.query_rgb_size = tuple(np.asarray(image).shape[:2])
-        return FrameResult(stamp_ns, camera, result.candidates, closure, keyframe, timings, result)
+        return FrameResult(stamp_ns, camera, result.candidates, closure, keyframe, timings, result, relative_pose)
+
+    def _camera_model(self, given):
+        """The camera model verification uses, or None when verification is off or has none."""
+        vcfg = self.config.verification
+        if not vcfg.enabled:
+            return None
+        if given is None and vcfg.intrinsics is not None:
+            from vlad_localization.verification import PinholeCamera
+
+            given = PinholeCamera.from_list(vcfg.intrinsics)
+        return given
+
+    def _verify(self, candidate: Candidate, image: np.ndarray, camera_model, input_hw):
+        """The loop closure's relative pose (or rejection) from its patch matches and both images."""
+        from vlad_localization.verification import RelativePose, View, verify_correspondences
+
+        stored = self._views.get(candidate.map_id) if candidate.source == RUN else None
+        if stored is None or candidate.matches is None:
+            return RelativePose.rejected("no_features")
+        match_image = decode_thumbnail(stored[0])
+        query = View(camera_model, tuple(image.shape[:2]), image)
+        match = View(stored[1], tuple(match_image.shape[:2]), match_image)
+        return verify_correspondences(*candidate.matches, input_hw, query, match, self.config.verification,
+                                      self.localizer.encoder.geometry.stride)
 
     def _travelled(self, camera: int, pose: Pose | None) -> float | None:
         """Distance travelled by this camera so far (m), or None while it has no pose."""
@@ -196,7 +237,7 @@ class LoopClosureDetector:
         self._travel[camera] = (metres, position)
         return metres
 
-    def _insert(self, stamp_ns: int, image, pose: Pose | None, camera: int, desc, travel) -> int | None:
+    def _insert(self, stamp_ns: int, image, pose: Pose | None, camera: int, desc, travel, camera_model) -> int | None:
         selector = self._selectors.get(camera)
         if selector is None:
             selector = self._selectors[camera] = KeyframeSelector.from_config(self.config.map)
@@ -215,6 +256,11 @@ class LoopClosureDetector:
                                   keyframe, thumb, grid=desc.grid, image_size=desc.image_size)
         if new_id is None:
             self.refused += 1
+        elif camera_model is not None:  # the full image, for verifying a later loop closure with it
+            self._views[new_id] = (encode_thumbnail(image, image.shape[1], quality=95), camera_model)
+            oldest = self.run_map.next_id - self.run_map.size
+            for stale in [i for i in self._views if i < oldest]:  # evicted from the store
+                del self._views[stale]
         return new_id
 
 

@@ -51,6 +51,7 @@ class Candidate:
     query_keypoints: np.ndarray | None = None  # (M, 2) x, y in network-input pixels
     map_keypoints: np.ndarray | None = None
     source: int = PREBUILT  # which map: PREBUILT (0) or RUN (1, this run's own keyframes)
+    matches: tuple | None = None  # (patch sizes, Correspondences per size) of the re-ranking, for verification
 
     @property
     def reranked(self) -> bool:
@@ -197,6 +198,7 @@ class Localizer:
             corr = res.correspondences[i][best]
             c.query_keypoints = np.asarray(corr.query_keypoints, np.float64).reshape(-1, 2)
             c.map_keypoints = np.asarray(corr.candidate_keypoints, np.float64).reshape(-1, 2)
+            c.matches = (tuple(res.patch_sizes), list(res.correspondences[i]))
         return [head[i] for i in res.order] + tail
 
     def _matcher_for(self, db: MapDatabase):

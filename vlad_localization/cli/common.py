@@ -24,6 +24,8 @@ CONFIG_FLAGS: Mapping[str, str] = {
     "min_gap": "loop_closure.min_time_gap_s",
     "min_travel": "loop_closure.min_travel_m",
     "max_keyframes": "loop_closure.max_keyframes",
+    "verify": "verification.enabled",
+    "intrinsics": "verification.intrinsics",
 }
 
 
@@ -45,8 +47,9 @@ def load_cli_config(args, extra: Mapping[str, Any] | None = None):
     overrides = {key: getattr(args, flag, None) for flag, key in CONFIG_FLAGS.items()}
     if getattr(args, "no_thumbnails", False):
         overrides["map.store_thumbnails"] = False
-    if getattr(args, "half", None) is False:  # store_true flags: only an explicit --half overrides
-        overrides["model.half"] = None
+    for flag in ("half", "verify"):  # store_true flags: only when given do they override
+        if getattr(args, flag, None) is False:
+            overrides[CONFIG_FLAGS[flag]] = None
     overrides.update(extra or {})
     try:
         return apply_overrides(load_config(args.config), overrides, where="command-line options")

@@ -100,7 +100,7 @@ def run(args) -> int:
     pose_flags = ("intrinsics", "calibration", "depth_query", "depth_ref", "stereo_query", "stereo_ref", "baseline")
     if not args.pose and any(getattr(args, flag) is not None for flag in pose_flags):
         raise UserError("--intrinsics, --calibration, --depth-*, --stereo-* and --baseline only apply with --pose")
-    cfg = load_cli_config(args, {"verification.intrinsics": args.intrinsics})
+    cfg = load_cli_config(args)
     try:
         encoder = Encoder.from_checkpoint(args.checkpoint, cfg.model, device=args.device)
     except CheckpointError as exc:

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from vlad_localization.choices import MODES, names
-from vlad_localization.cli.common import add_config_args, add_source_args, load_cli_config, open_frames
+from vlad_localization.cli.main import UserError
+from vlad_localization.cli.common import add_config_args, add_source_args, float_list, load_cli_config, open_frames
 
 DESCRIPTION = """\
 Run the node's loop-closure detector offline (no DDS) over a bag's image topic or an image folder.
@@ -28,7 +29,9 @@ Output (JSON Lines, one object per frame):
   loop_closure        [t_query, t_match] in seconds, or null
   loop_closure_match  {map_id, source, rank, score} of the accepted candidate, or null
   keyframe            id of the keyframe this frame became in the run's store, or null
-  timings             encode_ms, search_ms, rerank_ms, insert_ms, total_ms
+  relative_pose       with --verify, the loop closure's verification (match --help: R, t, metric,
+                      inliers, covariance, status), or null
+  timings             encode_ms, search_ms, rerank_ms, verify_ms, insert_ms, total_ms
 
 Stamps: the bag's header stamps; for --images the --poses CSV's stamp column, else index / --fps.
 
@@ -58,6 +61,10 @@ def add_parser(sub) -> None:
     g.add_argument("--max-keyframes", type=int, metavar="N", help="bound of the run's keyframe store")
     g.add_argument("--min-distance", type=float, metavar="M", help="run keyframes at least M metres apart")
     g.add_argument("--min-descriptor-change", type=float, metavar="C", help="run keyframes: 1 - cosine >= C")
+    v = p.add_argument_group("geometric verification of each loop closure (relative_pose in the output)")
+    v.add_argument("--verify", action="store_true", help="verify each accepted loop closure (needs intrinsics)")
+    v.add_argument("--intrinsics", type=float_list, metavar="fx,fy,cx,cy[,k1,k2,p1,p2]",
+                   help="camera intrinsics of the images (default: the config's verification.intrinsics)")
     p.add_argument("--save-map", metavar="DIR", help="at the end, write this run's keyframes as a map")
     p.add_argument("--out", type=Path, default=None, help="JSON Lines output (default: stdout)")
     p.set_defaults(func=run)
@@ -67,6 +74,9 @@ def run(args) -> int:
     from vlad_localization.detector import LoopClosureDetector
 
     cfg = load_cli_config(args)
+    if cfg.verification.enabled and cfg.verification.intrinsics is None:
+        raise UserError("--verify needs the camera intrinsics: --intrinsics fx,fy,cx,cy[,k1,k2,p1,p2] or "
+                        "verification.intrinsics in the --config file")
     frames, sources, _ = open_frames(args, cfg.localizer.max_image_pixels)
     detector = LoopClosureDetector.from_config(cfg, args.checkpoint, args.map, device=args.device)
     out = open(args.out, "w") if args.out else sys.stdout

@@ -25,6 +25,7 @@ class NodeStats:
         self.dropped = Counter()  # camera index -> frames replaced before processing
         self.rate_limited = Counter()  # camera index -> frames skipped by max_rate_hz
         self.rejected = Counter()  # reason -> bad frames
+        self.verified = Counter()  # verification status (ok or a rejection reason) -> loop closures
         self.processed = 0
         self.loop_closures = 0
         self._latency = {k: deque(maxlen=latency_window) for k in LATENCY_KEYS}
@@ -63,6 +64,8 @@ class NodeStats:
             for reason, n in sorted(self.rejected.items()):
                 values[f"rejected[{reason}]"] = str(n)
             values["loop_closures"] = str(self.loop_closures)
+            for status, n in sorted(self.verified.items()):
+                values[f"verified[{status}]"] = str(n)
             for key, window in self._latency.items():
                 if window:
                     values[f"latency_{key}"] = f"{sum(window) / len(window):.1f}"

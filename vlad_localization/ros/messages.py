@@ -139,6 +139,16 @@ def candidates_query(msg: Float64MultiArray) -> tuple[float, int] | None:
         return None
 
 
+def camera_info_topic(image_topic: str) -> str:
+    """The ``sensor_msgs/CameraInfo`` topic beside an image topic (image_transport naming):
+    ``/cam/image_raw`` and ``/cam/image_raw/compressed`` -> ``/cam/camera_info``."""
+    base = image_topic.rstrip("/")
+    if base.endswith("/compressed"):
+        base = base[: -len("/compressed")]
+    head, _, _ = base.rpartition("/")
+    return f"{head}/camera_info"
+
+
 DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "")  # what OpenCV's pinhole model reads
 
 

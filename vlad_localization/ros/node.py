@@ -26,7 +26,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Float64MultiArray, Header
 from std_srvs.srv import Trigger
 
@@ -83,6 +83,8 @@ class VladLocalizationNode(LifecycleNode):
         self._topics: list[str] = []
         self._subs = []
         self._odom_sub = None
+        self._info_subs = []
+        self._cameras: dict[int, object] = {}  # camera index -> PinholeCamera from its CameraInfo
         self._poses = PoseTrack([])
         self._poses_lock = threading.Lock()
         self._full_warned = -1e9
@@ -138,6 +140,7 @@ class VladLocalizationNode(LifecycleNode):
             "loop_closure": pub(Float64MultiArray, "~/loop_closure", 10),
             "candidate_poses": pub(PoseArray, "~/candidate_poses", 10),
             "match_image": pub(Image, "~/match_image", 1),
+            "loop_closure_edges": pub(Float64MultiArray, "~/loop_closure_edges", 10),
         }
         return super().on_configure(state)
 
@@ -160,6 +163,10 @@ class VladLocalizationNode(LifecycleNode):
                 self.get_logger().info(f"camera {camera}: {topic} ({msg_type.__name__}, {qos.reliability.name})")
             if self.param("odom_topic"):
                 self._odom_sub = self.create_subscription(Odometry, self.param("odom_topic"), self._on_odom, 50)
+            if self._cfg.verification.enabled:
+                for camera, topic in enumerate(self._topics):
+                    self._info_subs.append(self.create_subscription(
+                        CameraInfo, messages.camera_info_topic(topic), lambda m, c=camera: self._on_camera_info(c, m), 5))
         except Exception as exc:  # noqa: BLE001 - no half-active node: undo what was started
             self._stop_input()
             self.get_logger().error(f"activate failed: {type(exc).__name__}: {exc}")
@@ -303,14 +310,21 @@ class VladLocalizationNode(LifecycleNode):
         with self._poses_lock:
             self._poses.append(messages.stamp_to_ns(msg.header.stamp), pose, keep=ODOM_KEEP)
 
+    def _on_camera_info(self, camera: int, msg: CameraInfo) -> None:
+        """Executor callback: the camera's intrinsics for verification (a bad CameraInfo is reported)."""
+        try:
+            self._cameras[camera] = messages.camera_from_info(msg)[0]
+        except ValueError as exc:
+            self.get_logger().warning(f"camera {camera}: {exc}", throttle_duration_sec=WARN_PERIOD_S)
+
     def _pose_at(self, stamp_ns: int) -> Pose | None:
         with self._poses_lock:
             return self._poses.at(stamp_ns, ODOM_TOLERANCE_NS)
 
     def _stop_input(self) -> bool:
-        for sub in self._subs + ([self._odom_sub] if self._odom_sub is not None else []):
+        for sub in self._subs + self._info_subs + ([self._odom_sub] if self._odom_sub is not None else []):
             self.destroy_subscription(sub)
-        self._subs, self._odom_sub = [], None
+        self._subs, self._info_subs, self._odom_sub = [], [], None
         worker, self._worker = self._worker, None
         return worker.stop(STOP_TIMEOUT_S) if worker is not None else True
 
@@ -345,7 +359,7 @@ class VladLocalizationNode(LifecycleNode):
             if detector is None:
                 return
             self._apply_frame_params(detector)
-            result = detector.process(stamp_ns, rgb, pose, camera)
+            result = detector.process(stamp_ns, rgb, pose, camera, self._cameras.get(camera))
             thumbnail = self._match_image_ref(result)
         if not self._pubs:  # cleaned up while this frame was being processed
             return
@@ -357,6 +371,7 @@ class VladLocalizationNode(LifecycleNode):
             self.get_logger().info(
                 f"loop closure: camera {camera} t={closure.t_query:.3f} -> {'run' if c.source else 'map'} keyframe "
                 f"{c.map_id} t={closure.t_match:.3f} (score {c.score:.3f})")
+            self._publish_edge(closure, result.relative_pose)
         if any(c.pose is not None for c in result.candidates):
             self._pubs["candidate_poses"].publish(messages.pose_array_msg(header, result.candidates))
         self._pubs["candidates"].publish(messages.candidates_msg(stamp_ns, camera, result.candidates))
@@ -364,6 +379,17 @@ class VladLocalizationNode(LifecycleNode):
             self._publish_match_image(header, rgb, result, thumbnail)
         self.stats.frame_done(result.timings, closure is not None)
         self._warn_if_full(detector)
+
+    def _publish_edge(self, closure, pose) -> None:
+        """``~/loop_closure_edges`` for a verified closure; a rejected one is counted by reason."""
+        if pose is None:
+            return
+        self.stats.count("verified", pose.status)
+        if not pose.ok:
+            return
+        c = closure.candidate
+        self._pubs["loop_closure_edges"].publish(messages.loop_closure_edge_msg(
+            round(closure.t_query * 1e9), c.stamp_ns, c.map_id, "run" if c.source else "prebuilt", pose, c.score))
 
     def _apply_frame_params(self, detector) -> None:
         """Parameters read for every frame (score_threshold, min_time_gap_s, ...) into the

@@ -89,6 +89,9 @@ PARAMETERS: tuple[Param, ...] = (
           "map.min_time_gap_s).", True, config="map.min_time_gap_s", keep=0.0),
     Param("max_keyframes", 0, "Bound of this run's keyframe store (0 = the preset's loop_closure.max_keyframes); "
           "then loop_closure.eviction (oldest first by default).", True, config="loop_closure.max_keyframes", keep=0),
+    Param("verify", False, "Verify each loop closure geometrically and publish ~/loop_closure_edges (relative "
+          "pose + covariance); intrinsics from the CameraInfo beside each image topic, else the preset's "
+          "verification.intrinsics.", True, config="verification.enabled"),
     Param("save_map_path", "", "Where ~/save_map writes this run's keyframes as a map directory.", True),
     Param("map_frame", "map", "frame_id of ~/candidate_poses."),
     Param("publish_match_image", True, "Publish ~/match_image (computed only while subscribed)."),

@@ -8,9 +8,9 @@ inlier count and a status. ``verify_candidate`` is the entry point; ``RelativePo
 from vlad_localization.verification.camera import CalibratedSensor, PinholeCamera, load_euroc_sensor
 from vlad_localization.verification.depth import StereoRig, depth_at, depth_lookup, stereo_depth_at
 from vlad_localization.verification.relative_pose import STATUSES, RelativePose
-from vlad_localization.verification.verifier import View, estimate_pose, verify_candidate
+from vlad_localization.verification.verifier import View, estimate_pose, verify_candidate, verify_correspondences
 
 __all__ = [
     "CalibratedSensor", "PinholeCamera", "RelativePose", "STATUSES", "StereoRig", "View", "depth_at", "depth_lookup",
-    "estimate_pose", "load_euroc_sensor", "stereo_depth_at", "verify_candidate",
+    "estimate_pose", "load_euroc_sensor", "stereo_depth_at", "verify_candidate", "verify_correspondences",
 ]

@@ -58,11 +58,12 @@ def to_image_pixels(points: np.ndarray, input_hw, image_hw) -> np.ndarray:
     return np.asarray(points, np.float64).reshape(-1, 2) * [image_hw[1] / input_hw[1], image_hw[0] / input_hw[0]]
 
 
-def refined_matches(result, k: int, input_hw, query: View, match: View, cfg, cell_px: int = 16):
-    """SIFT matches (query (M, 2), match (M, 2), camera-image pixels) inside candidate ``k``'s matched
-    patch pairs; each pair's box is ``cfg.refine_window`` x the patch's extent (size x ``cell_px``)."""
+def refined_matches(patch_sizes, correspondences, input_hw, query: View, match: View, cfg, cell_px: int = 16):
+    """SIFT matches (query (M, 2), match (M, 2), camera-image pixels) inside one candidate's matched
+    patch pairs (``correspondences``: one per patch size); each pair's box is ``cfg.refine_window``
+    x the patch's extent (size x ``cell_px``)."""
     centres_q, centres_m, halves = [], [], []
-    for size, corr in zip(result.patch_sizes, result.correspondences[k]):
+    for size, corr in zip(patch_sizes, correspondences):
         centres_q.append(to_image_pixels(corr.query_keypoints, input_hw, query.image_hw))
         centres_m.append(to_image_pixels(corr.candidate_keypoints, input_hw, match.image_hw))
         extent = to_image_pixels([[size * cell_px, size * cell_px]], input_hw, query.image_hw)[0]
@@ -72,14 +73,23 @@ def refined_matches(result, k: int, input_hw, query: View, match: View, cfg, cel
 
 
 def verify_candidate(result, k: int, input_hw, query: View, match: View, cfg, cell_px: int = 16) -> RelativePose:
-    """Relative pose of candidate ``k`` (``cfg``: a VerificationConfig; ``input_hw``: the network input
-    size the keypoints are in; ``cell_px``: the backbone stride, 16 for VGG16 and ResNet layer3)."""
+    """Relative pose of candidate ``k`` of a MatchResult (``cfg``: a VerificationConfig; ``input_hw``:
+    the network input size the keypoints are in; ``cell_px``: the backbone stride, 16 for VGG16 and
+    ResNet layer3)."""
+    return verify_correspondences(result.patch_sizes, result.correspondences[k], input_hw, query, match, cfg, cell_px)
+
+
+def verify_correspondences(patch_sizes, correspondences, input_hw, query: View, match: View, cfg,
+                           cell_px: int = 16) -> RelativePose:
+    """Relative pose from one candidate's mutual patch matches (one ``Correspondences`` per patch
+    size, as ``pipeline.Candidate.matches`` keeps them)."""
     if cfg.refine == "sift":
         if not (query.can_refine and match.can_refine):
             return RelativePose.rejected("no_features")
-        q_px, m_px = refined_matches(result, k, input_hw, query, match, cfg, cell_px)
+        q_px, m_px = refined_matches(patch_sizes, correspondences, input_hw, query, match, cfg, cell_px)
     else:
-        q_kp, m_kp = result.matched_keypoints(k)
+        q_kp = np.concatenate([c.query_keypoints for c in correspondences]).reshape(-1, 2)
+        m_kp = np.concatenate([c.candidate_keypoints for c in correspondences]).reshape(-1, 2)
         q_px, m_px = to_image_pixels(q_kp, input_hw, query.image_hw), to_image_pixels(m_kp, input_hw, match.image_hw)
     return estimate_pose(q_px, m_px, query, match, cfg)
 
