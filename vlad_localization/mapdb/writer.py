@@ -13,6 +13,7 @@ from . import atomic
 from .database import INDEX_FILE, MapDatabase
 from .errors import MapError
 from .index import GlobalIndex
+from .integrity import record_files
 from .manifest import Manifest, Run, now_iso
 from .metadata import DB_FILE, Keyframe, KeyframeTable
 from .patch_store import GLOBAL_FILE, PATCH_DTYPE, RowWriter, open_rows, patch_file
@@ -157,6 +158,7 @@ class MapWriter:
             m.index = {"spec": params["spec"], "effective": index.spec, "metric": "inner_product",
                        "id_map": "IndexIDMap2", "nprobe": params["nprobe"], "ef_search": params["ef_search"]}
             m.updated = now_iso()
+            m.files = record_files(self.staging)  # every file's size and sha256, in the manifest written last
             m.write(self.staging)
             MapDatabase.open(self.staging).close()  # never publish a map we cannot read back
             atomic.publish(self.staging, self.target)
