@@ -169,16 +169,16 @@ class MapWriter:
             raise
 
     def abort(self) -> None:
-        """Discard the staging directory (the target is untouched)."""
-        for w in self._writers.values():
-            w.close()
-        if self._table is not None:
-            try:
+        """Discard the staging directory (the target is untouched), also when the disk is full
+        or failing (nothing here is written or synced)."""
+        try:
+            for w in self._writers.values():
+                w.abandon()
+            if self._table is not None:
                 self._table.close()
-            except Exception:  # pragma: no cover
-                pass
-        atomic.discard(self.staging)
-        self._lock.release()
+            atomic.discard(self.staging)
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> "MapWriter":
         return self
