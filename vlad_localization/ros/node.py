@@ -30,6 +30,7 @@ from std_srvs.srv import Trigger
 
 from vlad_localization.images.convert import ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb
 from vlad_localization.loop_closure import select_loop_closure
+from vlad_localization.mapdb.integrity import verify_map
 from vlad_localization.ros import messages
 from vlad_localization.ros.diagnostics import NodeStats, diagnostic_array
 from vlad_localization.ros.params import BY_NAME, PARAMETERS
@@ -74,6 +75,7 @@ class VladLocalizationNode(LifecycleNode):
                 self.declare_parameter(p.name, p.default, descriptor, ignore_override=True)
         self._factory = localizer_factory
         self._localizer = None
+        self._last_error = ""  # why the last configure / activate / ~/reload_map failed ('' after a success)
         self._loc_lock = threading.Lock()  # a query vs replacing or releasing the localizer
         self._cfg = None
         self._paths: dict[str, str] = {}  # map and checkpoint read at configure
@@ -117,8 +119,10 @@ class VladLocalizationNode(LifecycleNode):
             self._paths = {"map": self.param("map_path"), "checkpoint": self.param("checkpoint")}
             self._load()
         except Exception as exc:  # noqa: BLE001 - reported as a failed transition
-            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+            self._last_error = f"configure failed: {type(exc).__name__}: {exc}"
+            self.get_logger().error(self._last_error)
             return TransitionCallbackReturn.FAILURE
+        self._last_error = ""
         self._topics = topics
         self.stats = NodeStats(self._topics)
         pub = self.create_lifecycle_publisher
@@ -135,7 +139,8 @@ class VladLocalizationNode(LifecycleNode):
             if self._localizer is None:  # released on deactivate (GPU)
                 self._load()
         except Exception as exc:  # noqa: BLE001
-            self.get_logger().error(f"activate failed: {type(exc).__name__}: {exc}")
+            self._last_error = f"activate failed: {type(exc).__name__}: {exc}"
+            self.get_logger().error(self._last_error)
             return TransitionCallbackReturn.FAILURE
         self._worker = LatestFrameWorker(len(self._topics), self._process, self._worker_error)
         qos = QoSProfile(depth=1, reliability=self._reliability(),
@@ -190,6 +195,8 @@ class VladLocalizationNode(LifecycleNode):
     def _load(self) -> None:
         self._release()  # a configure after an error: never two models at once
         t0 = time.monotonic()
+        if self.param("verify_map"):
+            verify_map(self._paths["map"])
         localizer = self._factory(self._paths["map"], self._paths["checkpoint"], self._cfg)  # as configured
         with self._loc_lock:
             self._localizer = localizer
@@ -213,11 +220,16 @@ class VladLocalizationNode(LifecycleNode):
             return response
         try:  # Localizer.reload_map is safe beside a running query (the map swap is atomic)
             path = self.param("map_path")
+            if self.param("verify_map"):
+                verify_map(path)
             size = self._localizer.reload_map(path).size
             self._paths["map"] = path  # what a re-activation on a GPU loads
         except Exception as exc:  # noqa: BLE001 - the old map stays loaded
             response.success, response.message = False, f"reload failed ({exc}); the previous map stays loaded"
+            self._last_error = response.message
+            self.get_logger().error(response.message)
             return response
+        self._last_error = ""
         response.success, response.message = True, f"reloaded {self.param('map_path')}: {size} keyframes"
         self.get_logger().info(response.message)
         return response
@@ -343,9 +355,13 @@ class VladLocalizationNode(LifecycleNode):
         values["gpu_memory_mb"] = _gpu_memory_mb(values["device"])
         values.update(self.stats.snapshot())
         recent = int(values["rejected_last_period"])
+        values["last_error"] = self._last_error
         level = DiagnosticStatus.OK if localizer is not None else DiagnosticStatus.WARN
         message = "ok" if localizer is not None else "no map loaded (not configured)"
-        if recent and localizer is not None:
+        if self._last_error:  # e.g. a damaged map refused at configure, or by ~/reload_map
+            level = DiagnosticStatus.WARN if localizer is not None else DiagnosticStatus.ERROR
+            message = self._last_error
+        elif recent and localizer is not None:
             level, message = DiagnosticStatus.WARN, f"{recent} bad frame(s) rejected in the last second"
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(),
                                                 f"{self.get_name()}: loop closure", level, message, values))
