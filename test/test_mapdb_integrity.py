@@ -56,6 +56,24 @@ def test_a_bit_flip_anywhere_is_found_and_the_file_named(map_dir, name, where, c
     assert f"DAMAGED {map_dir / name}: sha256" in stderr and sum(f in stderr for f in DATA_FILES) == 1
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_a_bit_flip_anywhere_in_the_manifest_is_found(map_dir, seed, capsys):
+    """The manifest holds a checksum of its own content: a flip that keeps the JSON readable (a
+    digit of a sha256, a count) is found too, and named as the manifest's damage."""
+    text = (map_dir / "manifest.json").read_bytes()
+    if seed == 0:  # inside the first recorded sha256: still valid JSON and hex
+        offset = text.index(b'"sha256": "') + 11
+        offset += next(i for i, c in enumerate(text[offset:]) if c in b"0123456789bcde")
+    else:
+        offset = int(np.random.default_rng(seed).integers(len(text)))
+    flip_bit(map_dir / "manifest.json", offset)
+    with pytest.raises(MapIntegrityError) as err:
+        verify_map(map_dir)
+    assert "manifest.json" in err.value.damaged
+    assert main(["map-info", "--verify", str(map_dir)]) == 1
+    assert "DAMAGED" in capsys.readouterr().err
+
+
 def test_open_checks_sizes_cheaply_and_verify_reads_every_byte(map_dir):
     flip_bit(map_dir / "global.f32", 5)  # same size: the cheap check on open lets it through
     with MapDatabase.open(map_dir) as db:

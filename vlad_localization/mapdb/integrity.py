@@ -51,6 +51,8 @@ def verify_files(directory: Path, manifest: Manifest) -> dict[str, int]:
     """Read every byte of every recorded file: {name: bytes} when all match, else
     :class:`MapIntegrityError` naming each damaged file. Version 1 maps record nothing: {}."""
     damaged, checked = {}, {}
+    if not manifest.intact:
+        damaged[MANIFEST] = "content differs from its own checksum (edited or damaged)"
     for name, expected in manifest.files.items():
         path = Path(directory) / name
         problem = _size_problem(path, expected["bytes"])
@@ -74,7 +76,11 @@ def verify_map(path: str | Path, identity: dict[str, Any] | None = None) -> dict
     path = Path(path)
     if not path.is_dir():
         raise MapError(f"map {path} does not exist (or is not a directory)")
-    checked = verify_files(path, Manifest.read(path))
+    try:
+        manifest = Manifest.read(path)
+    except MapError as exc:  # unreadable JSON, a damaged key or value: the manifest is the damaged file
+        raise MapIntegrityError(path, {MANIFEST: str(exc)}) from exc
+    checked = verify_files(path, manifest)
     MapDatabase.open(path, identity).close()
     return checked
 

@@ -7,6 +7,7 @@ other file's size and sha256 (``files``): sizes are checked on open, every byte 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -64,6 +65,7 @@ class Manifest:
     runs: list[Run] = field(default_factory=list)
     thumbnails: bool = True
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"bytes", "sha256"} (v2)
+    intact: bool = True  # as read: the content matches its own "checksum" (v2; v1 has none)
     created: str = field(default_factory=now_iso)
     updated: str = field(default_factory=now_iso)
     format: str = FORMAT
@@ -99,7 +101,8 @@ class Manifest:
         d["num_patches"] = {str(k): v for k, v in self.num_patches.items()}
         order = ["format", "version", "created", "updated", "keyframes", "model", "index", "dim",
                  "grid", "image_size", "num_patches", "thumbnails", "runs", "files"]
-        return {k: d[k] for k in order}
+        d = {k: d[k] for k in order}
+        return {**d, "checksum": content_sha256(d)} if self.version >= 2 else d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = MANIFEST) -> "Manifest":
@@ -124,6 +127,7 @@ class Manifest:
                 files={str(k): {"bytes": int(v["bytes"]), "sha256": str(v["sha256"])}
                        for k, v in (d["files"] if d["version"] >= 2 else {}).items()},
                 version=int(d["version"]),
+                intact=d["version"] < 2 or d["checksum"] == content_sha256(d),
                 created=d.get("created", ""),
                 updated=d.get("updated", ""),
             )
@@ -154,6 +158,12 @@ class Manifest:
         if not isinstance(data, dict):
             raise MapError(f"{path}: malformed manifest (expected a JSON object)")
         return cls.from_dict(data, where=str(path))
+
+
+def content_sha256(d: dict[str, Any]) -> str:
+    """sha256 of a manifest's content (canonical JSON, its own ``checksum`` left out)."""
+    content = json.dumps({k: v for k, v in d.items() if k != "checksum"}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(content.encode()).hexdigest()
 
 
 def mismatches(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
