@@ -283,3 +283,15 @@ def test_without_renameat2_a_failed_swap_puts_the_previous_map_back(maps, tmp_pa
         op_append(target, {})
     assert faults.failed and snapshot(target) == before and not staging_dirs(target)
     assert not (target.parent / ".map.old").exists()
+
+
+@pytest.mark.parametrize("step", ["file.write", "sqlite.executemany", "faiss.write_index", "fsync"])
+def test_the_cli_says_what_failed_in_one_line(maps, tmp_path, capsys, step):
+    from vlad_localization.cli.main import main
+
+    with injected(Faults(step, 0, errno.ENOSPC)):
+        rc = main(["merge-maps", str(tmp_path / "merged"), str(maps / "a"), str(maps / "b")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("error: ") and ("No space left on device" in err or "disk is full" in err), err
+    assert not (tmp_path / "merged").exists() and not staging_dirs(tmp_path / "merged")

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import cv2
 import numpy as np
 
-from .errors import MapError
+from .errors import MapError, MapWriteError
 
 DB_FILE = "keyframes.sqlite"
 
@@ -102,7 +102,7 @@ class KeyframeTable:
                 if thumbnails:
                     self.db.executemany("INSERT INTO thumbnails (id, jpeg) VALUES (?, ?)", thumbnails.items())
         except sqlite3.OperationalError as exc:  # e.g. "database or disk is full", "disk I/O error"
-            raise MapError(f"{self.path}: writing keyframes failed ({exc})") from exc
+            raise MapWriteError(f"{self.path.name}: {exc}") from exc
 
     def get(self, ids: Iterable[int]) -> list[Keyframe]:
         """Keyframes for ``ids``, in that order (KeyError for an unknown id)."""

@@ -1,6 +1,7 @@
 """Writing a map atomically: :class:`MapWriter` (new map, or copy-on-write append to one)."""
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 from dataclasses import replace
@@ -11,7 +12,7 @@ import numpy as np
 
 from . import atomic
 from .database import INDEX_FILE, MapDatabase
-from .errors import MapError
+from .errors import MapError, MapWriteError
 from .index import GlobalIndex
 from .integrity import record_files
 from .manifest import Manifest, Run, now_iso
@@ -19,6 +20,7 @@ from .metadata import DB_FILE, Keyframe, KeyframeTable
 from .patch_store import GLOBAL_FILE, PATCH_DTYPE, RowWriter, open_rows, patch_file
 
 DEFAULT_INDEX = {"spec": "Flat", "nprobe": 16, "ef_search": 128}  # a new map's, when not given
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}  # reported as a MapError
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +188,9 @@ class MapWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._lock.held:  # an exception, or leaving without commit: nothing is published
             self.abort()
+        if isinstance(exc, MapWriteError) or (isinstance(exc, OSError) and exc.errno in DISK_ERRORS):
+            raise MapError(f"writing map {self.target} failed ({exc}); nothing was changed there "
+                           "(a previous map is intact): free space or fix the disk, then run it again") from exc
 
 
 def reindex_map(path: str | Path, index: str, nprobe: int | None = None, ef_search: int | None = None) -> Manifest:
