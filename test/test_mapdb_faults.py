@@ -279,7 +279,7 @@ def test_without_renameat2_a_failed_swap_puts_the_previous_map_back(maps, tmp_pa
     target = fresh_previous(maps, tmp_path)
     before = snapshot(target)
     faults = Faults("rename", 1, err, times=1)  # the rename back works
-    with injected(faults), pytest.raises(OSError):
+    with injected(faults), pytest.raises(MapError, match="nothing was changed"):
         op_append(target, {})
     assert faults.failed and snapshot(target) == before and not staging_dirs(target)
     assert not (target.parent / ".map.old").exists()
