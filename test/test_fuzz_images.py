@@ -34,6 +34,7 @@ EXAMPLES = int(os.environ.get("VLAD_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=2000, derandomize=not os.environ.get("VLAD_FUZZ_EXAMPLES"),
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 MAX_PIXELS = 4096  # fuzzed images stay small: a decode of more is a limit that did not hold
+pytestmark = pytest.mark.timeout(max(300, EXAMPLES // 5))  # a hang fails, whatever the examples count
 RSS_GROWTH_MB = 100  # over a whole test (a leak)
 CALL_PEAK_MB = 32  # one conversion (a decompression bomb); the images decoded here are < 100 kB
 
