@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import errno
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
+import numpy as np
 import pytest
 
 from test_mapdb_storage import build, staging_dirs
@@ -52,9 +54,23 @@ def op_reindex(target: Path, sources: dict) -> None:
     reindex_map(target, "HNSW16")
 
 
+def op_live_save(target: Path, sources: dict) -> None:
+    """LiveMap.save over the previous map (the in-memory map, where mapdb/live.py exists)."""
+    from vlad_localization.mapdb.live import LiveMap
+
+    with MapDatabase.open(sources["a"]) as db:
+        live, m = LiveMap(db.manifest.model), db.manifest
+        for i in range(db.size):
+            live.add(np.asarray(db.global_desc[i]), {p: a[0] for p, a in db.patches([i]).items()}, db.keyframe(i),
+                     thumbnail=db.table.thumbnail_bytes(i), grid=m.grid, image_size=m.image_size)
+    live.save(target, ["live"])
+
+
 # name -> fn(target map directory, {"a": map, "b": map} read-only source maps); each writes ``target``
 OPERATIONS = {"build": op_build, "build_new": op_build_new, "append": op_append, "merge": op_merge,
               "reindex": op_reindex}
+if importlib.util.find_spec("vlad_localization.mapdb.live") is not None:
+    OPERATIONS["live_save"] = op_live_save
 
 
 # ---------------------------------------------------------------------------- fault injection
