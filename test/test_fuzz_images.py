@@ -405,3 +405,14 @@ def test_buffers_are_bytes_or_refused(data):
     """A strided buffer is read (it used to raise BufferError); a buffer of wider items is refused
     (it used to be reinterpreted as bytes) like an ndarray of another dtype."""
     check_raw(Raw(2, 2, "mono8", 0, 2, data))
+
+
+def test_the_strict_size_check_reads_every_real_jpeg_and_png(datasets_dir):
+    """Reading markers as libjpeg does refuses nothing real: every JPEG/PNG of the shared datasets
+    (cameras, phones, dataset tools) gets its size checked and decodes at that size."""
+    files = [p for p in sorted(datasets_dir.rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    assert len(files) > 1000
+    for path in files:
+        data = path.read_bytes()
+        out = compressed_msg_to_rgb(Compressed("jpeg" if path.suffix.lower() != ".png" else "png", data))
+        assert out.shape[:2] == cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape[:2], path
