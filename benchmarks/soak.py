@@ -172,7 +172,7 @@ def soak(work: Path, frames: int, rate_hz: float, warmup_s: float, device: str) 
         "answered": answered,
         "lost_in_dds": sum(sent.values()) - received,  # depth-1 reader history: a sample the executor was too late for
         "accounting_ok": received == counts.get("processed", 0) + counts.get("dropped", 0) + counts.get("rejected", 0),
-        "rss_mb": {"after_warmup": round(warmup_sample[1], 1) if warmup_sample else None,
+        "rss_mb": {"at_start": round(samples[0][1], 1), "after_warmup": round(warmup_sample[1], 1) if warmup_sample else None,
                    "end": round(end_sample[1], 1), "max": round(max(s[1] for s in during), 1) if during else None,
                    "growth_after_warmup": round(rss_growth, 1) if rss_growth is not None else None,
                    "at_quarters_after_warmup": [round(during[min(len(during) - 1, q * len(during) // 4)][1], 1)
