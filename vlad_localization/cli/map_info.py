@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 EPILOG = """\
 Shows the model the map was built with (backbone, clusters, PCs, patch sizes, input size and the
 checkpoint's sha256: query it with that checkpoint and config; the official checkpoint it is, when
 its sha256 is a known one, and the presets whose model matches the map's), the index, keyframe counts, stamps,
-storage per file and the runs it was built from.
+storage per file and the runs it was built from. --verify first reads every byte of every file
+and checks it against the sha256 recorded in the manifest (exit code 1 naming each damaged file).
 
 Examples:
   vlad-localization map-info maps/run1
+  vlad-localization map-info --verify maps/run1
   vlad-localization map-info --json maps/run1 > run1_info.json
 """
 
@@ -22,19 +25,39 @@ def add_parser(sub) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("map", help="map directory")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--verify", action="store_true",
+                   help="check every byte against the manifest's sha256 (exit 1 naming the damaged files)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from vlad_localization.mapdb import MapDatabase
+    from vlad_localization.mapdb import MapDatabase, MapIntegrityError, verify_map
 
+    verified = None
+    if args.verify:
+        try:
+            verified = verify_map(args.map)
+        except MapIntegrityError as exc:
+            for name, problem in exc.damaged.items():
+                print(f"DAMAGED {exc.path / name}: {problem}", file=sys.stderr)
+            print(f"error: map {exc.path} failed verification ({len(exc.damaged)} damaged file(s)); "
+                  "rebuild it or restore it from a copy", file=sys.stderr)
+            return 1
     with MapDatabase.open(args.map) as db:
         info = {"path": str(db.path), "manifest": db.manifest.to_dict(), "stats": db.stats()}
     info.update(model_provenance(info["manifest"]["model"]))
+    if verified is not None:
+        info["verified"] = verified
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     m, s = info["manifest"], info["stats"]
+    if verified:
+        print(f"verified: {len(verified)} files, {sum(verified.values()) / 1e6:.2f} MB, every byte matches "
+              "the manifest's sha256")
+    elif verified is not None:
+        print(f"verified: sizes and structure only: a format version {m['version']} map records no checksums "
+              "(a rebuild, `build-map --append` or `merge-maps` records them)")
     model = m["model"]
     print(f"map {info['path']}  (format {m['format']} v{m['version']}, created {m['created']}, updated {m['updated']})")
     print(f"  model     {model['backbone']} K={model['num_clusters']} PCs={model['num_pcs']} vladv2={model['vladv2']} "

@@ -166,6 +166,12 @@ def compressed_msg_to_rgb(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
             f"could not decode {buf.size} bytes of format {fmt or '(empty)'!r} as JPEG/PNG "
             f"(corrupt or truncated data?){detail}",
         )
+    if (img.shape[1], img.shape[0]) != tuple(size) or img.ndim not in (2, 3) or img.shape[2:] not in ((), (1,), (3,), (4,)):
+        raise ImageConversionError(
+            "decode_failed",
+            f"{buf.size} bytes of format {fmt or '(empty)'!r} decoded as {img.shape[1]}x{img.shape[0]} "
+            f"with shape {img.shape}, but the header says {size[0]}x{size[1]} (corrupt data)",
+        )
     return to_rgb8(img, bgr=True)
 
 
@@ -173,7 +179,10 @@ def peek_compressed_size(data) -> tuple[int, int] | None:
     """(width, height) from a PNG or JPEG header without decoding, or None if not found.
 
     A JPEG's segments are walked by their lengths up to the frame header, however large the
-    metadata before it (a few reads, not a scan of the data)."""
+    metadata before it (a few reads, not a scan of the data). The walk reads the markers as
+    libjpeg does and gives up (None) on anything libjpeg would read differently: a byte that is
+    not a marker, ``FF 00`` (libjpeg skips it byte by byte, so a frame header hidden in what
+    looks like a segment's length would be the one decoded), or a marker libjpeg refuses."""
     buf = _as_uint8(data)
 
     def read(start: int, size: int) -> bytes:
@@ -192,15 +201,22 @@ def peek_compressed_size(data) -> tuple[int, int] | None:
         marker = segment[1]
         if marker == 0xFF:  # fill byte
             i += 1
-            continue
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+        elif marker in _JPEG_FRAME_MARKERS:
             height, width = struct.unpack(">HH", segment[5:9])
             return width, height
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+        elif marker in _JPEG_BARE_MARKERS:
             i += 2
-            continue
-        i += 2 + struct.unpack(">H", segment[2:4])[0]
+        elif marker in _JPEG_SKIPPED_MARKERS:
+            i += 2 + struct.unpack(">H", segment[2:4])[0]
+        else:
+            return None
     return None
+
+
+# Markers before the frame header, as libjpeg's read_markers treats them (anything else: refused).
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0..SOF15
+_JPEG_BARE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM, RST0..7: no length
+_JPEG_SKIPPED_MARKERS = frozenset([0xC4, 0xCC, 0xDB, 0xDD, 0xFE, *range(0xE0, 0xF0)])  # DHT DAC DQT DRI COM APPn
 
 
 def rgb_to_image_fields(
@@ -305,12 +321,20 @@ def _as_uint8(data) -> np.ndarray:
         if data.dtype != np.uint8:
             raise ImageConversionError("bad_dtype", f"data must be uint8, got a {data.dtype} array")
         return data.reshape(-1)
-    if isinstance(data, (bytes, bytearray, memoryview)):
+    if isinstance(data, (bytes, bytearray)):
         return np.frombuffer(data, np.uint8)
     try:
-        return np.frombuffer(memoryview(data).cast("B"), np.uint8)
+        view = memoryview(data)
     except TypeError:
-        pass
+        view = None
+    if view is not None:  # a buffer (array.array('B'), memoryview, ...): bytes only, any layout
+        if view.itemsize != 1 or view.format not in ("B", "b", "c"):
+            raise ImageConversionError(
+                "bad_dtype", f"data must be a buffer of bytes, got items of format {view.format!r} "
+                f"({view.itemsize} bytes each) in a {type(data).__name__}")
+        if not view.c_contiguous:
+            view = memoryview(view.tobytes())
+        return np.frombuffer(view.cast("B"), np.uint8)
     if isinstance(data, (list, tuple)):
         try:
             arr = np.asarray(data)

@@ -4,6 +4,7 @@ and SQLite keyframe metadata; built atomically, opened with validation.
     db = MapDatabase.open("maps/run1", identity=encoder.identity())
     sims, ids = db.search(global_desc, k=10)
     patches = db.patches(ids[0][:5])        # {P: (5, patches, D) float16}
+    verify_map("maps/run1")                 # every byte against the manifest's sha256
 
 :class:`LiveMap` holds a run's keyframes in memory (searchable while inserting) and saves them as one.
 """
@@ -11,6 +12,7 @@ from .build import BuildSummary, build_map
 from .database import MapDatabase
 from .errors import MapError
 from .index import GlobalIndex, IndexSpec
+from .integrity import MapIntegrityError, verify_map
 from .keyframes import KeyframeSelector
 from .live import LiveMap
 from .manifest import Manifest, Run
@@ -28,9 +30,11 @@ __all__ = [
     "Manifest",
     "MapDatabase",
     "MapError",
+    "MapIntegrityError",
     "MapWriter",
     "Run",
     "build_map",
     "merge_maps",
     "reindex_map",
+    "verify_map",
 ]

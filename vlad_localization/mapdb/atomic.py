@@ -99,12 +99,20 @@ def publish(staging: Path, target: Path) -> None:
             old = target.parent / f".{target.name}.old"
             shutil.rmtree(old, ignore_errors=True)
             os.rename(target, old)
-            os.rename(staging, target)
+            try:
+                os.rename(staging, target)
+            except BaseException:
+                os.rename(old, target)  # put the previous map back
+                raise
             staging = old
         shutil.rmtree(staging, ignore_errors=True)  # now holds the previous map
     else:
         os.rename(staging, target)
-    _fsync_dir(target.parent)
+    try:  # the new map is in place and complete: a failed directory sync only risks durability
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        log.warning("published map %s, but syncing %s failed (%s): the swap may not survive a power loss",
+                    target, target.parent, exc)
 
 
 def discard(staging: Path) -> None:

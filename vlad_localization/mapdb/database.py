@@ -9,6 +9,7 @@ import numpy as np
 
 from .errors import MapError
 from .index import GlobalIndex
+from .integrity import check_sizes, verify_files
 from .manifest import MANIFEST, Manifest
 from .metadata import DB_FILE, Keyframe, KeyframeTable, decode_thumbnail
 from .patch_store import GLOBAL_FILE, PatchStore, open_rows
@@ -21,8 +22,9 @@ INDEX_FILE = "global.faiss"
 class MapDatabase:
     """A read-only map: ``search`` global descriptors, fetch ``keyframes``/``patches``/``thumbnail``.
 
-    Open with :meth:`open`; every file is checked against the manifest first, so a damaged map
-    raises :class:`MapError` naming the file instead of failing later.
+    Open with :meth:`open`; every file is checked against the manifest first (sizes, structure),
+    so a damaged map raises :class:`MapError` naming the file instead of failing later;
+    :meth:`verify` also reads every byte against the manifest's sha256.
     """
 
     def __init__(self, path: Path, manifest: Manifest, index: GlobalIndex, table: KeyframeTable,
@@ -58,6 +60,7 @@ class MapDatabase:
     @classmethod
     def _open(cls, path: Path, identity: dict[str, Any] | None, map_cfg) -> "MapDatabase":
         manifest = Manifest.read(path)
+        check_sizes(path, manifest)
         if identity is not None:
             manifest.check_model(identity, path)
         n, dim = manifest.keyframes, manifest.dim
@@ -74,6 +77,12 @@ class MapDatabase:
         if map_cfg is not None:
             db.configure(map_cfg)
         return db
+
+    def verify(self) -> dict[str, int]:
+        """Read every byte of the map's files against the manifest's sha256: {file: bytes} checked
+        ({} for a version 1 map, which records no checksums), else
+        :class:`~vlad_localization.mapdb.integrity.MapIntegrityError` naming each damaged file."""
+        return verify_files(self.path, self.manifest)
 
     def configure(self, map_cfg) -> None:
         """Apply search parameters (nprobe, ef_search, use_gpu) from a MapConfig."""

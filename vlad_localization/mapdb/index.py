@@ -17,7 +17,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .errors import MapError
+from .errors import MapError, MapWriteError
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,11 @@ class GlobalIndex:
     # ------------------------------------------------------------------ persistence
     def save(self, path: Path) -> None:
         index = faiss.index_gpu_to_cpu(self.index) if self._gpu else self.index  # pragma: no branch
-        faiss.write_index(index, str(path))
+        try:
+            faiss.write_index(index, str(path))
+        except RuntimeError as exc:  # faiss reports a failed write (disk full, I/O error) this way
+            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "write failed"
+            raise MapWriteError(f"{Path(path).name}: {detail}") from exc
 
     @classmethod
     def load(cls, path: Path, spec: str) -> "GlobalIndex":

@@ -1,10 +1,13 @@
 """``manifest.json``: what a map directory contains and which model built it.
 
 The manifest is written last (after every other file is complete and synced), so a map directory
-with a readable manifest whose file sizes match is a complete map.
+with a readable manifest whose file sizes match is a complete map. Since version 2 it records every
+other file's size and sha256 (``files``): sizes are checked on open, every byte by
+:func:`~vlad_localization.mapdb.integrity.verify_map`. Version 1 maps (no ``files``) still open.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -15,7 +18,8 @@ from typing import Any
 from .errors import MapError
 
 FORMAT = "vlad_localization.map"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no per-file sizes and checksums
 MANIFEST = "manifest.json"
 
 # Identity keys that must agree between the model and the map (Encoder.identity()).
@@ -60,6 +64,8 @@ class Manifest:
     keyframes: int = 0
     runs: list[Run] = field(default_factory=list)
     thumbnails: bool = True
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"bytes", "sha256"} (v2)
+    intact: bool = True  # as read: the content matches its own "checksum" (v2; v1 has none)
     created: str = field(default_factory=now_iso)
     updated: str = field(default_factory=now_iso)
     format: str = FORMAT
@@ -94,17 +100,18 @@ class Manifest:
         d["image_size"] = list(self.image_size)
         d["num_patches"] = {str(k): v for k, v in self.num_patches.items()}
         order = ["format", "version", "created", "updated", "keyframes", "model", "index", "dim",
-                 "grid", "image_size", "num_patches", "thumbnails", "runs"]
-        return {k: d[k] for k in order}
+                 "grid", "image_size", "num_patches", "thumbnails", "runs", "files"]
+        d = {k: d[k] for k in order}
+        return {**d, "checksum": content_sha256(d)} if self.version >= 2 else d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = MANIFEST) -> "Manifest":
         if d.get("format") != FORMAT:
             raise MapError(f"{where}: not a vlad_localization map manifest (format {d.get('format')!r})")
-        if d.get("version") != VERSION:
+        if d.get("version") not in READABLE_VERSIONS:
             raise MapError(
                 f"{where}: map format version {d.get('version')} is not supported by this "
-                f"vlad_localization (reads version {VERSION}); rebuild the map"
+                f"vlad_localization (reads versions {', '.join(map(str, READABLE_VERSIONS))}); rebuild the map"
             )
         try:
             return cls(
@@ -117,6 +124,10 @@ class Manifest:
                 keyframes=int(d["keyframes"]),
                 runs=[Run(**r) for r in d.get("runs", [])],
                 thumbnails=bool(d.get("thumbnails", False)),
+                files={str(k): {"bytes": int(v["bytes"]), "sha256": str(v["sha256"])}
+                       for k, v in (d["files"] if d["version"] >= 2 else {}).items()},
+                version=int(d["version"]),
+                intact=d["version"] < 2 or d["checksum"] == content_sha256(d),
                 created=d.get("created", ""),
                 updated=d.get("updated", ""),
             )
@@ -124,6 +135,8 @@ class Manifest:
             raise MapError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from exc
 
     def write(self, directory: Path) -> None:
+        """Write ``manifest.json`` (always the current format version) and sync it."""
+        self.version = VERSION
         path = Path(directory) / MANIFEST
         tmp = path.with_suffix(".json.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
@@ -145,6 +158,12 @@ class Manifest:
         if not isinstance(data, dict):
             raise MapError(f"{path}: malformed manifest (expected a JSON object)")
         return cls.from_dict(data, where=str(path))
+
+
+def content_sha256(d: dict[str, Any]) -> str:
+    """sha256 of a manifest's content (canonical JSON, its own ``checksum`` left out)."""
+    content = json.dumps({k: v for k, v in d.items() if k != "checksum"}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(content.encode()).hexdigest()
 
 
 def mismatches(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import cv2
 import numpy as np
 
-from .errors import MapError
+from .errors import MapError, MapWriteError
 
 DB_FILE = "keyframes.sqlite"
 
@@ -75,6 +75,8 @@ class KeyframeTable:
                 self.db.execute("PRAGMA query_only = ON")
                 self.db.execute("SELECT 1 FROM keyframes LIMIT 1").fetchall()
         except sqlite3.DatabaseError as exc:
+            if create:
+                raise MapError(f"{self.path}: could not create the keyframe database ({exc})") from exc
             raise MapError(f"{self.path}: keyframe database is corrupt or not SQLite ({exc})") from exc
 
     def check(self, expected: int) -> None:
@@ -93,11 +95,14 @@ class KeyframeTable:
         return int(self.db.execute("SELECT COUNT(*) FROM keyframes").fetchone()[0])
 
     def add(self, keyframes: Iterable[Keyframe], thumbnails: dict[int, bytes] | None = None) -> None:
-        with self.db:
-            self.db.executemany(f"INSERT INTO keyframes ({_COLUMNS}) VALUES ({','.join('?' * 13)})",
-                                [k.row() for k in keyframes])
-            if thumbnails:
-                self.db.executemany("INSERT INTO thumbnails (id, jpeg) VALUES (?, ?)", thumbnails.items())
+        try:
+            with self.db:
+                self.db.executemany(f"INSERT INTO keyframes ({_COLUMNS}) VALUES ({','.join('?' * 13)})",
+                                    [k.row() for k in keyframes])
+                if thumbnails:
+                    self.db.executemany("INSERT INTO thumbnails (id, jpeg) VALUES (?, ?)", thumbnails.items())
+        except sqlite3.OperationalError as exc:  # e.g. "database or disk is full", "disk I/O error"
+            raise MapWriteError(f"{self.path.name}: {exc}") from exc
 
     def get(self, ids: Iterable[int]) -> list[Keyframe]:
         """Keyframes for ``ids``, in that order (KeyError for an unknown id)."""

@@ -45,6 +45,13 @@ class RowWriter:
             os.fsync(self._f.fileno())
             self._f.close()
 
+    def abandon(self) -> None:
+        """Close without syncing, ignoring write errors (the file is being discarded: disk full)."""
+        try:
+            self._f.close()
+        except OSError:
+            pass
+
 
 def open_rows(path: Path, dtype: np.dtype, row_shape: tuple[int, ...], count: int) -> np.ndarray:
     """Memory-map ``count`` rows of ``row_shape``; a wrong file size is a :class:`MapError`."""

@@ -1,6 +1,7 @@
 """Writing a map atomically: :class:`MapWriter` (new map, or copy-on-write append to one)."""
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 from dataclasses import replace
@@ -11,13 +12,15 @@ import numpy as np
 
 from . import atomic
 from .database import INDEX_FILE, MapDatabase
-from .errors import MapError
+from .errors import MapError, MapWriteError
 from .index import GlobalIndex
+from .integrity import record_files
 from .manifest import Manifest, Run, now_iso
 from .metadata import DB_FILE, Keyframe, KeyframeTable
 from .patch_store import GLOBAL_FILE, PATCH_DTYPE, RowWriter, open_rows, patch_file
 
 DEFAULT_INDEX = {"spec": "Flat", "nprobe": 16, "ef_search": 128}  # a new map's, when not given
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}  # reported as a MapError
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +160,7 @@ class MapWriter:
             m.index = {"spec": params["spec"], "effective": index.spec, "metric": "inner_product",
                        "id_map": "IndexIDMap2", "nprobe": params["nprobe"], "ef_search": params["ef_search"]}
             m.updated = now_iso()
+            m.files = record_files(self.staging)  # every file's size and sha256, in the manifest written last
             m.write(self.staging)
             MapDatabase.open(self.staging).close()  # never publish a map we cannot read back
             atomic.publish(self.staging, self.target)
@@ -167,16 +171,16 @@ class MapWriter:
             raise
 
     def abort(self) -> None:
-        """Discard the staging directory (the target is untouched)."""
-        for w in self._writers.values():
-            w.close()
-        if self._table is not None:
-            try:
+        """Discard the staging directory (the target is untouched), also when the disk is full
+        or failing (nothing here is written or synced)."""
+        try:
+            for w in self._writers.values():
+                w.abandon()
+            if self._table is not None:
                 self._table.close()
-            except Exception:  # pragma: no cover
-                pass
-        atomic.discard(self.staging)
-        self._lock.release()
+            atomic.discard(self.staging)
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> "MapWriter":
         return self
@@ -184,6 +188,9 @@ class MapWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._lock.held:  # an exception, or leaving without commit: nothing is published
             self.abort()
+        if isinstance(exc, MapWriteError) or (isinstance(exc, OSError) and exc.errno in DISK_ERRORS):
+            raise MapError(f"writing map {self.target} failed ({exc}); nothing was changed there "
+                           "(a previous map is intact): free space or fix the disk, then run it again") from exc
 
 
 def reindex_map(path: str | Path, index: str, nprobe: int | None = None, ef_search: int | None = None) -> Manifest:

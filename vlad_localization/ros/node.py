@@ -32,6 +32,7 @@ from std_srvs.srv import Trigger
 
 from vlad_localization.images.convert import ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb
 from vlad_localization.images.frames import Pose, PoseTrack
+from vlad_localization.mapdb.integrity import verify_map
 from vlad_localization.ros import messages
 from vlad_localization.ros.diagnostics import NodeStats, diagnostic_array
 from vlad_localization.ros.params import BY_NAME, PARAMETERS, config_overrides
@@ -77,6 +78,7 @@ class VladLocalizationNode(LifecycleNode):
         self._factory = detector_factory
         self._detector = None
         self._det_lock = threading.Lock()  # a frame vs replacing or releasing the detector
+        self._last_error = ""  # why the last configure / activate / ~/reload_map failed ('' after a success)
         self._cfg = None
         self._frame_params = None  # the every-frame parameters last applied to the detector's config
         self._paths: dict[str, str] = {}  # map and checkpoint read at configure
@@ -130,8 +132,10 @@ class VladLocalizationNode(LifecycleNode):
             self._paths = {"map": self.param("map_path"), "checkpoint": self.param("checkpoint")}
             self._load()
         except Exception as exc:  # noqa: BLE001 - reported as a failed transition
-            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+            self._last_error = f"configure failed: {type(exc).__name__}: {exc}"
+            self.get_logger().error(self._last_error)
             return TransitionCallbackReturn.FAILURE
+        self._last_error = ""
         self._topics = topics
         self.stats = NodeStats(self._topics)
         pub = self.create_lifecycle_publisher
@@ -149,7 +153,8 @@ class VladLocalizationNode(LifecycleNode):
             if self._detector is None:  # released on deactivate (GPU)
                 self._load()
         except Exception as exc:  # noqa: BLE001
-            self.get_logger().error(f"activate failed: {type(exc).__name__}: {exc}")
+            self._last_error = f"activate failed: {type(exc).__name__}: {exc}"
+            self.get_logger().error(self._last_error)
             return TransitionCallbackReturn.FAILURE
         self._worker = LatestFrameWorker(len(self._topics), self._process, self._worker_error)
         qos = QoSProfile(depth=1, reliability=self._reliability(),
@@ -210,6 +215,8 @@ class VladLocalizationNode(LifecycleNode):
     def _load(self) -> None:
         self._release()  # a configure after an error: never two models at once
         t0 = time.monotonic()
+        if self.param("verify_map") and self._cfg.loop_closure.searches_map:
+            verify_map(self._paths["map"])
         detector = self._factory(self._cfg, self._paths["checkpoint"], self._paths["map"])  # as configured
         with self._det_lock:
             self._detector = detector
@@ -239,11 +246,16 @@ class VladLocalizationNode(LifecycleNode):
             return response
         try:  # Localizer.reload_map is safe beside a running query (the map swap is atomic)
             path = self.param("map_path")
+            if self.param("verify_map"):
+                verify_map(path)
             size = detector.localizer.reload_map(path).size
             self._paths["map"] = path  # what a re-activation on a GPU loads
         except Exception as exc:  # noqa: BLE001 - the old map stays loaded
             response.success, response.message = False, f"reload failed ({exc}); the previous map stays loaded"
+            self._last_error = response.message
+            self.get_logger().error(response.message)
             return response
+        self._last_error = ""
         response.success, response.message = True, f"reloaded {self.param('map_path')}: {size} keyframes"
         self.get_logger().info(response.message)
         return response
@@ -444,11 +456,15 @@ class VladLocalizationNode(LifecycleNode):
         values.update({k: str(v) for k, v in (detector.stats() if loaded else {}).items()})
         values.update(self.stats.snapshot())
         recent = int(values["rejected_last_period"])
+        values["last_error"] = self._last_error
         level = DiagnosticStatus.OK if loaded else DiagnosticStatus.WARN
         message = "ok" if loaded else "no model loaded (not configured)"
-        if loaded and values.get("run_full") == "1":
+        if self._last_error:  # e.g. a damaged map refused at configure, or by ~/reload_map
+            level = DiagnosticStatus.WARN if loaded else DiagnosticStatus.ERROR
+            message = self._last_error
+        elif loaded and values.get("run_full") == "1":
             level, message = DiagnosticStatus.WARN, "this run's keyframe store is full (max_keyframes)"
-        if recent and loaded:
+        elif recent and loaded:
             level, message = DiagnosticStatus.WARN, f"{recent} bad frame(s) rejected in the last second"
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(),
                                                 f"{self.get_name()}: loop closure", level, message, values))
