@@ -20,6 +20,14 @@ MATCHERS = {
 FUSIONS = {
     "absolute": "weighted mean of the absolute per-size scores, in [0, 1]",
     "reference": "the official z-scores over the candidates (reproduces published results)",
+    "fused": "logistic model of global similarity, spatial and RANSAC scores: P(same place), in [0, 1]",
+}
+
+# Inputs of the ``fused`` model (``matching.fusion_model`` holds ``bias`` and one weight per name)
+FUSED_FEATURES = {
+    "global_similarity": "inner product of the NetVLAD global descriptors",
+    "spatial": "absolute rapid spatial score in [0, 1] (size-weighted mean)",
+    "ransac": "absolute RANSAC inlier fraction in [0, 1] (size-weighted mean)",
 }
 
 MODES = {

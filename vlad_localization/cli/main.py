@@ -17,6 +17,7 @@ SUBCOMMANDS = (
     "merge_maps",
     "query",
     "replay",
+    "evaluate",
 )
 
 DESCRIPTION = """\

@@ -4,10 +4,19 @@
 single query/candidate pair gets a score in [0, 1] that can be thresholded.
 ``reference``: the official re-ranking - z-score each size's official scores over the candidates,
 sum with the patch weights, ascending argsort. Its values only rank candidates of one query.
+``fused``: a logistic model over the global similarity and both absolute patch scores (spatial and
+RANSAC, from the same mutual matches), an estimate of the probability that the pair shows the same
+place. Its coefficients are data (``matching.fusion_model`` in the presets), fitted on real image
+pairs by ``benchmarks/fit_fusion.py``. It keeps the global similarity, which the official
+re-ranking throws away, so the ranking does not lose to global retrieval under big viewpoint changes.
 """
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
+
+from vlad_localization.choices import FUSED_FEATURES
 
 
 def normalised_weights(weights, num_sizes: int) -> np.ndarray:
@@ -24,9 +33,9 @@ def absolute_fusion(per_size: np.ndarray, weights) -> np.ndarray:
     return np.clip(per_size @ normalised_weights(weights, per_size.shape[1]), 0.0, 1.0)
 
 
-def absolute_order(fused: np.ndarray) -> np.ndarray:
-    """Candidates by descending absolute score; ties keep the incoming (global) order."""
-    return np.argsort(-fused, kind="stable")
+def descending_order(scores: np.ndarray) -> np.ndarray:
+    """Candidates by descending score (absolute or fused); ties keep the incoming (global) order."""
+    return np.argsort(-np.asarray(scores), kind="stable")
 
 
 def reference_fusion(official: np.ndarray, weights) -> np.ndarray:
@@ -50,3 +59,16 @@ def reference_fusion(official: np.ndarray, weights) -> np.ndarray:
 def reference_order(official: np.ndarray, weights) -> np.ndarray:
     """The official re-ranked order (ascending fused z-score, ``np.argsort`` as the reference)."""
     return np.argsort(reference_fusion(official, weights))
+
+
+def fused_features(global_similarity, spatial, ransac) -> np.ndarray:
+    """(K, F) inputs of the fused model, columns in :data:`~vlad_localization.choices.FUSED_FEATURES` order."""
+    columns = {"global_similarity": global_similarity, "spatial": spatial, "ransac": ransac}
+    return np.stack([np.asarray(columns[name], np.float64) for name in FUSED_FEATURES], axis=1)
+
+
+def fused_probability(features: np.ndarray, model: Mapping[str, float]) -> np.ndarray:
+    """(K,) P(same place) = sigmoid(bias + sum_f weight_f * feature_f), in [0, 1]."""
+    weights = np.array([model[name] for name in FUSED_FEATURES], np.float64)
+    logit = float(model["bias"]) + np.asarray(features, np.float64) @ weights
+    return 0.5 * (1.0 + np.tanh(0.5 * logit))  # the logistic function, without overflow
