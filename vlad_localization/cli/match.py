@@ -15,6 +15,8 @@ Output: one JSON object
   per_size           patch size -> absolute score in [0, 1]
   inliers            patch size -> RANSAC inliers (spatial matcher: mutual nearest neighbours)
   matcher            ransac | spatial
+  fused_score        matching.fusion fused (the presets): estimated P(same place) in [0, 1] from the
+                     global similarity and both patch scores; null under other fusions
 
 What the score means (absolute, so one pair can be thresholded):
   ransac   fraction of the query's patches that are inliers of one homography between mutually
@@ -91,6 +93,7 @@ def run(args) -> int:
         "per_size": dict(zip(sizes, map(float, result.per_size[0]))),
         "inliers": dict(zip(sizes, map(int, result.inliers[0]))),
         "matcher": result.matcher,
+        "fused_score": None if result.probability is None else float(result.probability[0]),
     }
     if args.plot is not None:
         picture = draw_matches(query_rgb, ref_rgb, *result.matched_keypoints(0), image_hw=query.image_size)
