@@ -4,7 +4,8 @@ For every set of ``../shared/datasets`` with ground truth it builds an off-the-s
 (ImageNet VGG16 + k-means NetVLAD + WPCA fitted on the set's map images, 16 clusters, 128 PCs,
 patch size 5), a map of the set's map images, and runs the ``evaluate`` pass (one encode, search
 and patch match per query; both matchers' scores of the re-ranked head). The per-candidate
-evidence (global similarity, spatial score, RANSAC score; label: same place) of all sets is pooled
+evidence (``choices.FUSED_FEATURES``: global similarity, RANSAC score and their gaps to the query's best
+re-ranked candidate; label: same place) of all sets is pooled
 (each set weighted equally) to fit P(same place) = sigmoid(bias + w . features) by L2-regularised
 logistic regression. It prints one JSON object: the coefficients, per set recall@1 of the four
 rankings with the model fitted on all sets (in-sample) and leave-one-set-out (the set itself left
@@ -36,6 +37,7 @@ from vlad_localization import evaluation as ev
 from vlad_localization.choices import FUSED_FEATURES
 from vlad_localization.config import apply_overrides, load_config, preset_path
 from vlad_localization.images import iter_folder, list_images
+from vlad_localization.matching.fusion import fused_features
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VLAD_SHARED", REPO.parent / "shared"))
@@ -43,7 +45,8 @@ DATA = SHARED / "datasets"
 WEIGHTS = SHARED / "weights" / "vgg16_imagenet_conv5_3.pth"
 SMALL = (240, 320)
 RADIUS_M = 6.0
-PLACEHOLDER = {"bias": 0.0, **{name: 1.0 for name in FUSED_FEATURES}}  # records do not depend on it
+THRESHOLD_NOTE = "fused top-1 threshold for 99 % precision on the shared datasets (benchmarks/fit_fusion.py)"
+PLACEHOLDER = {"bias": 0.0, **{name: 1.0 for name in FUSED_FEATURES}}  # noqa: E501  # records do not depend on it
 
 
 def _pairs(folder: str, names: list[tuple[str, str]]):
@@ -130,12 +133,12 @@ def candidate_table(records) -> tuple[np.ndarray, np.ndarray]:
     feats, labels = [], []
     for r in records:
         n = len(r.spatial)
-        feats.append(ev.fused_features(r.global_similarity[:n], r.spatial, r.ransac))
+        feats.append(fused_features(r.global_similarity[:n], r.ransac))
         labels.append([int(i) in r.positives for i in r.map_ids[:n]])
     return np.concatenate(feats), np.concatenate(labels).astype(np.float64)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 1e-2, iterations: int = 50) -> dict:
+def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 0.1, iterations: int = 50) -> dict:
     """Weighted L2-regularised logistic regression by Newton's method; {bias, feature: weight}."""
     a = np.hstack([np.ones((len(x), 1)), x])
     beta = np.zeros(a.shape[1])
@@ -167,7 +170,7 @@ def write_presets(model: dict, threshold: float) -> None:
         path = preset_path(name)
         text = path.read_text()
         text = re.sub(r"(?m)^  fusion_model: .*$", "  fusion_model: " + json.dumps(model).replace('"', ""), text)
-        text = re.sub(r"(?m)^  score_threshold: .*$", f"  score_threshold: {threshold}", text)
+        text = re.sub(r"(?m)^  score_threshold: .*$", f"  score_threshold: {threshold}  # {THRESHOLD_NOTE}", text)
         path.write_text(text)
 
 
