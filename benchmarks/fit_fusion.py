@@ -4,10 +4,11 @@ For every set of ``../shared/datasets`` with ground truth it builds an off-the-s
 (ImageNet VGG16 + k-means NetVLAD + WPCA fitted on the set's map images, 16 clusters, 128 PCs,
 patch size 5), a map of the set's map images, and runs the ``evaluate`` pass (one encode, search
 and patch match per query; both matchers' scores of the re-ranked head). The per-candidate
-evidence (``choices.FUSED_FEATURES``: global similarity, RANSAC score and their gaps to the query's best
-re-ranked candidate; label: same place) of all sets is pooled
-(each set weighted equally) to fit P(same place) = sigmoid(bias + w . features) by L2-regularised
-logistic regression. It prints one JSON object: the coefficients, per set recall@1 of the four
+evidence (``choices.FUSED_FEATURES``: global similarity, spatial and RANSAC scores and their gaps to the
+query's best re-ranked candidate; label: same place) of all sets is pooled (each set weighted
+equally) to fit P(same place) = sigmoid(bias + w . features) by L2-regularised logistic regression
+with non-negative weights (more evidence never lowers the probability; a feature whose weight
+would be negative is dropped and the rest refitted). It prints one JSON object: the coefficients, per set recall@1 of the four
 rankings with the model fitted on all sets (in-sample) and leave-one-set-out (the set itself left
 out of the fit: the honest number), and the fused top-1 threshold for 99 % precision on the pooled
 queries. ``--write`` stores the coefficients and that threshold in the three presets.
@@ -133,25 +134,33 @@ def candidate_table(records) -> tuple[np.ndarray, np.ndarray]:
     feats, labels = [], []
     for r in records:
         n = len(r.spatial)
-        feats.append(fused_features(r.global_similarity[:n], r.ransac))
+        feats.append(fused_features(r.global_similarity[:n], r.spatial, r.ransac))
         labels.append([int(i) in r.positives for i in r.map_ids[:n]])
     return np.concatenate(feats), np.concatenate(labels).astype(np.float64)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 0.1, iterations: int = 50) -> dict:
-    """Weighted L2-regularised logistic regression by Newton's method; {bias, feature: weight}."""
+def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 0.1, iterations: int = 100) -> dict:
+    """Weighted L2-regularised logistic regression by Newton's method, weights >= 0 (the most
+    negative weight is fixed at 0 and the rest refitted until none is negative); {bias, feature: weight}."""
     a = np.hstack([np.ones((len(x), 1)), x])
-    beta = np.zeros(a.shape[1])
+    free = np.ones(a.shape[1], bool)
     reg = np.full(a.shape[1], l2)
     reg[0] = 0.0  # the bias is not shrunk
-    for _ in range(iterations):
-        p = 0.5 * (1.0 + np.tanh(0.5 * (a @ beta)))
-        grad = a.T @ (w * (p - y)) + reg * beta
-        hess = (a * (w * p * (1 - p))[:, None]).T @ a + np.diag(reg + 1e-9)
-        step = np.linalg.solve(hess, grad)
-        beta -= step
-        if np.abs(step).max() < 1e-10:
+    while True:
+        beta = np.zeros(a.shape[1])
+        idx = np.flatnonzero(free)
+        for _ in range(iterations):
+            p = 0.5 * (1.0 + np.tanh(0.5 * (a @ beta)))
+            grad = a.T @ (w * (p - y)) + reg * beta
+            hess = (a * (w * p * (1 - p))[:, None]).T @ a + np.diag(reg + 1e-9)
+            step = np.linalg.solve(hess[np.ix_(idx, idx)], grad[idx])
+            beta[idx] -= step
+            if np.abs(step).max() < 1e-10:
+                break
+        negative = [i for i in idx[1:] if beta[i] < 0]
+        if not negative:
             break
+        free[min(negative, key=lambda i: beta[i])] = False
     return {"bias": round(float(beta[0]), 4), **{f: round(float(b), 4) for f, b in zip(FUSED_FEATURES, beta[1:])}}
 
 

@@ -99,7 +99,7 @@ class QueryRecord:
 
     def probability(self, model: Mapping[str, float]) -> np.ndarray:
         n = len(self.spatial)
-        return fused_probability(fused_features(self.global_similarity[:n], self.ransac), model)
+        return fused_probability(fused_features(self.global_similarity[:n], self.spatial, self.ransac), model)
 
     def ranking(self, name: str, model: Mapping[str, float] | None = None) -> np.ndarray:
         """Map ids in the order of ranking ``name`` (one of :data:`RANKINGS`)."""

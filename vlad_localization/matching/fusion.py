@@ -4,9 +4,10 @@
 single query/candidate pair gets a score in [0, 1] that can be thresholded.
 ``reference``: the official re-ranking - z-score each size's official scores over the candidates,
 sum with the patch weights, ascending argsort. Its values only rank candidates of one query.
-``fused``: a logistic model over the global similarity and the absolute RANSAC score, each also as
-its gap to the best of the query's re-ranked candidates (``choices.FUSED_FEATURES``), an estimate
-of the probability that the candidate shows the query's place. Its coefficients are data (``matching.fusion_model`` in the presets), fitted on real image
+``fused``: a logistic model over the global similarity and both absolute patch scores (spatial and
+RANSAC, from the same mutual matches), each also as its gap to the best of the query's re-ranked
+candidates (``choices.FUSED_FEATURES``), an estimate of the probability that the candidate shows
+the query's place. Its weights are fitted non-negative: more evidence never lowers it. Its coefficients are data (``matching.fusion_model`` in the presets), fitted on real image
 pairs by ``benchmarks/fit_fusion.py``. It keeps the global similarity, which the official
 re-ranking throws away, so the ranking does not lose to global retrieval under big viewpoint changes.
 """
@@ -61,13 +62,15 @@ def reference_order(official: np.ndarray, weights) -> np.ndarray:
     return np.argsort(reference_fusion(official, weights))
 
 
-def fused_features(global_similarity, ransac) -> np.ndarray:
+def fused_features(global_similarity, spatial, ransac) -> np.ndarray:
     """(K, F) inputs of the fused model for the K re-ranked candidates of one query, columns in
     :data:`~vlad_localization.choices.FUSED_FEATURES` order (one candidate: both gaps are 0)."""
-    g, r = np.asarray(global_similarity, np.float64), np.asarray(ransac, np.float64)
-    columns = {"global_similarity": g, "global_gap": g - g.max(initial=-np.inf),
-               "ransac": r, "ransac_gap": r - r.max(initial=-np.inf)}
-    return np.stack([columns[name] for name in FUSED_FEATURES], axis=1).reshape(len(g), len(FUSED_FEATURES))
+    columns = {}
+    for name, values in (("global_similarity", global_similarity), ("spatial", spatial), ("ransac", ransac)):
+        x = np.asarray(values, np.float64)
+        columns[name] = x
+        columns[name.replace("_similarity", "") + "_gap"] = x - x.max(initial=-np.inf)
+    return np.stack([columns[name] for name in FUSED_FEATURES], axis=1).reshape(-1, len(FUSED_FEATURES))
 
 
 def fused_probability(features: np.ndarray, model: Mapping[str, float]) -> np.ndarray:

@@ -9,9 +9,8 @@ absolute scores in [0, 1]:
 * RANSAC: fraction of the query's patches that are homography inliers (1.0 for identical images).
 * spatial: the spatial score divided by its maximum (all query patches matched with zero residual).
 
-With ``fusion: fused`` both matchers score the same mutual matches (``evidence``: the fused model
-reads the RANSAC score, so the spatial presets add RANSAC's cost; the spatial score is reported
-and ranked by ``evaluate``) and ``probability`` is the fused model's P(same place), which orders
+With ``fusion: fused`` both matchers score the same mutual matches (``evidence``; the spatial
+presets add RANSAC's cost) and ``probability`` is the fused model's P(same place), which orders
 the candidates.
 """
 from __future__ import annotations
@@ -183,7 +182,7 @@ class PatchMatcher:
             if global_similarity is None or np.shape(global_similarity) != (num_cand,):
                 raise ValueError(f"fusion fused needs the {num_cand} candidates' global similarities")
             evidence = {self.cfg.matcher: fused, other: absolute_fusion(other_size, self.cfg.patch_weights)}
-            features = fused_features(global_similarity, evidence["ransac"])
+            features = fused_features(global_similarity, evidence["spatial"], evidence["ransac"])
             probability = fused_probability(features, self.cfg.fusion_model)
             order = descending_order(probability)
         elif self.cfg.fusion == "reference":
