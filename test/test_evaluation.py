@@ -74,24 +74,30 @@ def test_fused_recall_at_1_is_never_below_the_best_single_ranking(set_records):
 
 
 def test_fused_scores_are_probabilities_and_same_place_pairs_score_higher(datasets_dir, speed_encoder, speed_config):
+    """Each query scored against its set's map images (plus, for the one-place Tokyo set, a Gardens
+    Point image), as the pipeline scores a query's candidates: same-place pairs score higher."""
     from vlad_localization.images import load_rgb
     from vlad_localization.matching import PatchMatcher
 
-    matcher = PatchMatcher.from_config(speed_config, speed_encoder.geometry, speed_encoder.encode(
-        [load_rgb(datasets_dir / "tokyo_pair" / "ref" / "tokyo_db.png")]).grid)
     assert speed_config.matching.fusion == "fused"
+    matcher = None
     for name, (refs, queries) in PAIR_SETS.items():
-        refs = [speed_encoder.encode([load_rgb(datasets_dir / name / r)]) for r in refs]
-        if name == "tokyo_pair":  # one place: its different places come from another set
-            refs.append(speed_encoder.encode([load_rgb(datasets_dir / "gardenspoint_10" / "ref" / "0.jpg")]))
+        paths = [datasets_dir / name / r for r in refs]
+        if name == "tokyo_pair":
+            paths.append(datasets_dir / "gardenspoint_10" / "ref" / "0.jpg")
+        refs = speed_encoder.encode([load_rgb(p) for p in paths])
+        matcher = matcher or PatchMatcher.from_config(speed_config, speed_encoder.geometry, refs.grid)
         same, different = [], []
         for i, q in enumerate(queries):
             query = speed_encoder.encode([load_rgb(datasets_dir / name / q)])
-            for j, ref in enumerate(refs):
-                p = float(matcher.pair(query, ref).probability[0])
-                assert 0.0 <= p <= 1.0
-                (same if i == j else different).append(p)
+            sims = (refs.global_desc.float() @ query.global_desc[0].float()).numpy()
+            p = matcher.score({s: t[0] for s, t in query.patches.items()}, refs.patches, sims).probability
+            assert ((0.0 <= p) & (p <= 1.0)).all()
+            same.append(p[i])
+            different.extend(np.delete(p, i))
         assert np.mean(same) > np.mean(different), (name, same, different)
+        alone = matcher.pair(query, refs.select(0)).probability  # one pair, as `match` scores it
+        assert alone.shape == (1,) and 0.0 <= alone[0] <= 1.0
 
 
 def test_fused_order_is_what_the_pipeline_ranks_by(set_records):
