@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +193,24 @@ def test_evaluate_user_errors_are_one_line(tmp_path, datasets_dir, speed_checkpo
     with pytest.raises(SystemExit):  # argparse: a ground truth option is required
         main(base)
     assert os.path.exists(tmp_path / "e.json") is False
+
+
+def test_evaluate_with_positions_from_the_map_or_a_csv(tmp_path, datasets_dir, speed_checkpoint, config_file, capsys):
+    campus = datasets_dir / "campus_loop_72"
+    for folder, ids in (("map", range(6)), ("queries", (30, 70, 71))):
+        (tmp_path / folder).mkdir()
+        for i in ids:  # copies: the CSV's rows are matched to the images' own paths
+            shutil.copy(campus / f"image_{i}.png", tmp_path / folder)
+    common = ["--checkpoint", str(speed_checkpoint), "--config", str(config_file)]
+    assert main(["build-map", *common, "--images", str(tmp_path / "map"), "--poses", str(campus / "data.csv"),
+                 "--out", str(tmp_path / "mapdb"), "--no-progress"]) == 0
+    reports = []
+    for extra in ([], ["--map-poses", str(campus / "data.csv")]):
+        out = tmp_path / f"eval{len(reports)}.json"
+        assert main(["evaluate", "--map", str(tmp_path / "mapdb"), "--queries", str(tmp_path / "queries"), *common,
+                     "--poses", str(campus / "data.csv"), "--radius", "6", "--json", str(out), "--no-progress",
+                     *extra]) == 0
+        reports.append(json.loads(out.read_text()))
+    # image_71 is 5.5 m from image_0; image_30 and image_70 have no map keyframe within 6 m
+    assert reports[0]["n_queries"] == 3 and reports[0]["n_queries_with_match"] == 1
+    assert reports[0]["rankings"] == reports[1]["rankings"]
