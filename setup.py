@@ -18,6 +18,7 @@ CORE_REQUIRES = [
     "Pillow>=9",
     "PyYAML>=6",
     "tqdm>=4.60",
+    "matplotlib>=3.5",  # evaluate --plot / --examples (Agg backend, no display needed)
     "rosbags>=0.10",
 ]
 

@@ -11,7 +11,7 @@ import pytest
 from vlad_localization.cli.main import main
 from vlad_localization.images.io import load_rgb
 
-KEYS = {"global_similarity", "patch_score", "per_size", "inliers", "matcher"}
+KEYS = {"global_similarity", "patch_score", "per_size", "inliers", "matcher", "fused_score"}
 
 
 @pytest.fixture
@@ -51,7 +51,9 @@ def test_revisit_with_plot(capsys, speed_checkpoint, config_file, datasets_dir, 
     assert load_rgb(plot).shape == (240, 640, 3)
     code, out, _ = run_match(capsys, speed_checkpoint, config_file, euroc / "left_img_1.png",
                              datasets_dir / "gardenspoint_10" / "ref" / "3.jpg")
-    assert code == 0 and json.loads(out)["patch_score"] < revisit["patch_score"]
+    other = json.loads(out)
+    assert code == 0 and other["patch_score"] < revisit["patch_score"]
+    assert 0 <= other["fused_score"] < revisit["fused_score"] <= 1  # the presets' fused P(same place)
 
 
 def test_user_errors_are_one_line_messages(capsys, speed_checkpoint, config_file, datasets_dir, tmp_path):

@@ -51,6 +51,11 @@ def test_user_file_extends_a_preset(tmp_path):
         ("base: fast\n", ["fast", "preset"]),
         ("model: [1, 2\n", ["YAML"]),
         ("matching:\n  patch_weights: [1, 2]\n", ["one weight per patch size"]),
+        ("matching:\n  fusion: fused\n", ["matching.fusion_model", "presets"]),
+        ("matching:\n  fusion_model: {bias: 1, spatial: 2}\n", ["fusion_model", "global_similarity", "ransac"]),
+        ("matching:\n  fusion_model: [1, 2]\n", ["fusion_model", "a mapping of a string to a number"]),
+        ("matching:\n  fusion_model: {bias: .nan, global_similarity: 1, global_gap: 1, spatial: 1, spatial_gap: 1, "
+         "ransac: 1, ransac_gap: 1}\n", ["finite"]),
         # wrong types: a YAML string is not a bool, a scalar not a list, a bool not a number
         ("localizer:\n  rerank: \"false\"\n", ["bad.yaml", "localizer", "rerank", "true/false", "'false'"]),
         ("model:\n  patch_sizes: 5\n", ["patch_sizes", "a list of integers"]),

@@ -54,8 +54,9 @@ def test_query_image_returns_reranked_candidates(loc, images):
     assert (best.map_id, best.file, best.stamp_ns, best.frame_id, best.source) == (2, "image_24.png", 24 * 10**9, "camera", 0)
     assert isinstance(best.pose, Pose) and best.pose.position == (24.0, 0.0, 0.0)
     assert best.patch_score == pytest.approx(1.0, abs=0.02) and set(best.per_size) == {5}
-    scores = [c.patch_score for c in res.candidates]
-    assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
+    fused = [c.fused_score for c in res.candidates]  # the speed preset ranks by the fused P(same place)
+    assert fused == sorted(fused, reverse=True) and all(0.0 <= s <= 1.0 for s in fused)
+    assert all(0.0 <= c.patch_score <= 1.0 and c.score == c.fused_score for c in res.candidates)
     assert best.query_keypoints.shape == best.map_keypoints.shape == (best.inliers, 2)
     assert np.all(best.query_keypoints >= 0) and np.all(best.query_keypoints[:, 0] <= 320)
     wide = scale_keypoints(best.query_keypoints, res.network_size, res.query_rgb_size)

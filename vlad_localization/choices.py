@@ -20,6 +20,19 @@ MATCHERS = {
 FUSIONS = {
     "absolute": "weighted mean of the absolute per-size scores, in [0, 1]",
     "reference": "the official z-scores over the candidates (reproduces published results)",
+    "fused": "logistic model of the global similarity, spatial and RANSAC scores (and their gaps to the "
+             "query's best candidate): P(same place), in [0, 1]",
+}
+
+# Inputs of the ``fused`` model (``matching.fusion_model`` holds ``bias`` and one weight per name);
+# the gaps compare a candidate with the best of the query's re-ranked candidates (0 for that one)
+FUSED_FEATURES = {
+    "global_similarity": "inner product of the NetVLAD global descriptors",
+    "global_gap": "global_similarity minus the highest of the query's re-ranked candidates (<= 0)",
+    "spatial": "absolute rapid spatial score in [0, 1] (size-weighted mean)",
+    "spatial_gap": "spatial minus the highest of the query's re-ranked candidates (<= 0)",
+    "ransac": "absolute RANSAC inlier fraction in [0, 1] (size-weighted mean)",
+    "ransac_gap": "ransac minus the highest of the query's re-ranked candidates (<= 0)",
 }
 
 MODES = {

@@ -20,7 +20,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from vlad_localization.choices import BACKBONES, EVICTIONS, FUSIONS, MATCHERS, MODES, REFINEMENTS, names
+import math
+
+from vlad_localization.choices import BACKBONES, EVICTIONS, FUSED_FEATURES, FUSIONS, MATCHERS, MODES, REFINEMENTS, names
 
 PRESETS = ("performance", "speed", "storage")
 
@@ -66,13 +68,24 @@ class MatchingConfig:
 
     matcher: str = "ransac"  # ransac | spatial (the official "spatialApproximator")
     patch_weights: list[float] = field(default_factory=lambda: [0.45, 0.15, 0.4])
-    fusion: str = "absolute"  # absolute (thresholdable, [0, 1]) | reference (official z-scores)
+    fusion: str = "absolute"  # absolute ([0, 1]) | reference (official z-scores) | fused (P(same place))
+    # fused: logistic coefficients {bias, global_similarity, spatial, ransac} (benchmarks/fit_fusion.py)
+    fusion_model: dict[str, float] | None = None
     ransac_threshold_factor: float = 1.5  # reprojection threshold = stride * patch stride * this
     ransac_seed: int | None = 0  # seeds OpenCV's RNG before each RANSAC for repeatable scores
 
     def validate(self, model: ModelConfig) -> None:
         _one_of("matching.matcher", self.matcher, MATCHERS)
         _one_of("matching.fusion", self.fusion, FUSIONS)
+        if self.fusion_model is not None:
+            expected = {"bias", *FUSED_FEATURES}
+            if set(self.fusion_model) != expected:
+                raise ConfigError(f"matching.fusion_model needs exactly the keys {sorted(expected)}, "
+                                  f"got {sorted(self.fusion_model)}")
+            if not all(math.isfinite(v) for v in self.fusion_model.values()):
+                raise ConfigError(f"matching.fusion_model values must be finite, got {self.fusion_model}")
+        elif self.fusion == "fused":
+            raise ConfigError("matching.fusion fused needs matching.fusion_model (the presets ship one)")
         if len(self.patch_weights) != len(model.patch_sizes):
             raise ConfigError(
                 f"matching.patch_weights {self.patch_weights} needs one weight per patch size "
@@ -225,6 +238,10 @@ def _type_error(value: Any, hint: Any) -> str | None:
         (item,) = typing.get_args(hint)
         bad = not isinstance(value, list) or any(_type_error(v, item) for v in value)
         return _type_name(hint) if bad else None
+    if origin is dict:
+        key, item = typing.get_args(hint)
+        bad = not isinstance(value, dict) or any(_type_error(k, key) or _type_error(v, item) for k, v in value.items())
+        return _type_name(hint) if bad else None
     if hint is type(None):
         return None if value is None else "null"
     if hint is float:
@@ -240,6 +257,8 @@ def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) is list:
         item = typing.get_args(hint)[0]
         return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(item, _type_name(item))
+    if typing.get_origin(hint) is dict:
+        return f"a mapping of {_type_name(typing.get_args(hint)[0])} to {_type_name(typing.get_args(hint)[1])}"
     return {type(None): "null", bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
         hint, getattr(hint, "__name__", str(hint)))
 

@@ -184,14 +184,10 @@ class Localizer:
     def _rerank(self, stores: dict, desc: Descriptors, cands: list[Candidate]) -> list[Candidate]:
         n = min(len(cands), max(1, int(self.config.localizer.rerank_k)))
         head, tail = cands[:n], cands[n:]
-        matcher = self._matcher_for(stores[head[0].source])
-        device = next(iter(desc.patches.values())).device
-        stored = _patches_of(stores, head)
-        cand_patches = {p: torch.from_numpy(a.astype(np.float32)).to(device) for p, a in stored.items()}
-        query_patches = {p: t[0].float() for p, t in desc.patches.items()}
-        res = matcher.score(query_patches, cand_patches)
+        res = self.match_candidates(stores, desc, head)
         for i, c in enumerate(head):
             c.patch_score = float(res.fused[i])
+            c.fused_score = math.nan if res.probability is None else float(res.probability[i])
             c.per_size = {int(p): float(res.per_size[i, s]) for s, p in enumerate(res.patch_sizes)}
             best = int(np.argmax(res.per_size[i]))
             c.inliers = int(res.inliers[i, best])
@@ -200,6 +196,19 @@ class Localizer:
             c.map_keypoints = np.asarray(corr.candidate_keypoints, np.float64).reshape(-1, 2)
             c.matches = (tuple(res.patch_sizes), list(res.correspondences[i]))
         return [head[i] for i in res.order] + tail
+
+    def match_candidates(self, maps, desc: Descriptors, cands: list[Candidate]):
+        """The :class:`~vlad_localization.matching.MatchResult` of the query's patch descriptors
+        against the candidates' stored ones (in the order given), with the configured matcher and
+        fusion (``fused``: both matchers' evidence and P(same place)). ``maps``: the map the
+        candidates come from, or ``{source: map}`` when they come from the prebuilt map and the run."""
+        stores = maps if isinstance(maps, dict) else {PREBUILT: maps, RUN: maps}
+        matcher = self._matcher_for(stores[cands[0].source])
+        device = next(iter(desc.patches.values())).device
+        stored = _patches_of(stores, cands)
+        cand_patches = {p: torch.from_numpy(a.astype(np.float32)).to(device) for p, a in stored.items()}
+        query_patches = {p: t[0].float() for p, t in desc.patches.items()}
+        return matcher.score(query_patches, cand_patches, np.array([c.global_similarity for c in cands]))
 
     def _matcher_for(self, db: MapDatabase):
         from vlad_localization.matching.matcher import PatchMatcher

@@ -18,6 +18,7 @@ SUBCOMMANDS = (
     "merge_maps",
     "query",
     "replay",
+    "evaluate",
 )
 
 DESCRIPTION = """\

@@ -15,6 +15,8 @@ Output: one JSON object
   per_size           patch size -> absolute score in [0, 1]
   inliers            patch size -> RANSAC inliers (spatial matcher: mutual nearest neighbours)
   matcher            ransac | spatial
+  fused_score        matching.fusion fused (the presets): estimated P(same place) in [0, 1] from the
+                     global similarity and both patch scores; null under other fusions
   relative_pose      (with --pose) {"R": [qx, qy, qz, qw], "t": [x, y, z], "metric": bool,
                      "inliers": n, "covariance": 36 numbers, "status": "ok" | reason}: the pose of
                      the reference camera in the query camera's optical frame (x right, y down,
@@ -130,6 +132,7 @@ def run(args) -> int:
         "per_size": dict(zip(sizes, map(float, result.per_size[0]))),
         "inliers": dict(zip(sizes, map(int, result.inliers[0]))),
         "matcher": result.matcher,
+        "fused_score": None if result.probability is None else float(result.probability[0]),
     }
     if args.pose:
         from ..verification import verify_candidate

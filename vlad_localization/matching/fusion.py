@@ -4,10 +4,20 @@
 single query/candidate pair gets a score in [0, 1] that can be thresholded.
 ``reference``: the official re-ranking - z-score each size's official scores over the candidates,
 sum with the patch weights, ascending argsort. Its values only rank candidates of one query.
+``fused``: a logistic model over the global similarity and both absolute patch scores (spatial and
+RANSAC, from the same mutual matches), each also as its gap to the best of the query's re-ranked
+candidates (``choices.FUSED_FEATURES``), an estimate of the probability that the candidate shows
+the query's place. Its weights are fitted non-negative: more evidence never lowers it. Its coefficients are data (``matching.fusion_model`` in the presets), fitted on real image
+pairs by ``benchmarks/fit_fusion.py``. It keeps the global similarity, which the official
+re-ranking throws away, so the ranking does not lose to global retrieval under big viewpoint changes.
 """
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
+
+from vlad_localization.choices import FUSED_FEATURES
 
 
 def normalised_weights(weights, num_sizes: int) -> np.ndarray:
@@ -24,9 +34,9 @@ def absolute_fusion(per_size: np.ndarray, weights) -> np.ndarray:
     return np.clip(per_size @ normalised_weights(weights, per_size.shape[1]), 0.0, 1.0)
 
 
-def absolute_order(fused: np.ndarray) -> np.ndarray:
-    """Candidates by descending absolute score; ties keep the incoming (global) order."""
-    return np.argsort(-fused, kind="stable")
+def descending_order(scores: np.ndarray) -> np.ndarray:
+    """Candidates by descending score (absolute or fused); ties keep the incoming (global) order."""
+    return np.argsort(-np.asarray(scores), kind="stable")
 
 
 def reference_fusion(official: np.ndarray, weights) -> np.ndarray:
@@ -50,3 +60,21 @@ def reference_fusion(official: np.ndarray, weights) -> np.ndarray:
 def reference_order(official: np.ndarray, weights) -> np.ndarray:
     """The official re-ranked order (ascending fused z-score, ``np.argsort`` as the reference)."""
     return np.argsort(reference_fusion(official, weights))
+
+
+def fused_features(global_similarity, spatial, ransac) -> np.ndarray:
+    """(K, F) inputs of the fused model for the K re-ranked candidates of one query, columns in
+    :data:`~vlad_localization.choices.FUSED_FEATURES` order (one candidate: both gaps are 0)."""
+    columns = {}
+    for name, values in (("global_similarity", global_similarity), ("spatial", spatial), ("ransac", ransac)):
+        x = np.asarray(values, np.float64)
+        columns[name] = x
+        columns[name.replace("_similarity", "") + "_gap"] = x - x.max(initial=-np.inf)
+    return np.stack([columns[name] for name in FUSED_FEATURES], axis=1).reshape(-1, len(FUSED_FEATURES))
+
+
+def fused_probability(features: np.ndarray, model: Mapping[str, float]) -> np.ndarray:
+    """(K,) P(same place) = sigmoid(bias + sum_f weight_f * feature_f), in [0, 1]."""
+    weights = np.array([model[name] for name in FUSED_FEATURES], np.float64)
+    logit = float(model["bias"]) + np.asarray(features, np.float64) @ weights
+    return 0.5 * (1.0 + np.tanh(0.5 * logit))  # the logistic function, without overflow

@@ -8,6 +8,10 @@ absolute scores in [0, 1]:
 
 * RANSAC: fraction of the query's patches that are homography inliers (1.0 for identical images).
 * spatial: the spatial score divided by its maximum (all query patches matched with zero residual).
+
+With ``fusion: fused`` both matchers score the same mutual matches (``evidence``; the spatial
+presets add RANSAC's cost) and ``probability`` is the fused model's P(same place), which orders
+the candidates.
 """
 from __future__ import annotations
 
@@ -16,10 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vlad_localization.choices import FUSIONS, MATCHERS, names
 from vlad_localization.config import Config, MatchingConfig
 from vlad_localization.matching.fusion import (
     absolute_fusion,
-    absolute_order,
+    descending_order,
+    fused_features,
+    fused_probability,
     normalised_weights,
     reference_order,
 )
@@ -51,8 +58,10 @@ class MatchResult:
     ``per_size`` (K, S) and ``fused`` (K,): absolute scores in [0, 1]. ``raw`` (K, S): official
     per-size scores (<= 0, smaller is better). ``inliers`` (K, S): RANSAC inliers, or mutual matches
     for the spatial matcher. ``order`` (K,): candidate indices best first under the configured fusion
-    (absolute: descending ``fused``; reference: the official z-score argsort).
-    ``correspondences[k][s]``: what to draw for candidate k and patch size s.
+    (absolute: descending ``fused``; reference: the official z-score argsort; fused: descending
+    ``probability``). ``correspondences[k][s]``: what to draw for candidate k and patch size s.
+    ``evidence`` (fused only): {matcher: (K,) absolute score of that matcher, sizes fused};
+    ``probability`` (fused only): (K,) the fused model's P(same place) in [0, 1].
     """
 
     patch_sizes: tuple[int, ...]
@@ -63,6 +72,8 @@ class MatchResult:
     inliers: np.ndarray
     order: np.ndarray
     correspondences: list[list[Correspondences]]
+    evidence: dict[str, np.ndarray] | None = None
+    probability: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.fused.shape[0])
@@ -88,10 +99,12 @@ class PatchMatcher:
         grid_hw: tuple[int, int],
         image_hw: tuple[int, int] | None = None,
     ):
-        if matching_cfg.matcher not in ("ransac", "spatial"):
-            raise ValueError(f"matching.matcher {matching_cfg.matcher!r}: use ransac or spatial")
-        if matching_cfg.fusion not in ("absolute", "reference"):
-            raise ValueError(f"matching.fusion {matching_cfg.fusion!r}: use absolute or reference")
+        if matching_cfg.matcher not in MATCHERS:
+            raise ValueError(f"matching.matcher {matching_cfg.matcher!r}: use {names(MATCHERS)}")
+        if matching_cfg.fusion not in FUSIONS:
+            raise ValueError(f"matching.fusion {matching_cfg.fusion!r}: use {names(FUSIONS)}")
+        if matching_cfg.fusion == "fused" and not matching_cfg.fusion_model:
+            raise ValueError("matching.fusion fused needs matching.fusion_model")
         self.patch_sizes = tuple(int(p) for p in patch_sizes)
         self.strides = tuple(int(s) for s in strides)
         if len(self.patch_sizes) != len(self.strides) or not self.patch_sizes:
@@ -136,8 +149,9 @@ class PatchMatcher:
             out[size] = t
         return out
 
-    def score(self, query: dict, candidates: dict) -> MatchResult:
-        """Score K candidates: ``query`` {P: (Pq, D)}, ``candidates`` {P: (K, Pc, D)}."""
+    def score(self, query: dict, candidates: dict, global_similarity=None) -> MatchResult:
+        """Score K candidates: ``query`` {P: (Pq, D)}, ``candidates`` {P: (K, Pc, D)};
+        ``global_similarity`` (K,): the candidates' global similarities (needed by ``fused``)."""
         query = self._checked("query", query, batched=False)
         candidates = self._checked("candidate", candidates, batched=True)
         num_cand = {int(t.shape[0]) for t in candidates.values()}
@@ -149,25 +163,40 @@ class PatchMatcher:
         per_size = np.zeros((num_cand, sizes))
         inliers = np.zeros((num_cand, sizes), dtype=np.int64)
         corr: list[list[Correspondences]] = [[None] * sizes for _ in range(num_cand)]
+        fused_model = self.cfg.fusion == "fused"
+        other = next(m for m in MATCHERS if m != self.cfg.matcher)
+        other_size = np.zeros((num_cand, sizes))  # the other matcher's absolute scores (fused only)
         for s, size in enumerate(self.patch_sizes):
             matches = mutual_nearest_neighbours(query[size], candidates[size])
             num_query = int(query[size].shape[0])
             for k in range(num_cand):
+                pairs = matches.pairs(k)
                 raw[k, s], per_size[k, s], inliers[k, s], corr[k][s] = self._score_matches(
-                    size, *matches.pairs(k), num_query
+                    size, *pairs, num_query, self.cfg.matcher
                 )
+                if fused_model:
+                    other_size[k, s] = self._score_matches(size, *pairs, num_query, other)[1]
         fused = absolute_fusion(per_size, self.cfg.patch_weights)
-        if self.cfg.fusion == "reference":
+        evidence = probability = None
+        if fused_model:
+            if global_similarity is None or np.shape(global_similarity) != (num_cand,):
+                raise ValueError(f"fusion fused needs the {num_cand} candidates' global similarities")
+            evidence = {self.cfg.matcher: fused, other: absolute_fusion(other_size, self.cfg.patch_weights)}
+            features = fused_features(global_similarity, evidence["spatial"], evidence["ransac"])
+            probability = fused_probability(features, self.cfg.fusion_model)
+            order = descending_order(probability)
+        elif self.cfg.fusion == "reference":
             order = reference_order(raw, self.cfg.patch_weights)
         else:
-            order = absolute_order(fused)
-        return MatchResult(self.patch_sizes, self.cfg.matcher, per_size, fused, raw, inliers, order, corr)
+            order = descending_order(fused)
+        return MatchResult(self.patch_sizes, self.cfg.matcher, per_size, fused, raw, inliers, order, corr,
+                           evidence, probability)
 
-    def _score_matches(self, size: int, query_idx, cand_idx, num_query: int):
+    def _score_matches(self, size: int, query_idx, cand_idx, num_query: int, matcher: str):
         """(official score, absolute score, inliers, Correspondences) of one candidate's mutual matches."""
         query_kp = self.keypoints[size][:, query_idx].T.astype(np.float64)
         cand_kp = self.keypoints[size][:, cand_idx].T.astype(np.float64)
-        if self.cfg.matcher == "ransac":
+        if matcher == "ransac":
             fit = fit_homography(query_kp, cand_kp, self.thresholds[size], self.cfg.ransac_seed)
             corr = Correspondences(fit.query_keypoints, fit.candidate_keypoints, fit.homography)
             return -fit.inliers / num_query, fit.inliers / num_query, fit.inliers, corr
@@ -177,7 +206,8 @@ class PatchMatcher:
         return official, absolute, len(cand_idx), Correspondences(query_kp, cand_kp, None)
 
     def pair(self, query_desc: Descriptors, ref_desc: Descriptors) -> MatchResult:
-        """Score one reference image against one query image (first image of each batch)."""
+        """Score one reference image against one query image (first image of each batch; the
+        global similarity, for ``fused``, is the inner product of their global descriptors)."""
         for name, desc in (("query", query_desc), ("reference", ref_desc)):
             if tuple(desc.grid) != self.grid_hw:
                 raise ValueError(
@@ -186,4 +216,5 @@ class PatchMatcher:
                 )
         query = {p: query_desc.patches[p][0] for p in self.patch_sizes if p in query_desc.patches}
         cands = {p: ref_desc.patches[p][:1] for p in self.patch_sizes if p in ref_desc.patches}
-        return self.score(query, cands)
+        similarity = (query_desc.global_desc[0].float() @ ref_desc.global_desc[0].float()).reshape(1)
+        return self.score(query, cands, similarity.detach().cpu().numpy())

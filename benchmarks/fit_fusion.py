@@ -1,0 +1,216 @@
+"""Fit the ``fused`` ranking's logistic model on the shared real datasets and measure it.
+
+For every set of ``../shared/datasets`` with ground truth it builds an off-the-shelf model
+(ImageNet VGG16 + k-means NetVLAD + WPCA fitted on the set's map images, 16 clusters, 128 PCs,
+patch size 5), a map of the set's map images, and runs the ``evaluate`` pass (one encode, search
+and patch match per query; both matchers' scores of the re-ranked head). The per-candidate
+evidence (``choices.FUSED_FEATURES``: global similarity, spatial and RANSAC scores and their gaps to the
+query's best re-ranked candidate; label: same place) of all sets is pooled (each set weighted
+equally) to fit P(same place) = sigmoid(bias + w . features) by L2-regularised logistic regression
+with non-negative weights (more evidence never lowers the probability; a feature whose weight
+would be negative is dropped and the rest refitted). It prints one JSON object: the coefficients, per set recall@1 of the four
+rankings with the model fitted on all sets (in-sample) and leave-one-set-out (the set itself left
+out of the fit: the honest number), and the fused top-1 threshold for 99 % precision on the pooled
+queries. ``--write`` stores the coefficients and that threshold in the three presets.
+
+    python benchmarks/fit_fusion.py [--sets gardenspoint_10 ...] [--cache /tmp/vlad_fit_fusion] [--write]
+
+Sets (map / queries, ground truth, network input HxW): nordland_64x32 (summer / winter, every 10th
+image of the 3576, same place = same name, 128x256), gardenspoint_10 (night ref / day query, same
+index, 240x320), campus_loop_72 (image_0-35 / image_36-71, within 6 m by data.csv, 240x320),
+tokyo_pair, euroc_loop_pairs (left_img_1, 3 / left_img_0, 2), multiview_pairs (graf1, leuvenA,
+aero1, box, aloeL / graf3, leuvenB, aero3, box_in_scene, aloeR), same index, 240x320.
+Map and query folders are symlinks under --cache (no image is copied); records are cached there
+too (``--refresh`` recomputes them).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from vlad_localization import evaluation as ev
+from vlad_localization.choices import FUSED_FEATURES
+from vlad_localization.config import apply_overrides, load_config, preset_path
+from vlad_localization.images import iter_folder, list_images
+from vlad_localization.matching.fusion import fused_features
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("VLAD_SHARED", REPO.parent / "shared"))
+DATA = SHARED / "datasets"
+WEIGHTS = SHARED / "weights" / "vgg16_imagenet_conv5_3.pth"
+SMALL = (240, 320)
+RADIUS_M = 6.0
+THRESHOLD_NOTE = "fused top-1 threshold for 99 % precision on the shared datasets (benchmarks/fit_fusion.py)"
+PLACEHOLDER = {"bias": 0.0, **{name: 1.0 for name in FUSED_FEATURES}}  # noqa: E501  # records do not depend on it
+
+
+def _pairs(folder: str, names: list[tuple[str, str]]):
+    return [DATA / folder / m for m, _ in names], [DATA / folder / q for _, q in names]
+
+
+def dataset(name: str):
+    """(map images, query images, ground truth per query as map indices, network input (H, W))."""
+    if name == "nordland_64x32":
+        summer = list_images(DATA / name / "summer")[::10]
+        return summer, [DATA / name / "winter" / p.name for p in summer], ev.truth_same_index(len(summer), len(summer)), (128, 256)
+    if name == "gardenspoint_10":
+        ref, query = list_images(DATA / name / "ref"), list_images(DATA / name / "query")
+        return ref, query, ev.truth_same_index(len(query), len(ref)), SMALL
+    if name == "campus_loop_72":
+        with open(DATA / name / "data.csv", newline="") as fh:
+            xy = {row[0]: (float(row[1]), float(row[2]), 0.0) for row in csv.reader(fh) if row}
+        images = list_images(DATA / name)
+        ref, query = images[:36], images[36:]
+        truth = ev.truth_within_radius([xy[p.name] for p in query], [xy[p.name] for p in ref], RADIUS_M)
+        return ref, query, truth, SMALL
+    pairs = {
+        "tokyo_pair": [("ref/tokyo_db.png", "query/tokyo_query.jpg")],
+        "euroc_loop_pairs": [("left_img_1.png", "left_img_0.png"), ("left_img_3.png", "left_img_2.png")],
+        "multiview_pairs": [("graf1.png", "graf3.png"), ("leuvenA.jpg", "leuvenB.jpg"), ("aero1.jpg", "aero3.jpg"),
+                            ("box.png", "box_in_scene.png"), ("aloeL.jpg", "aloeR.jpg")],
+    }[name]
+    ref, query = _pairs(name, pairs)
+    return ref, query, ev.truth_same_index(len(query), len(ref)), SMALL
+
+
+SETS = ("nordland_64x32", "gardenspoint_10", "campus_loop_72", "tokyo_pair", "euroc_loop_pairs", "multiview_pairs")
+
+
+def _link_folder(folder: Path, images) -> Path:
+    """``folder`` of symlinks ``0000_<name>`` to ``images`` (natural order = the given order)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, src in enumerate(images):
+        link = folder / f"{i:04d}_{src.name}"
+        if not link.is_symlink():
+            link.symlink_to(src.resolve())
+    return folder
+
+
+def set_config(image_hw):
+    cfg = load_config("speed")
+    overrides = {"model.num_clusters": 16, "model.num_pcs": 128, "model.image_height": image_hw[0],
+                 "model.image_width": image_hw[1], "model.device": "cpu", "localizer.rerank_k": 10,
+                 "localizer.top_k": 20}
+    if not cfg.matching.fusion_model:
+        overrides["matching.fusion_model"] = PLACEHOLDER
+    return apply_overrides(cfg, overrides)
+
+
+def run_set(name: str, cache: Path, refresh: bool) -> list[ev.QueryRecord]:
+    """The evaluate pass on one set (cached as JSON under ``cache/name``)."""
+    from vlad_localization.mapdb import build_map
+    from vlad_localization.model.encoder import Encoder
+    from vlad_localization.model.init_model import build_offtheshelf_checkpoint
+    from vlad_localization.pipeline import Localizer
+
+    out = cache / name
+    records_file = out / "records.json"
+    if records_file.is_file() and not refresh:
+        return ev.records_from_json(json.loads(records_file.read_text()))
+    ref, query, truth, hw = dataset(name)
+    map_dir, query_dir = _link_folder(out / "map_images", ref), _link_folder(out / "queries", query)
+    checkpoint = out / "model.pth.tar"
+    if refresh or not checkpoint.is_file():
+        build_offtheshelf_checkpoint(WEIGHTS, list_images(map_dir), checkpoint, num_clusters=16, num_pcs=128,
+                                     patch_sizes=(5,), strides=(1,), image_size=hw, device="cpu", seed=0,
+                                     max_pca_samples=5000, kmeans_iterations=25, progress=False)
+    cfg = ev.evaluation_config(set_config(hw))
+    encoder = Encoder.from_checkpoint(checkpoint, cfg.model, "cpu")
+    build_map(out / "map", iter_folder(map_dir), encoder, cfg, [str(map_dir)], progress=False)
+    loc = Localizer.from_paths(out / "map", checkpoint, cfg, "cpu")
+    records = ev.evaluate_queries(loc, list_images(query_dir), truth, progress=False)
+    records_file.write_text(json.dumps(ev.records_to_json(records)))
+    return records
+
+
+def candidate_table(records) -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, F), labels (N,)) of every re-ranked candidate of ``records``."""
+    feats, labels = [], []
+    for r in records:
+        n = len(r.spatial)
+        feats.append(fused_features(r.global_similarity[:n], r.spatial, r.ransac))
+        labels.append([int(i) in r.positives for i in r.map_ids[:n]])
+    return np.concatenate(feats), np.concatenate(labels).astype(np.float64)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 0.1, iterations: int = 100) -> dict:
+    """Weighted L2-regularised logistic regression by Newton's method, weights >= 0 (the most
+    negative weight is fixed at 0 and the rest refitted until none is negative); {bias, feature: weight}."""
+    a = np.hstack([np.ones((len(x), 1)), x])
+    free = np.ones(a.shape[1], bool)
+    reg = np.full(a.shape[1], l2)
+    reg[0] = 0.0  # the bias is not shrunk
+    while True:
+        beta = np.zeros(a.shape[1])
+        idx = np.flatnonzero(free)
+        for _ in range(iterations):
+            p = 0.5 * (1.0 + np.tanh(0.5 * (a @ beta)))
+            grad = a.T @ (w * (p - y)) + reg * beta
+            hess = (a * (w * p * (1 - p))[:, None]).T @ a + np.diag(reg + 1e-9)
+            step = np.linalg.solve(hess[np.ix_(idx, idx)], grad[idx])
+            beta[idx] -= step
+            if np.abs(step).max() < 1e-10:
+                break
+        negative = [i for i in idx[1:] if beta[i] < 0]
+        if not negative:
+            break
+        free[min(negative, key=lambda i: beta[i])] = False
+    return {"bias": round(float(beta[0]), 4), **{f: round(float(b), 4) for f, b in zip(FUSED_FEATURES, beta[1:])}}
+
+
+def fit(per_set: dict[str, list]) -> dict:
+    xs, ys, ws = [], [], []
+    for records in per_set.values():
+        x, y = candidate_table(records)
+        xs.append(x), ys.append(y), ws.append(np.full(len(y), 1.0 / max(1, len(y))))
+    w = np.concatenate(ws)
+    return fit_logistic(np.concatenate(xs), np.concatenate(ys), w * len(w) / w.sum())
+
+
+def write_presets(model: dict, threshold: float) -> None:
+    """Replace the ``fusion_model:`` and ``score_threshold:`` lines of the three presets."""
+    for name in ("performance", "speed", "storage"):
+        path = preset_path(name)
+        text = path.read_text()
+        text = re.sub(r"(?m)^  fusion_model: .*$", "  fusion_model: " + json.dumps(model).replace('"', ""), text)
+        text = re.sub(r"(?m)^  score_threshold: .*$", f"  score_threshold: {threshold}  # {THRESHOLD_NOTE}", text)
+        path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    parser.add_argument("--cache", default="/tmp/vlad_fit_fusion", help="maps, models and records (default %(default)s)")
+    parser.add_argument("--refresh", action="store_true", help="recompute cached records")
+    parser.add_argument("--write", action="store_true", help="store the coefficients and threshold in config/*.yaml")
+    args = parser.parse_args()
+    per_set = {name: run_set(name, Path(args.cache), args.refresh) for name in args.sets}
+    model = fit(per_set)
+    table = {}
+    for name, records in per_set.items():
+        held_out = fit({k: v for k, v in per_set.items() if k != name}) if len(per_set) > 1 else model
+        row = {rank: ev.recall_at(records, rank, model, ks=(1,))["1"] for rank in ev.RANKINGS}
+        row["fused_leave_one_set_out"] = ev.recall_at(records, "fused", held_out, ks=(1,))["1"]
+        row["n_queries_with_match"] = sum(bool(r.positives) for r in records)
+        table[name] = row
+    pooled = [r for records in per_set.values() for r in records]
+    loop = ev.precision_recall(*ev.top1_scores(pooled, model))
+    threshold = loop["threshold_at_99_precision"]
+    threshold = round(float(threshold), 3) if threshold is not None else None
+    print(json.dumps({"model": model, "recall_at_1": table, "threshold_at_99_precision": threshold,
+                      "pooled_auc": round(loop["auc"], 4), "pooled_recall_at_100_precision": loop["recall_at_100_precision"],
+                      "cache": args.cache}, indent=1))
+    if args.write:
+        if threshold is None:
+            raise SystemExit("no threshold reaches 99 % precision: presets left unchanged")
+        write_presets(model, threshold)
+
+
+if __name__ == "__main__":
+    main()
