@@ -36,7 +36,9 @@ class FakeCandidate:
 
     @property
     def score(self) -> float:
-        return self.patch_score
+        from vlad_localization.loop_closure import score_of
+
+        return score_of(self.patch_score, self.fused_score)
 
 
 @dataclass

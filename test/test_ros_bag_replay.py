@@ -3,14 +3,13 @@ with their timing and /clock (the package's mini player), the node on use_sim_ti
 loop closure of campus_loop_72 (image_71 -> image_0 / image_1) is published, stamped in bag time."""
 from __future__ import annotations
 
-import math
 
 import pytest
 
 from ros_fixtures import campus_map, running_node  # noqa: F401  (fixture)
 from vlad_localization.images.bag import write_bag
 from vlad_localization.images.frames import Frame
-from vlad_localization.loop_closure import select_loop_closure
+from vlad_localization.loop_closure import score_of, select_loop_closure
 from vlad_localization.ros.client import wait_for
 from vlad_localization.ros.diagnostics import parse_diagnostics
 from vlad_localization.ros.messages import parse_candidates
@@ -70,7 +69,7 @@ def test_loop_closure_rule_matches_published_rows(sim_node):
         class Row:  # the rule reads stamp_ns and score (the fused score when computed, else the patch score)
             def __init__(self, r):
                 self.stamp_ns = round(r["map_stamp"] * S)
-                self.score = r["patch_score"] if math.isnan(r["fused_score"]) else r["fused_score"]
+                self.score = score_of(r["patch_score"], r["fused_score"])
 
         decided = select_loop_closure(round(rows[0]["query_stamp"] * S), [Row(r) for r in rows], 0.0, 30.0)
         published = [list(r.msg.data) for r in client.get("loop_closure") if r.msg.data[0] == rows[0]["query_stamp"]]

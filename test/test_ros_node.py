@@ -13,6 +13,7 @@ from std_srvs.srv import Trigger
 
 from ros_fixtures import campus_map, running_node  # noqa: F401  (fixture)
 from vlad_localization.images.convert import rgb_to_compressed
+from vlad_localization.loop_closure import score_of
 from vlad_localization.ros.client import wait_for
 from vlad_localization.ros.diagnostics import parse_diagnostics
 from vlad_localization.ros.messages import parse_candidates
@@ -51,8 +52,8 @@ def test_the_right_keyframe_comes_first(node, index):
     rows = ask(client, campus.image(index), index * S)
     assert rows[0]["map_stamp"] == index  # keyframe i is stamped i s
     assert rows[0]["camera"] == 0 and all(r["query_stamp"] == index for r in rows)
-    scored = [r["patch_score"] for r in rows if not math.isnan(r["patch_score"])]  # NaN: not re-ranked
-    assert rows[0]["patch_score"] == max(scored)
+    scored = [score_of(r["patch_score"], r["fused_score"]) for r in rows if not math.isnan(r["patch_score"])]
+    assert score_of(rows[0]["patch_score"], rows[0]["fused_score"]) == max(scored)  # NaN: not re-ranked
 
 
 def test_compressed_camera_answers_with_its_index(node):
@@ -69,7 +70,7 @@ def test_loop_closure_fires_for_the_real_revisit_only_above_threshold_and_outsid
     closure = wait_for(lambda: closures_for(client, 71 * S), 2)
     assert closure and len(closure) == 1 and closure[0][0] == 71.0
     assert campus.is_true_loop_closure(*closure[0]), closure  # image_0 (5.5 m) or image_1 (8.6 m)
-    score = next(r["patch_score"] for r in rows if r["map_stamp"] == closure[0][1])
+    score = next(score_of(r["patch_score"], r["fused_score"]) for r in rows if r["map_stamp"] == closure[0][1])
 
     assert client.set_parameters(score_threshold=float(score) + 1e-3)  # just above its score
     ask(client, campus.image(71), 71 * S + 1 * MS)

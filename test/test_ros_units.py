@@ -154,7 +154,7 @@ def fake_node(ros_domain_id):
             Parameter("map_path", value="fake"), Parameter("checkpoint", value="fake"),
             Parameter("image_topics", value=["/cam0/image_raw", "/cam1/image/compressed"]),
             Parameter("qos_reliability", value="reliable"),
-            Parameter("min_time_gap_s", value=50.0)])
+            Parameter("min_time_gap_s", value=50.0), Parameter("score_threshold", value=0.3)])
     client = rclpy.create_node("fake_client")
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
@@ -282,7 +282,7 @@ def test_parameters_accept_natural_yaml_types_and_refuse_bad_values(rclpy_contex
         assert node.param("compressed") == "true"  # a YAML bool, as the README writes it
         assert node.param("max_rate_hz") == 5.0 and isinstance(node.param("max_rate_hz"), float)
         # wrong types and values: an error naming the parameter, the default kept, the node alive
-        assert node.param("score_threshold") == 0.3 and node.param("top_k") == 0
+        assert node.param("score_threshold") == -1.0 and node.param("top_k") == 0
         assert node.param("qos_reliability") == "best_effort" and node.param("matcher") == ""
         assert not node.set_parameters([Parameter("min_time_gap_s", value=-1.0)])[0].successful
         assert not node.set_parameters([Parameter("compressed", value="maybe")])[0].successful

@@ -10,6 +10,7 @@ A keyframe without a time stamp cannot be a loop closure: the LIO-SAM interface 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Protocol
 
@@ -17,6 +18,12 @@ from typing import Iterable, Protocol
 class _Scored(Protocol):  # the fields of pipeline.Candidate this rule reads
     stamp_ns: int | None
     score: float
+
+
+def score_of(patch_score: float, fused_score: float) -> float:
+    """The score a loop closure is decided on: the fused score when computed, else the absolute
+    patch score (NaN when neither: never a loop closure). Also for rows of ~/candidates or replay."""
+    return patch_score if fused_score is None or math.isnan(fused_score) else fused_score
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import torch
 
 from vlad_localization.config import Config
 from vlad_localization.images.frames import Pose
+from vlad_localization.loop_closure import score_of
 from vlad_localization.mapdb import Keyframe, MapDatabase
 from vlad_localization.model.descriptors import Descriptors
 
@@ -61,7 +62,7 @@ class Candidate:
     def score(self) -> float:
         """What ``loop_closure.score_threshold`` is compared with: the fused score when computed,
         else the absolute patch score (NaN when not re-ranked: never a loop closure)."""
-        return self.patch_score if math.isnan(self.fused_score) else self.fused_score
+        return score_of(self.patch_score, self.fused_score)
 
 
 @dataclass

@@ -141,6 +141,7 @@ def run(args) -> int:
 
 def replay_through_node(args, work, config, checkpoint, map_dir, inputs, queries, stamp_to_ref, t_start) -> int:
     from vlad_localization.ros.client import NodeClient, start_node, stop_node
+    from vlad_localization.loop_closure import score_of
     from vlad_localization.ros.messages import parse_candidates
 
     domain = os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
@@ -180,10 +181,11 @@ def replay_through_node(args, work, config, checkpoint, map_dir, inputs, queries
                     ref = stamp_to_ref.get(round(t_match, 6))
                     mark = "correct" if ref == truth else f"WRONG (truth: ref {truth})"
                     say(f"  LOOP CLOSURE query {i:3d} t={stamp_ns * 1e-9:8.1f} s -> ref {ref:3d} "
-                        f"t={t_match:6.1f} s  patch score {row['patch_score']:.3f}  inliers {row['inliers']:.0f}  {mark}")
+                        f"t={t_match:6.1f} s  score {score_of(row['patch_score'], row['fused_score']):.3f}  "
+                        f"patch score {row['patch_score']:.3f}  inliers {row['inliers']:.0f}  {mark}")
                 elif rows:
-                    say(f"  query {i:3d}: no loop closure (best ref {best}, patch score "
-                        f"{rows[0]['patch_score']:.3f} < {args.score_threshold})")
+                    say(f"  query {i:3d}: no loop closure (best ref {best}, score "
+                        f"{score_of(rows[0]['patch_score'], rows[0]['fused_score']):.3f} < {args.score_threshold})")
     finally:
         took = stop_node(proc)
     n = len(queries)
@@ -207,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=24, help="frames of the generated route (default 24)")
     p.add_argument("--height", type=int, default=240, help="network input height (default 240)")
     p.add_argument("--width", type=int, default=320, help="network input width (default 320)")
-    p.add_argument("--score-threshold", type=float, default=0.3, help="loop-closure patch score threshold")
+    p.add_argument("--score-threshold", type=float, default=0.3,
+                   help="loop-closure threshold on the candidate score (fused P(same place), else patch score)")
     p.add_argument("--min-time-gap", type=float, default=60.0, help="loop-closure minimum time gap (s)")
     p.add_argument("--work", type=Path, default=None, help="work directory (default: a new temp dir)")
     p.add_argument("--node-timeout", type=float, default=60.0, help="seconds to wait for the node to start")

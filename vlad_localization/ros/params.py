@@ -31,7 +31,7 @@ class Param:
         """Why ``value`` is not acceptable for this parameter (None when it is)."""
         if isinstance(self.default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
             return f"{self.name} must be a number, got {value!r}"
-        if isinstance(self.default, float) and value < 0:
+        if isinstance(self.default, float) and value < 0 and value != self.keep:
             return f"{self.name} must be >= 0, got {value!r}"
         if self.choices and str(value).lower() not in self.choices and not (value == "" and self.default == ""):
             return f"{self.name} must be one of {' | '.join(self.choices)}, got {value!r}"
@@ -74,9 +74,10 @@ PARAMETERS: tuple[Param, ...] = (
           config="localizer.rerank_k", keep=0),
     Param("matcher", "", f"Patch matcher: {names(MATCHERS)} ('' = the preset's value).", True,
           choices=tuple(MATCHERS), config="matching.matcher", keep=""),
-    Param("score_threshold", _LC.score_threshold,
-          "Minimum candidate score in [0, 1] (fused score when computed, else patch score) for a ~/loop_closure.",
-          config="loop_closure.score_threshold"),
+    Param("score_threshold", -1.0,
+          "Minimum candidate score in [0, 1] (fused P(same place) when computed, else the patch score) for a "
+          "~/loop_closure (-1 = the preset's loop_closure.score_threshold, 0.975 in the shipped presets).",
+          config="loop_closure.score_threshold", keep=-1.0),
     Param("min_time_gap_s", _LC.min_time_gap_s,
           "Loop closures and the run's own search skip keyframes less than this many s before the frame.",
           config="loop_closure.min_time_gap_s"),
