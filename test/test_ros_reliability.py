@@ -12,6 +12,7 @@ from std_srvs.srv import Trigger
 
 from ros_fixtures import campus_map  # noqa: F401  (fixture)
 from vlad_localization.mapdb import MapDatabase, MapWriter
+from vlad_localization.ros.messages import parse_candidates
 from vlad_localization.ros.client import NodeClient, start_node, stop_node, wait_for
 
 S = 10**9
@@ -132,7 +133,7 @@ def test_two_nodes_keep_answering_while_the_map_is_swapped_and_reloaded(campus_m
             for client in (a, b):
                 rec = client.wait_candidates(stamp[0], 30)
                 assert rec is not None
-                top2 = sorted(round(v) for v in np.asarray(rec.msg.data).reshape(-1, 7)[:2, 3])
+                top2 = sorted(round(row["map_stamp"]) for row in parse_candidates(rec.msg)[:2])
                 assert top2 == [4, 1004], top2  # map stamps: the original and the copy
     finally:
         for proc, log in zip(procs, logs):

@@ -45,6 +45,7 @@ COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 RAW_TYPE = "sensor_msgs/msg/Image"
 ODOM_KEEP = 20_000  # odometry poses kept for interpolation (minutes at 100 Hz)
 ODOM_TOLERANCE_NS = 100_000_000  # an image up to 0.1 s newer than the last odometry gets its pose
+ODOM_WAIT_S = 0.25  # the worker waits this long for odometry to pass an image's stamp
 FULL_WARN_PERIOD_S = 60.0
 
 
@@ -88,7 +89,7 @@ class VladLocalizationNode(LifecycleNode):
         self._info_subs = []
         self._cameras: dict[int, object] = {}  # camera index -> PinholeCamera from its CameraInfo
         self._poses = PoseTrack([])
-        self._poses_lock = threading.Lock()
+        self._poses_lock = threading.Condition()  # odometry callback -> worker waiting for a pose
         self._full_warned = -1e9
         self._worker: LatestFrameWorker | None = None
         self._last_accept: dict[int, float] = {}
@@ -321,6 +322,7 @@ class VladLocalizationNode(LifecycleNode):
         pose = Pose((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
         with self._poses_lock:
             self._poses.append(messages.stamp_to_ns(msg.header.stamp), pose, keep=ODOM_KEEP)
+            self._poses_lock.notify_all()
 
     def _on_camera_info(self, camera: int, msg: CameraInfo) -> None:
         """Executor callback: the camera's intrinsics for verification (a bad CameraInfo is reported)."""
@@ -330,7 +332,12 @@ class VladLocalizationNode(LifecycleNode):
             self.get_logger().warning(f"camera {camera}: {exc}", throttle_duration_sec=WARN_PERIOD_S)
 
     def _pose_at(self, stamp_ns: int) -> Pose | None:
+        """The frame's pose from odometry; when odometry has not reached the frame's stamp yet (it
+        travels on another topic), wait up to ODOM_WAIT_S for it."""
+        if self._odom_sub is None:
+            return None
         with self._poses_lock:
+            self._poses_lock.wait_for(lambda: self._poses.stamps and self._poses.stamps[-1] >= stamp_ns, ODOM_WAIT_S)
             return self._poses.at(stamp_ns, ODOM_TOLERANCE_NS)
 
     def _stop_input(self) -> bool:
