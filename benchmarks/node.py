@@ -217,6 +217,15 @@ def run_store_sizes(preset: str, work: Path, image_hw, device: str, prefill: lis
             "rss_mb_by_keyframes": [[k, round(m, 1)] for k, m in rss], "by_store_size": rows}
 
 
+def shared_data_and_domain() -> bool:
+    """False (said on stderr) without the shared data; else a ROS_DOMAIN_ID of the benchmarks' own."""
+    if not CAMPUS.is_dir() or not WEIGHTS.is_file():
+        print(f"needs {CAMPUS} and {WEIGHTS} (set VLAD_SHARED)", file=sys.stderr)
+        return False
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(215, 232)))
+    return True
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default="speed,storage,performance")
@@ -230,10 +239,8 @@ def main(argv=None) -> int:
     parser.add_argument("--prefill", default="0,1000,10000", help="--online: keyframes already in the run's store")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    if not CAMPUS.is_dir() or not WEIGHTS.is_file():
-        print(f"needs {CAMPUS} and {WEIGHTS} (set VLAD_SHARED)", file=sys.stderr)
+    if not shared_data_and_domain():
         return 2
-    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(215, 232)))
     image_hw = tuple(int(v) for v in args.image_size.split("x")) if args.image_size else None
     results = []
     with tempfile.TemporaryDirectory(prefix="vlad_bench_node_") as tmp:

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import platform
-import random
 import re
 import struct
 import sys
@@ -32,7 +31,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from node import CAMPUS, WEIGHTS, prepare  # noqa: E402  (benchmarks/node.py: checkpoint + map)
+from node import CAMPUS, prepare, shared_data_and_domain  # noqa: E402  (benchmarks/node.py: checkpoint + map)
 
 NAME = "vlad_soak"
 TOPICS = ("/soak/image_raw", "/soak/image_raw/compressed")
@@ -203,10 +202,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="the node's device parameter")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    if not CAMPUS.is_dir() or not WEIGHTS.is_file():
-        print(f"needs {CAMPUS} and {WEIGHTS} (set VLAD_SHARED)", file=sys.stderr)
+    if not shared_data_and_domain():
         return 2
-    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(215, 232)))
     with tempfile.TemporaryDirectory(prefix="vlad_soak_") as tmp:
         result = soak(Path(tmp), args.frames, args.rate, args.warmup_s, args.device)
     report = {"benchmark": "soak", "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
