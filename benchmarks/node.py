@@ -12,7 +12,7 @@ the run's store (real campus descriptors, replicated with noise; a DDS-free meas
 the store's size costs): processed rate, latency and RSS growth per 1k keyframes.
 
     python benchmarks/node.py [--presets speed,performance,storage] [--duration 20] [--device cuda [--half]]
-        [--online [--prefill 0,1000,10000]] [--image-size 240x320] [--out node.json]
+        [--online [--prefill 0,1000,10000] [--no-node]] [--image-size 240x320] [--out node.json]
 """
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def run_preset(preset: str, work: Path, duration: float, rate_hz: float, image_h
 
 
 def run_store_sizes(preset: str, work: Path, image_hw, device: str, prefill: list[int], frames: int = 15,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, half: bool = False) -> dict:
     """The detector in loop_closure mode with ``prefill`` keyframes already in the run's store:
     per-frame latency and rate, and the process RSS as the store grows (no DDS)."""
     import numpy as np
@@ -179,7 +179,7 @@ def run_store_sizes(preset: str, work: Path, image_hw, device: str, prefill: lis
 
     config, checkpoint, _ = prepare(preset, work, image_hw)
     cfg = apply_overrides(load_config(config), {
-        "model.device": device, "loop_closure.mode": "loop_closure", "loop_closure.score_threshold": 0.0,
+        "model.device": device, "model.half": half, "loop_closure.mode": "loop_closure", "loop_closure.score_threshold": 0.0,
         "loop_closure.max_keyframes": max(prefill) + frames + 1, "map.min_time_gap_s": 1e6})  # queries insert ~none
     det = LoopClosureDetector.from_config(cfg, checkpoint)
     images = [load_rgb(p) for p in list_images(CAMPUS)]
@@ -212,7 +212,7 @@ def run_store_sizes(preset: str, work: Path, image_hw, device: str, prefill: lis
     if len(rss) > 2:
         x, y = np.array([r[0] for r in rss[1:]], float), np.array([r[1] for r in rss[1:]], float)
         growth = round(float(np.polyfit(x / 1000, y, 1)[0]), 1)
-    return {"preset": preset, "device": device, "image_size_hw": list(image_hw) if image_hw else None,
+    return {"preset": preset, "device": device, "half": half, "image_size_hw": list(image_hw) if image_hw else None,
             "bytes_per_keyframe": store.nbytes // max(store.size, 1), "rss_growth_mb_per_1k_keyframes": growth,
             "rss_mb_by_keyframes": [[k, round(m, 1)] for k, m in rss], "by_store_size": rows}
 
@@ -237,6 +237,8 @@ def main(argv=None) -> int:
     parser.add_argument("--online", action="store_true",
                         help="online loop-closure mode: the node without a map, and the detector with a filled store")
     parser.add_argument("--prefill", default="0,1000,10000", help="--online: keyframes already in the run's store")
+    parser.add_argument("--no-node", action="store_true",
+                        help="--online: only the in-process detector with a filled store (no ROS 2 / DDS needed)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if not shared_data_and_domain():
@@ -245,12 +247,16 @@ def main(argv=None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="vlad_bench_node_") as tmp:
         for preset in args.presets.split(","):
-            results.append(run_preset(preset, Path(tmp), args.duration, args.rate, image_hw, args.device, args.half,
-                                      args.online))
-            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+            if args.online and args.no_node:
+                results.append({"preset": preset, "device": args.device})
+            else:
+                results.append(run_preset(preset, Path(tmp), args.duration, args.rate, image_hw, args.device,
+                                          args.half, args.online))
+                print(json.dumps(results[-1]), file=sys.stderr, flush=True)
             if args.online:
                 prefill = [int(v) for v in args.prefill.split(",")]
-                results[-1]["store_sizes"] = run_store_sizes(preset, Path(tmp), image_hw, args.device, prefill)
+                results[-1]["store_sizes"] = run_store_sizes(preset, Path(tmp), image_hw, args.device, prefill,
+                                                             half=args.half)
     report = {"benchmark": "node-online" if args.online else "node",
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "input": f"campus_loop_72 426x240 rgb8 at {args.rate} Hz, best_effort depth 1", "results": results}

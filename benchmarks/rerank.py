@@ -20,7 +20,11 @@ PnP), and the parts: SIFT of one image, guided matching (features given), stereo
 estimators alone. In a node the query's SIFT is computed once per frame and a keyframe's could be
 stored, leaving guided matching + estimation per candidate.
 
-    python benchmarks/rerank.py [--device cuda] [--repeats 3] [--top-k 10 50] [--no-reference] [--no-verification]
+``matching.workers`` threads score the candidates (``--workers``, default one per core, at most 8);
+with several, ``ours_one_thread_s`` / ``fused_one_thread_s`` time the same on one thread.
+
+    python benchmarks/rerank.py [--device cuda] [--repeats 3] [--top-k 10 50] [--workers N] [--no-reference]
+        [--no-verification]
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ import torch.nn.functional as F
 
 from vlad_localization.config import MatchingConfig, load_config
 from vlad_localization.matching.keypoints import patch_keypoints
-from vlad_localization.matching.matcher import PatchMatcher
+from vlad_localization.matching.matcher import PatchMatcher, scoring_workers
 from vlad_localization.model.geometry import VGG16_CONV5_3
 
 GRID = (30, 40)  # VGG16 conv5_3 at 640x480
@@ -81,17 +85,18 @@ def time_runs(fn, repeats: int, device: torch.device):
     return statistics.median(times), out
 
 
-def ours(preset: dict, query, cands):
-    cfg = MatchingConfig(matcher=preset["matcher"], patch_weights=list(preset["weights"]), fusion="reference", ransac_seed=0)
+def ours(preset: dict, query, cands, workers: int = 0):
+    cfg = MatchingConfig(matcher=preset["matcher"], patch_weights=list(preset["weights"]), fusion="reference", ransac_seed=0,
+                         workers=workers)
     matcher = PatchMatcher(cfg, preset["patch_sizes"], [1] * len(preset["patch_sizes"]), VGG16_CONV5_3, GRID)
     return lambda: matcher.score(query, cands).order
 
 
-def ours_fused(preset: dict, query, cands):
+def ours_fused(preset: dict, query, cands, workers: int = 0):
     """Ours with ``fusion: fused`` (the presets' default): both matchers on the same mutual matches."""
     model = load_config("speed").matching.fusion_model  # the three presets ship the same coefficients
     cfg = MatchingConfig(matcher=preset["matcher"], patch_weights=list(preset["weights"]), fusion="fused",
-                         fusion_model=model, ransac_seed=0)
+                         fusion_model=model, ransac_seed=0, workers=workers)
     matcher = PatchMatcher(cfg, preset["patch_sizes"], [1] * len(preset["patch_sizes"]), VGG16_CONV5_3, GRID)
     sims = np.zeros(next(iter(cands.values())).shape[0])
     return lambda: matcher.score(query, cands, sims).order
@@ -194,6 +199,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
     parser.add_argument("--top-k", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    parser.add_argument("--workers", type=int, default=0,
+                        help="matching.workers: threads scoring the candidates (0 = one per core, at most 8)")
     parser.add_argument("--no-reference", action="store_true", help="skip timing the official matcher")
     parser.add_argument("--no-verification", action="store_true", help="skip timing the relative-pose verification")
     shared = Path(__file__).resolve().parents[1].parent / "shared"
@@ -202,6 +209,7 @@ def main() -> None:
                         help="ImageNet VGG16 conv weights (for the verification part's small model)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    workers = scoring_workers(args.workers)
     results = []
     for name in args.presets:
         preset = PRESETS[name]
@@ -209,10 +217,14 @@ def main() -> None:
             query, cands = synthetic_descriptors(preset, top_k, device)
             row = {"preset": name, "matcher": preset["matcher"], "top_k": top_k, "dim": preset["dim"],
                    "patches": {str(p): int(q.shape[0]) for p, q in query.items()}}
-            ours_s, our_order = time_runs(ours(preset, query, cands), args.repeats, device)
+            ours_s, our_order = time_runs(ours(preset, query, cands, args.workers), args.repeats, device)
             products_s, _ = time_runs(products_only(query, cands), args.repeats, device)
-            fused_s, _ = time_runs(ours_fused(preset, query, cands), args.repeats, device)
+            fused_s, _ = time_runs(ours_fused(preset, query, cands, args.workers), args.repeats, device)
             row |= {"ours_s": round(ours_s, 5), "fused_s": round(fused_s, 5), "products_s": round(products_s, 5)}
+            if workers > 1:  # the same on one thread: what matching.workers buys
+                serial_s, _ = time_runs(ours(preset, query, cands, 1), args.repeats, device)
+                fused_serial_s, _ = time_runs(ours_fused(preset, query, cands, 1), args.repeats, device)
+                row |= {"ours_one_thread_s": round(serial_s, 5), "fused_one_thread_s": round(fused_serial_s, 5)}
             if not args.no_reference:
                 reference_s, their_order = time_runs(reference(preset, query, cands), args.repeats, device)
                 row["reference_s"] = round(reference_s, 5)
@@ -224,6 +236,7 @@ def main() -> None:
     print(json.dumps({
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "torch_threads": torch.get_num_threads(),
+        "matching_workers": workers,
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "repeats": args.repeats,

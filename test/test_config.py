@@ -65,6 +65,7 @@ def test_user_file_extends_a_preset(tmp_path):
         ("localizer:\n  top_k: 0\n", ["bad.yaml", "localizer.top_k", ">= 1"]),
         ("map:\n  nprobe: -1\n", ["map.nprobe", ">= 1"]),
         ("model:\n  num_pcs: 0\n", ["model.num_pcs"]),
+        ("matching:\n  workers: -2\n", ["matching.workers", ">= 0"]),
     ],
 )
 def test_bad_config_files_are_refused_with_a_message_naming_the_problem(tmp_path, text, words):

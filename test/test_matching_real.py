@@ -74,6 +74,33 @@ def test_reranking_all_candidates_at_once_equals_one_pair_at_a_time(encoded):
         assert pair.fused[0] == pytest.approx(batched.fused[k], rel=1e-12)
 
 
+@pytest.mark.parametrize("fusion", ["absolute", "fused"])
+def test_scoring_on_several_threads_gives_the_serial_result(encoded, fusion):
+    """matching.workers only spreads the candidates' RANSAC / spatial scoring over threads: every
+    score, inlier set and the order are those of the serial loop."""
+    from vlad_localization.config import load_config
+
+    sizes, weights = PRESETS["performance"]
+    model = load_config("speed").matching.fusion_model
+    results = []
+    for workers in (1, 4):
+        cfg = MatchingConfig(matcher="ransac", patch_weights=list(weights), fusion=fusion, fusion_model=model,
+                             workers=workers)
+        m = PatchMatcher(cfg, sizes, [1] * len(sizes), VGG16_CONV5_3, encoded.grid)
+        similarity = np.linspace(0.9, 0.1, len(NAMES))
+        results.append(m.score({p: encoded.patches[p][0] for p in sizes}, encoded.patches, similarity))
+    serial, threaded = results
+    for name in ("per_size", "fused", "raw", "inliers", "order"):
+        np.testing.assert_array_equal(getattr(serial, name), getattr(threaded, name), err_msg=name)
+    if fusion == "fused":
+        np.testing.assert_array_equal(serial.probability, threaded.probability)
+        np.testing.assert_array_equal(serial.evidence["spatial"], threaded.evidence["spatial"])
+    for k in range(len(NAMES)):
+        for a, b in zip(serial.matched_keypoints(k), threaded.matched_keypoints(k)):
+            np.testing.assert_array_equal(a, b)
+    assert serial.inliers.sum() > 0
+
+
 def test_graf_homography_agrees_with_ground_truth(encoded, datasets_dir):
     """graf3 is the query, graf1 the reference: our homography maps reference pixels to query
     pixels, the direction of H1to3p, once both are taken to the network-input frame."""

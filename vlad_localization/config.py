@@ -73,9 +73,15 @@ class MatchingConfig:
     fusion_model: dict[str, float] | None = None
     ransac_threshold_factor: float = 1.5  # reprojection threshold = stride * patch stride * this
     ransac_seed: int | None = 0  # seeds OpenCV's RNG before each RANSAC for repeatable scores
+    # threads scoring the candidates' matches at once (OpenCV's RANSAC releases the GIL; the scores
+    # do not depend on it); 0 = one per CPU core, at most 8; 1 = in the calling thread
+    workers: int = 0
 
     def validate(self, model: ModelConfig) -> None:
         _one_of("matching.matcher", self.matcher, MATCHERS)
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
+            raise ConfigError(f"matching.workers must be an integer >= 0 (0 = one per CPU core, at most 8), "
+                              f"got {self.workers!r}")
         _one_of("matching.fusion", self.fusion, FUSIONS)
         if self.fusion_model is not None:
             expected = {"bias", *FUSED_FEATURES}

@@ -15,7 +15,10 @@ the candidates.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -85,6 +88,30 @@ class MatchResult:
             np.concatenate([c.query_keypoints for c in pairs]).reshape(-1, 2),
             np.concatenate([c.candidate_keypoints for c in pairs]).reshape(-1, 2),
         )
+
+
+MAX_AUTO_WORKERS = 8
+
+
+@lru_cache(maxsize=None)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """One process-wide pool per size (created on first use, shared by every matcher)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vlad_match")
+
+
+def scoring_workers(configured: int) -> int:
+    """Threads that score candidates: ``configured``, or for 0 one per CPU core (at most 8)."""
+    if configured:
+        return int(configured)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_AUTO_WORKERS, cores))
+
+
+def map_tasks(fn, tasks: list, workers: int) -> list:
+    """``[fn(*t) for t in tasks]``, on ``workers`` threads when there are several tasks."""
+    if workers <= 1 or len(tasks) <= 1:
+        return [fn(*t) for t in tasks]
+    return list(_pool(workers).map(lambda t: fn(*t), tasks))
 
 
 class PatchMatcher:
@@ -166,16 +193,17 @@ class PatchMatcher:
         fused_model = self.cfg.fusion == "fused"
         other = next(m for m in MATCHERS if m != self.cfg.matcher)
         other_size = np.zeros((num_cand, sizes))  # the other matcher's absolute scores (fused only)
+        slots, tasks = [], []  # (candidate, size index) and its scoring arguments
         for s, size in enumerate(self.patch_sizes):
             matches = mutual_nearest_neighbours(query[size], candidates[size])
             num_query = int(query[size].shape[0])
             for k in range(num_cand):
-                pairs = matches.pairs(k)
-                raw[k, s], per_size[k, s], inliers[k, s], corr[k][s] = self._score_matches(
-                    size, *pairs, num_query, self.cfg.matcher
-                )
-                if fused_model:
-                    other_size[k, s] = self._score_matches(size, *pairs, num_query, other)[1]
+                slots.append((k, s))
+                tasks.append((size, *matches.pairs(k), num_query, fused_model and other))
+        scored = map_tasks(self._score_candidate, tasks, scoring_workers(self.cfg.workers))
+        for (k, s), (official, absolute, count, matched, other_score) in zip(slots, scored):
+            raw[k, s], per_size[k, s], inliers[k, s], corr[k][s] = official, absolute, count, matched
+            other_size[k, s] = other_score
         fused = absolute_fusion(per_size, self.cfg.patch_weights)
         evidence = probability = None
         if fused_model:
@@ -191,6 +219,13 @@ class PatchMatcher:
             order = descending_order(fused)
         return MatchResult(self.patch_sizes, self.cfg.matcher, per_size, fused, raw, inliers, order, corr,
                            evidence, probability)
+
+    def _score_candidate(self, size: int, query_idx, cand_idx, num_query: int, other):
+        """One candidate and patch size: the configured matcher's four results and, when ``other``
+        names the second matcher (fused), that one's absolute score (else 0)."""
+        official, absolute, count, matched = self._score_matches(size, query_idx, cand_idx, num_query, self.cfg.matcher)
+        other_score = self._score_matches(size, query_idx, cand_idx, num_query, other)[1] if other else 0.0
+        return official, absolute, count, matched, other_score
 
     def _score_matches(self, size: int, query_idx, cand_idx, num_query: int, matcher: str):
         """(official score, absolute score, inliers, Correspondences) of one candidate's mutual matches."""
