@@ -23,11 +23,13 @@ from typing import Sequence
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, PoseArray
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import Image
 from std_msgs.msg import Float64MultiArray, Header, MultiArrayDimension
 
 from vlad_localization.detector import CANDIDATE_FIELDS, candidate_row
+from vlad_localization.images.bag import camera_info_topic  # noqa: F401  (the node's, beside each image topic)
 from vlad_localization.images.convert import rgb_to_image_fields
+from vlad_localization.verification.camera import camera_from_info  # noqa: F401  (the node's CameraInfo reader)
 
 CANDIDATE_COLUMNS = ("query_stamp", "camera") + CANDIDATE_FIELDS
 
@@ -137,34 +139,3 @@ def candidates_query(msg: Float64MultiArray) -> tuple[float, int] | None:
         return float(stamp), int(camera)
     except ValueError:
         return None
-
-
-def camera_info_topic(image_topic: str) -> str:
-    """The ``sensor_msgs/CameraInfo`` topic beside an image topic (image_transport naming):
-    ``/cam/image_raw`` and ``/cam/image_raw/compressed`` -> ``/cam/camera_info``."""
-    base = image_topic.rstrip("/")
-    if base.endswith("/compressed"):
-        base = base[: -len("/compressed")]
-    head, _, _ = base.rpartition("/")
-    return f"{head}/camera_info"
-
-
-DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "")  # what OpenCV's pinhole model reads
-
-
-def camera_from_info(msg: CameraInfo):
-    """``sensor_msgs/CameraInfo`` -> (:class:`~vlad_localization.verification.PinholeCamera`, (H, W)) of the
-    raw image: ``K`` and ``D`` (plumb_bob: k1, k2, p1, p2, k3; rational_polynomial: 8 coefficients).
-    Fisheye (``equidistant``) and unknown models are refused with a ValueError."""
-    from vlad_localization.verification import PinholeCamera
-
-    if msg.distortion_model not in DISTORTION_MODELS:
-        raise ValueError(f"CameraInfo distortion_model {msg.distortion_model!r} is not supported: use "
-                         "plumb_bob or rational_polynomial (or rectified images with no distortion)")
-    k = np.asarray(msg.k, np.float64).reshape(3, 3)
-    if not (k[0, 0] > 0 and k[1, 1] > 0):
-        raise ValueError("CameraInfo has no intrinsics (K is zero): the camera is not calibrated")
-    dist = tuple(float(v) for v in msg.d) or (0.0, 0.0, 0.0, 0.0)
-    if len(dist) not in (4, 5, 8):
-        raise ValueError(f"CameraInfo has {len(dist)} distortion coefficients, expected 4, 5 or 8")
-    return PinholeCamera(k[0, 0], k[1, 1], k[0, 2], k[1, 2], dist), (int(msg.height), int(msg.width))
