@@ -58,9 +58,9 @@ def build_map(out: str | Path, frames: Iterable, encoder, config, sources: Seque
 
     Frames pass :class:`KeyframeSelector` (``config.map`` thresholds), are encoded in batches of
     ``config.model.batch_size`` and written through :class:`MapWriter` (atomic; ``append`` adds a
-    run to the existing map), each with its verification view (:class:`ViewCapture`: the camera
-    model of ``verification.intrinsics`` or the frame's own, the image with ``map.store_views``, the
-    depth image of the same name in ``depth_dir``). ``frames.skipped`` (a bag source's bad-frame counts), if present, is
+    run to the existing map), each with its verification view (:class:`ViewCapture`: the frame's
+    own camera model or ``verification.intrinsics``, the image with ``map.store_views``, the depth
+    image of the same name in ``depth_dir``). ``frames.skipped`` (a bag source's bad-frame counts), if present, is
     merged into the summary. Raises :class:`MapError` when nothing was selected.
     """
     start = time.perf_counter()

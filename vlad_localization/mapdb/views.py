@@ -24,7 +24,7 @@ import numpy as np
 from vlad_localization.verification.camera import PinholeCamera
 
 from .errors import MapError, MapWriteError
-from .metadata import decode_thumbnail, encode_thumbnail
+from .metadata import connect, decode_thumbnail, encode_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,8 @@ def encode_depth(depth: np.ndarray, depth_scale: float = DEPTH_UNIT_M) -> bytes:
 
 
 class ViewCapture:
-    """What ``build_map`` stores per keyframe: the camera model (``camera``, e.g. ``--intrinsics``,
-    else the frame's own from the bag's CameraInfo; none known: no view) and, with ``store_images``,
+    """What ``build_map`` stores per keyframe: the camera model (the frame's own, from the bag's
+    CameraInfo, else ``camera``, e.g. ``--intrinsics``; none known: no view) and, with ``store_images``,
     the image and the depth image named like it (``<image stem>.png|.tif|.tiff|.exr``) in ``depth_dir``.
     ``counts``: ``views``, ``depth``, ``no_camera``, ``no_depth`` keyframes."""
 
@@ -136,13 +136,15 @@ class ViewCapture:
 
     @classmethod
     def from_config(cls, config, depth_dir: str | Path | None = None) -> "ViewCapture":
-        """``verification.intrinsics`` (None: the frames' own cameras), ``map.store_views``, ``verification.depth_scale``."""
+        """From ``verification.intrinsics`` (None: the frames' own cameras only), ``map.store_views``
+        and ``verification.depth_scale``."""
         intrinsics = config.verification.intrinsics
         camera = None if intrinsics is None else PinholeCamera.from_list(intrinsics)
         return cls(camera, config.map.store_views, depth_dir, config.verification.depth_scale)
 
     def __call__(self, frame) -> KeyframeView | None:
-        camera = self.camera if self.camera is not None else getattr(frame, "camera", None)
+        camera = getattr(frame, "camera", None)
+        camera = self.camera if camera is None else camera
         if camera is None:
             self.counts["no_camera"] += 1
             return None
@@ -170,17 +172,7 @@ class ViewTable:
 
     def __init__(self, path: Path, create: bool = False):
         self.path = Path(path)
-        try:
-            self.db = sqlite3.connect(str(self.path), check_same_thread=False)
-            if create:
-                self.db.executescript(_SCHEMA)
-            else:
-                self.db.execute("PRAGMA query_only = ON")
-                self.db.execute("SELECT 1 FROM views LIMIT 1").fetchall()
-        except sqlite3.DatabaseError as exc:
-            if create:
-                raise MapWriteError(f"{self.path.name}: could not create the keyframe views database ({exc})") from exc
-            raise MapError(f"{self.path}: keyframe views database is corrupt or not SQLite ({exc})") from exc
+        self.db = connect(self.path, _SCHEMA if create else None, "views", "keyframe views database")
 
     def add(self, views: Iterable[tuple[int, KeyframeView]]) -> None:
         try:
