@@ -81,8 +81,9 @@ class BagImageSource:
             _connections(reader, image_topic, IMAGE_TYPES)
             if pose_topic is not None:
                 _connections(reader, pose_topic, POSE_TYPES)
-            info = reader.topics.get(camera_info_topic(image_topic))
-            self.info_topic = camera_info_topic(image_topic) if info is not None and info.msgtype == CAMERA_INFO else None
+            info_topic = camera_info_topic(image_topic)
+            info = reader.topics.get(info_topic)
+            self.info_topic = info_topic if info is not None and info.msgtype == CAMERA_INFO else None
 
     def __iter__(self) -> Iterator[Frame]:
         self.skipped.clear()
