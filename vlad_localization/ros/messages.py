@@ -12,9 +12,10 @@ re-ranked NaN scores.
 edge), columns :data:`EDGE_COLUMNS`: both stamps, the matched keyframe's id and map (``0`` the
 prebuilt map, ``1`` this run's keyframes), the relative pose of the match camera in the query camera's
 optical frame (``X_query = R X_match + t``; x right, y down, z forward; translation in metres when
-``metric`` is 1, else a unit direction), the patch score, the inliers of the verification and the 6x6
+``metric`` is 1, else a unit direction), the patch score, the inliers of the verification, the 6x6
 covariance row-major in ``cov0 .. cov35`` (order tx, ty, tz, rx, ry, rz; see
-:mod:`vlad_localization.verification.covariance`).
+:mod:`vlad_localization.verification.covariance`) and ``refined`` (1: SIFT matches in both images; 0:
+the patch keypoints alone, a map keyframe stored without its image: a coarser pose).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ CANDIDATE_COLUMNS = ("query_stamp", "camera") + CANDIDATE_FIELDS
 
 EDGE_COLUMNS = (
     "query_stamp", "match_stamp", "map_id", "map", "tx", "ty", "tz", "qx", "qy", "qz", "qw", "metric",
-    "score", "inliers", *(f"cov{i}" for i in range(36)),
+    "score", "inliers", *(f"cov{i}" for i in range(36)), "refined",
 )
 MAPS = {"prebuilt": 0, "run": 1}  # the ``map`` column of ~/loop_closure_edges
 
@@ -83,14 +84,14 @@ def loop_closure_edge_msg(query_stamp_ns: int, match_stamp_ns: int, map_id: int,
         raise ValueError(f"which_map {which_map!r}: use {' or '.join(MAPS)}")
     row = [query_stamp_ns * 1e-9, match_stamp_ns * 1e-9, float(map_id), float(MAPS[which_map]),
            *np.asarray(pose.translation, np.float64), *pose.quaternion, float(pose.metric), float(score),
-           float(pose.inliers), *np.asarray(pose.covariance, np.float64).ravel()]
+           float(pose.inliers), *np.asarray(pose.covariance, np.float64).ravel(), float(pose.refine != "none")]
     return _table_msg([row], EDGE_COLUMNS, "edge")
 
 
 def parse_loop_closure_edges(msg: Float64MultiArray) -> list[dict]:
     """``~/loop_closure_edges`` -> one dict per edge: ``query_stamp``, ``match_stamp`` (s), ``map_id``
     (int), ``map`` (``prebuilt`` | ``run``), ``translation`` (3,), ``quaternion`` (x, y, z, w),
-    ``metric`` (bool), ``score``, ``inliers`` (int), ``covariance`` (6, 6)."""
+    ``metric`` (bool), ``score``, ``inliers`` (int), ``covariance`` (6, 6), ``refined`` (bool)."""
     names = {v: k for k, v in MAPS.items()}
     edges = []
     for row in parse_candidates(msg):
@@ -100,6 +101,7 @@ def parse_loop_closure_edges(msg: Float64MultiArray) -> list[dict]:
             "quaternion": np.array([row[k] for k in ("qx", "qy", "qz", "qw")]), "metric": bool(row["metric"]),
             "score": row["score"], "inliers": int(row["inliers"]),
             "covariance": np.array([row[f"cov{i}"] for i in range(36)]).reshape(6, 6),
+            "refined": bool(row.get("refined", 1.0)),
         })
     return edges
 
