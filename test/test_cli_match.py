@@ -83,8 +83,9 @@ def test_pose_with_stereo_calibration_is_metric(capsys, speed_checkpoint, config
                              "--stereo-ref", euroc / "right_img_2.png", euroc / "left_img_3.png", euroc / "left_img_2.png")
     assert code == 0
     pose = json.loads(out)["relative_pose"]
-    assert set(pose) == {"R", "t", "metric", "inliers", "covariance", "status"}
+    assert set(pose) == {"R", "t", "metric", "inliers", "covariance", "status", "refine", "match_camera"}
     assert pose["status"] == "ok" and pose["metric"] is True and pose["inliers"] > 300
+    assert pose["refine"] == "sift" and pose["match_camera"] is None  # both cameras given
     assert len(pose["covariance"]) == 36 and len(pose["R"]) == 4
     # ground truth (test_verification_real): 0.317 m, mostly along -x of the query camera
     assert np.linalg.norm(pose["t"]) == pytest.approx(0.317, rel=0.08) and pose["t"][0] < -0.25

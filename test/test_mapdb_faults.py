@@ -1,6 +1,7 @@
 """Map writes under faults: a full disk (ENOSPC) and an I/O error (EIO) at every write step of
 every operation that writes a map leave the previous map byte-identical and opening, and no
-staging directory behind.
+staging directory behind. Every map here stores keyframe views (``views.sqlite``), so its writes
+are among the steps.
 
 The faults are injected at the low-level write calls the writer makes (:data:`WRITE_STEPS`): from
 the N-th call of one step on, every call fails, as on a disk that stays full. A recording run of
@@ -62,7 +63,7 @@ def op_live_save(target: Path, sources: dict) -> None:
         live, m = LiveMap(db.manifest.model), db.manifest
         for i in range(db.size):
             live.add(np.asarray(db.global_desc[i]), {p: a[0] for p, a in db.patches([i]).items()}, db.keyframe(i),
-                     thumbnail=db.table.thumbnail_bytes(i), grid=m.grid, image_size=m.image_size)
+                     thumbnail=db.table.thumbnail_bytes(i), grid=m.grid, image_size=m.image_size, view=db.view(i))
     live.save(target, ["live"])
 
 
@@ -196,8 +197,8 @@ KNOWN_SITES = {
     "file.write": {"mapdb.patch_store.RowWriter.append", "mapdb.manifest.Manifest.write"},
     "file.flush": {"mapdb.patch_store.RowWriter.close", "mapdb.manifest.Manifest.write"},
     "fsync": {"mapdb.patch_store.RowWriter.close", "mapdb.manifest.Manifest.write", "mapdb.atomic._fsync_dir"},
-    "sqlite.executescript": {"mapdb.metadata.KeyframeTable.__init__"},
-    "sqlite.executemany": {"mapdb.metadata.KeyframeTable.add"},
+    "sqlite.executescript": {"mapdb.metadata.connect"},  # keyframes.sqlite and views.sqlite
+    "sqlite.executemany": {"mapdb.metadata.KeyframeTable.add", "mapdb.views.ViewTable.add"},
     "faiss.write_index": {"mapdb.index.GlobalIndex.save"},
     "replace": {"mapdb.manifest.Manifest.write"},
     "renameat2": {"mapdb.atomic.publish"},
@@ -249,6 +250,7 @@ def test_every_write_step_is_known_and_covered(maps, tmp_path):
     unknown = {step: sites - KNOWN_SITES.get(step, set()) for step, sites in seen.items()}
     assert not any(unknown.values()), f"new write step(s): add them to KNOWN_SITES: {unknown}"
     assert set(seen) == set(WRITE_STEPS), f"steps never reached: {set(WRITE_STEPS) - set(seen)}"
+    assert "mapdb.views.ViewTable.add" in seen["sqlite.executemany"], "the keyframe views are written here"
 
 
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO], ids=["ENOSPC", "EIO"])

@@ -13,7 +13,7 @@ from vlad_localization.cli.main import main
 from vlad_localization.mapdb import MapDatabase, MapError, MapIntegrityError, merge_maps, verify_map
 from vlad_localization.mapdb.integrity import file_sha256
 
-DATA_FILES = ["global.faiss", "global.f32", "patches_p5.f16", "keyframes.sqlite"]
+DATA_FILES = ["global.faiss", "global.f32", "patches_p5.f16", "keyframes.sqlite", "views.sqlite"]
 
 
 @pytest.fixture
@@ -35,7 +35,8 @@ def manifest_of(path) -> dict:
 
 def test_manifest_records_every_file_with_its_sha256(map_dir):
     m = manifest_of(map_dir)
-    assert m["version"] == 2 and sorted(m["files"]) == sorted(DATA_FILES)
+    assert m["version"] == 3 and sorted(m["files"]) == sorted(DATA_FILES)
+    assert m["views"] == {"cameras": 8, "images": 8, "depth": 0}
     for name, entry in m["files"].items():
         assert entry == {"bytes": (map_dir / name).stat().st_size, "sha256": file_sha256(map_dir / name)}
     assert verify_map(map_dir) == {name: e["bytes"] for name, e in m["files"].items()}
@@ -97,17 +98,31 @@ def test_every_damaged_file_is_named(map_dir):
 
 def test_verify_cli_on_a_sound_map(map_dir, capsys):
     assert main(["map-info", "--verify", str(map_dir)]) == 0
-    assert "verified: 4 files" in capsys.readouterr().out
+    assert "verified: 5 files" in capsys.readouterr().out
     assert main(["map-info", "--verify", "--json", str(map_dir)]) == 0
     assert set(json.loads(capsys.readouterr().out)["verified"]) == set(DATA_FILES)
 
 
-def as_version_1(path) -> None:
-    """Rewrite the manifest as this package wrote it before checksums (format version 1)."""
+def as_old_version(path, version: int) -> None:
+    """Rewrite a map as this package wrote it before keyframe views (format version 2: no
+    ``views.sqlite``) or also before checksums (version 1)."""
+    from vlad_localization.mapdb.manifest import content_sha256
+
     m = manifest_of(path)
-    m["version"] = 1
-    del m["files"]
+    (path / "views.sqlite").unlink(missing_ok=True)
+    m.pop("views", None)
+    m.pop("checksum", None)
+    m["files"].pop("views.sqlite", None)
+    m["version"] = version
+    if version == 1:
+        del m["files"]
+    else:
+        m["checksum"] = content_sha256(m)
     (path / "manifest.json").write_text(json.dumps(m))
+
+
+def as_version_1(path) -> None:
+    as_old_version(path, 1)
 
 
 def test_version_1_maps_open_verify_structure_only_and_gain_checksums_on_append(map_dir, capsys):
@@ -117,7 +132,19 @@ def test_version_1_maps_open_verify_structure_only_and_gain_checksums_on_append(
     assert main(["map-info", "--verify", str(map_dir)]) == 0
     assert "records no checksums" in capsys.readouterr().out
     build(map_dir, 2, start=100, append=True)
-    assert manifest_of(map_dir)["version"] == 2 and set(verify_map(map_dir)) == set(DATA_FILES)
+    assert manifest_of(map_dir)["version"] == 3 and set(verify_map(map_dir)) == set(DATA_FILES)
+    with MapDatabase.open(map_dir) as db:  # the old keyframes have no view, the appended ones have
+        assert db.view(7) is None and db.view(8).image_hw == (48, 64)
+        assert db.manifest.views == {"cameras": 2, "images": 2, "depth": 0}
+
+
+def test_version_2_maps_open_without_views(map_dir):
+    as_old_version(map_dir, 2)
+    assert verify_map(map_dir).keys() == set(DATA_FILES) - {"views.sqlite"}
+    with MapDatabase.open(map_dir) as db:
+        assert db.manifest.version == 2 and db.manifest.views == {} and db.view(0) is None
+        with pytest.raises(KeyError):
+            db.view(8)
 
 
 def test_a_version_2_manifest_without_checksums_is_refused(map_dir):

@@ -197,6 +197,34 @@ def test_eviction_oldest_keeps_ids_stable():
     assert live.nbytes < (10 + 3 * 2) * (row + 1000)
 
 
+def test_views_are_kept_released_and_saved_with_their_keyframes(tmp_path):
+    """A keyframe's verification view (camera model + image) lives and goes with its other data,
+    is counted in nbytes and saved to the map's views.sqlite (renumbered like the keyframes)."""
+    from vlad_localization.mapdb.views import KeyframeView
+    from vlad_localization.verification import PinholeCamera
+
+    def view_of(i: int) -> KeyframeView:
+        rgb = np.full((48, 64, 3), i, np.uint8)
+        return KeyframeView.capture(rgb, PinholeCamera(50.0 + i, 50.0, 32.0, 24.0), store_image=i % 2 == 0)
+
+    live = LiveMap(IDENTITY, max_keyframes=6, chunk=2)
+    for i in range(10):
+        live.add(global_of(i), {5: patches_of(i)}, keyframe_of(i), None, GRID, IMG, view=view_of(i) if i != 7 else None)
+    assert live.view(8).camera.fx == 58.0 and live.view(8).image is not None and live.view(9).image is None
+    assert live.view(7) is None
+    with pytest.raises(KeyError):
+        live.view(0)  # evicted and released
+    live.save(tmp_path / "map")
+    with MapDatabase.open(tmp_path / "map") as db:  # saved id = live id - 4
+        assert db.manifest.views == {"cameras": 5, "images": 3, "depth": 0}
+        assert db.view(4).camera.fx == 58.0 and db.view(3) is None and db.view(4).image == live.view(8).image
+    bare = LiveMap(IDENTITY, max_keyframes=6, chunk=2)
+    for i in range(10):
+        bare.add(global_of(i), {5: patches_of(i)}, keyframe_of(i), None, GRID, IMG)
+    assert live.nbytes - bare.nbytes == sum(live.view(i).nbytes for i in live.live_ids() if live.view(i)) + \
+        sum(view_of(i).nbytes for i in (4, 5))  # evicted, not yet released
+
+
 def test_eviction_refuse():
     live = filled(5, max_keyframes=5, eviction="refuse")
     assert live.full and add(live, 5) is None

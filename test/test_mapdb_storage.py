@@ -62,9 +62,13 @@ def image(i: int) -> np.ndarray:
     return next(frames(1, i)).rgb
 
 
+CAMERA = [60.0, 60.0, 32.0, 24.0]  # every synthetic map stores views (camera model + image): views.sqlite
+
+
 def cfg(**map_fields) -> Config:
     c = Config()
     c.model.batch_size = 4
+    c.verification.intrinsics = CAMERA
     for k, v in map_fields.items():
         setattr(c.map, k, v)
     return c

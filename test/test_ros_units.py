@@ -74,7 +74,7 @@ def test_loop_closure_edge_message_round_trips():
     pose = RelativePose(cv2.Rodrigues(np.array([0.1, 0.2, -0.3]))[0], np.array([0.4, -0.1, 0.2]), True, 321, cov, "ok")
     msg = loop_closure_edge_msg(1_403_715_288_312_143_104, 1_403_715_386_762_142_976, 17, "run", pose, 0.42)
     d0, d1 = msg.layout.dim
-    assert (d0.label, d0.size, d0.stride) == ("edge", 1, 50) and d1.size == 50 == len(EDGE_COLUMNS)
+    assert (d0.label, d0.size, d0.stride) == ("edge", 1, 51) and d1.size == 51 == len(EDGE_COLUMNS)
     assert d1.label.split(",")[:14] == ["query_stamp", "match_stamp", "map_id", "map", "tx", "ty", "tz", "qx", "qy",
                                          "qz", "qw", "metric", "score", "inliers"]
     (edge,) = parse_loop_closure_edges(msg)
@@ -85,6 +85,9 @@ def test_loop_closure_edge_message_round_trips():
     np.testing.assert_allclose(edge["translation"], pose.translation)
     np.testing.assert_allclose(edge["quaternion"], pose.quaternion)
     np.testing.assert_array_equal(edge["covariance"], cov)
+    assert edge["refined"] and d1.label.split(",")[-1] == "refined"  # refine None (not said): SIFT, as before
+    pose.refine = "none"  # a map keyframe without its image: the patch keypoints alone
+    assert parse_loop_closure_edges(loop_closure_edge_msg(1, 2, 3, "prebuilt", pose, 0.5))[0]["refined"] is False
     with pytest.raises(ValueError, match="not a loop-closure edge"):
         loop_closure_edge_msg(1, 2, 3, "prebuilt", RelativePose.rejected("planar"), 0.5)
     with pytest.raises(ValueError, match="which_map"):

@@ -145,8 +145,9 @@ def test_rejections_carry_their_reason():
     behind = estimate_pose(query_px, match_px, View(CAMERA, HW), View(CAMERA, HW, depth=lambda p: -points[:, 2]), cfg)
     assert behind.status == "ok" and not behind.metric  # negative depths are no depths
     out = planar.to_json()
-    assert set(out) == {"R", "t", "metric", "inliers", "covariance", "status"}
+    assert set(out) == {"R", "t", "metric", "inliers", "covariance", "status", "refine", "match_camera"}
     assert out["R"] == [0, 0, 0, 1] and out["covariance"][0] == -1 and len(out["covariance"]) == 36
+    assert out["refine"] is None and out["match_camera"] is None  # estimate_pose alone: neither is known
 
 
 def test_to_json_layout():

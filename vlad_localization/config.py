@@ -113,6 +113,9 @@ class MapConfig:
     min_descriptor_change: float = 0.0  # ... and 1 - cosine(global) to the last keyframe above this
     store_thumbnails: bool = True
     thumbnail_width: int = 160
+    # per keyframe, for verifying a closure against it: the full-resolution image (JPEG q95) and the
+    # registered depth (build-map --depth); the camera model is stored whenever it is known
+    store_views: bool = True
 
 
 @dataclass

@@ -13,10 +13,11 @@ frame becomes a keyframe of the run with the ``map`` section's thresholds (the
 
 With ``verification.enabled`` and a camera model (``verification.intrinsics``, or the ``camera``
 given to :meth:`process`, e.g. from ``sensor_msgs/CameraInfo``), an accepted loop closure is
-verified geometrically (:mod:`vlad_localization.verification`): ``FrameResult.relative_pose`` is the
-match camera's pose in the query camera's frame with its covariance, or a rejection reason. The
-run's keyframes keep their image (JPEG) for this; a prebuilt map keeps no images, so its closures
-are reported ``no_features`` (monocular verification needs both images' SIFT features).
+verified geometrically (:meth:`Localizer.verify`): ``FrameResult.relative_pose`` is the match
+camera's pose in the query camera's frame with its covariance, or a rejection reason. The run's
+keyframes keep their view (camera model and, with ``map.store_views``, the full image as JPEG) in
+the :class:`LiveMap`, which :meth:`save_map` writes with them; a prebuilt map's keyframes are
+verified with the view it stores, or from the patch keypoints alone when it has none.
 
 The run's search never returns keyframes taken less than ``loop_closure.min_time_gap_s`` before
 the query, nor, when poses are known, less than ``loop_closure.min_travel_m`` back along the
@@ -37,9 +38,10 @@ from vlad_localization.config import Config
 from vlad_localization.images.frames import NS_PER_S, Pose
 from vlad_localization.loop_closure import LoopClosure, select_loop_closure
 from vlad_localization.mapdb import KeyframeSelector, LiveMap, MapError
-from vlad_localization.mapdb.metadata import Keyframe, decode_thumbnail, encode_thumbnail
+from vlad_localization.mapdb.metadata import Keyframe, encode_thumbnail
 from vlad_localization.mapdb.patch_store import PATCH_DTYPE
-from vlad_localization.pipeline import RUN, Candidate, Localizer, QueryResult
+from vlad_localization.mapdb.views import KeyframeView
+from vlad_localization.pipeline import Candidate, Localizer, QueryResult
 
 # One candidate's fields in every serialisation (replay and query JSON, the node's ~/candidates
 # columns after query_stamp and camera), in this order; times in seconds.
@@ -120,7 +122,6 @@ class LoopClosureDetector:
                                         thumbnails=config.map.store_thumbnails)
         if not lc.searches_map and localizer.map is not None:
             raise ValueError("loop_closure.mode 'loop_closure' searches no prebuilt map: open none")
-        self._views: dict[int, tuple[bytes, Any]] = {}  # run keyframe id -> (JPEG, camera) for verification
         self._selectors: dict[int, KeyframeSelector] = {}
         self._travel: dict[int, tuple[float, tuple[float, float, float]]] = {}  # camera -> (metres, last position)
         self.refused = 0  # keyframes not inserted because the store was full (eviction "refuse")
@@ -195,7 +196,7 @@ class LoopClosureDetector:
         camera_model = self._camera_model(camera_model)
         relative_pose = None
         if closure is not None and camera_model is not None:
-            relative_pose = self._verify(closure.candidate, image, camera_model, tuple(desc.image_size))
+            relative_pose = self.localizer.verify(result, closure.candidate, image, camera_model)
         t3 = time.perf_counter()
         keyframe = self._insert(stamp_ns, image, pose, camera, desc, travel, camera_model) if lc.searches_run else None
         timings = dict(result.timings, encode_ms=(t1 - t0) * 1e3, verify_ms=(t3 - t2) * 1e3,
@@ -213,19 +214,6 @@ class LoopClosureDetector:
 
             given = PinholeCamera.from_list(vcfg.intrinsics)
         return given
-
-    def _verify(self, candidate: Candidate, image: np.ndarray, camera_model, input_hw):
-        """The loop closure's relative pose (or rejection) from its patch matches and both images."""
-        from vlad_localization.verification import RelativePose, View, verify_correspondences
-
-        stored = self._views.get(candidate.map_id) if candidate.source == RUN else None
-        if stored is None or candidate.matches is None:
-            return RelativePose.rejected("no_features")
-        match_image = decode_thumbnail(stored[0])
-        query = View(camera_model, tuple(image.shape[:2]), image)
-        match = View(stored[1], tuple(match_image.shape[:2]), match_image)
-        return verify_correspondences(*candidate.matches, input_hw, query, match, self.config.verification,
-                                      self.localizer.encoder.geometry.stride)
 
     def _travelled(self, camera: int, pose: Pose | None) -> float | None:
         """Distance travelled by this camera so far (m), or None while it has no pose."""
@@ -251,16 +239,14 @@ class LoopClosureDetector:
         keyframe = Keyframe(id=-1, stamp_ns=stamp_ns, frame_id=f"camera{camera}", source=f"run:camera{camera}",
                             position=position, orientation=None if pose is None else tuple(pose.orientation),
                             extra=extra)
-        thumb = encode_thumbnail(image, self.config.map.thumbnail_width) if self.config.map.store_thumbnails else None
+        map_cfg = self.config.map
+        thumb = encode_thumbnail(image, map_cfg.thumbnail_width) if map_cfg.store_thumbnails else None
+        view = None if camera_model is None else \
+            KeyframeView.capture(image, camera_model, store_image=map_cfg.store_views)  # for verifying a closure
         new_id = self.run_map.add(global_desc[0], {p: a[0].astype(PATCH_DTYPE) for p, a in patches.items()},
-                                  keyframe, thumb, grid=desc.grid, image_size=desc.image_size)
+                                  keyframe, thumb, grid=desc.grid, image_size=desc.image_size, view=view)
         if new_id is None:
             self.refused += 1
-        elif camera_model is not None:  # the full image, for verifying a later loop closure with it
-            self._views[new_id] = (encode_thumbnail(image, image.shape[1], quality=95), camera_model)
-            oldest = self.run_map.next_id - self.run_map.size
-            for stale in [i for i in self._views if i < oldest]:  # evicted from the store
-                del self._views[stale]
         return new_id
 
 

@@ -14,6 +14,10 @@ for candidates that were not re-ranked (``localizer.rerank`` False, or ranked be
 ``localizer.rerank_k``), which always come after the re-ranked ones in global-similarity order.
 Keypoints are (x, y) pixels of the *network input* (``QueryResult.network_size``); use
 :func:`scale_keypoints` to draw them on the original image or a thumbnail.
+
+:meth:`Localizer.verify` turns a re-ranked candidate into a relative pose
+(:mod:`vlad_localization.verification`) with the keyframe's stored view (camera model, image,
+depth) when its map has one, else from the patch keypoints alone.
 """
 from __future__ import annotations
 
@@ -181,6 +185,34 @@ class Localizer:
             cands = self._rerank({PREBUILT: db, RUN: run}, desc, cands)
             timings["rerank_ms"] = (time.perf_counter() - t2) * 1e3
         return QueryResult(cands, timings, rgb_size, network_size, db, run)
+
+    def verify(self, result: QueryResult, candidate: Candidate, image: np.ndarray, camera):
+        """The relative pose of a re-ranked ``candidate`` of ``result`` (query ``image`` RGB of
+        ``camera``, a ``verification.PinholeCamera``): a
+        :class:`~vlad_localization.verification.RelativePose` or its rejection.
+
+        With the keyframe's stored view (format version 3 maps, this run's keyframes), its image
+        (SIFT refinement, ``verification.refine``), camera model and depth (metric PnP); a keyframe
+        stored without its image is verified from the patch keypoints alone with its camera model,
+        one with no view at all (a version 1 or 2 map) with the query's camera model for both
+        (``refine`` ``none``, ``match_camera`` ``query``: coarse, see the README)."""
+        from vlad_localization.verification import RelativePose, View, verify_correspondences
+
+        if candidate.matches is None:  # not re-ranked: no patch matches to start from
+            return RelativePose.rejected("no_features")
+        vcfg = self.config.verification
+        store = result.store(candidate)
+        try:
+            stored = None if store is None else store.view(candidate.map_id)
+        except KeyError:  # a run keyframe evicted meanwhile
+            stored = None
+        query = View(camera, tuple(np.asarray(image).shape[:2]), image)
+        match = View(camera, query.image_hw) if stored is None else stored.verification_view(vcfg.max_depth_m)
+        refine = vcfg.refine if match.can_refine else "none"
+        pose = verify_correspondences(*candidate.matches, result.network_size, query, match, vcfg,
+                                      self.encoder.geometry.stride, refine=refine)
+        pose.match_camera = "query" if stored is None else "map"
+        return pose
 
     def _rerank(self, stores: dict, desc: Descriptors, cands: list[Candidate]) -> list[Candidate]:
         n = min(len(cands), max(1, int(self.config.localizer.rerank_k)))

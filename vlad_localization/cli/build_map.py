@@ -6,7 +6,9 @@ import logging
 import sys
 from pathlib import Path
 
-from vlad_localization.cli.common import add_config_args, add_source_args, load_cli_config, open_frames
+from vlad_localization.cli.common import (
+    add_config_args, add_intrinsics_arg, add_source_args, load_cli_config, open_frames,
+)
 from vlad_localization.cli.main import UserError
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,14 @@ def add_parser(sub) -> None:
     g.add_argument("--min-distance", type=float, metavar="M", help="keyframes at least M metres apart (with poses)")
     g.add_argument("--min-descriptor-change", type=float, metavar="C", help="1 - cosine to the last keyframe >= C")
     g.add_argument("--no-thumbnails", action="store_true", help="do not store keyframe thumbnails")
+    v = p.add_argument_group("views for geometric verification (see below)")
+    add_intrinsics_arg(v, "the images without a CameraInfo (stored per keyframe)")
+    v.add_argument("--depth", type=Path, metavar="DIR",
+                   help="--images only: depth images registered to the images, named like them (<stem>.png "
+                        "16-bit x verification.depth_scale m, default mm; or .tif/.tiff/.exr float32 m)")
+    v.add_argument("--no-views", action="store_true",
+                   help="store no full-resolution image or depth per keyframe (map.store_views false; "
+                        "the camera model is still stored)")
     p.add_argument("--batch-size", type=int, help="encoding batch size (model.batch_size)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -54,12 +64,14 @@ def run(args) -> int:
     from vlad_localization.model.encoder import Encoder
 
     cfg = load_cli_config(args)
+    if args.depth is not None and not args.images:
+        raise UserError("--depth applies to --images (depth images named like the images)")
     frames, sources, total = open_frames(args)
     encoder = Encoder.from_checkpoint(args.checkpoint, cfg.model, args.device)
     out = Path(args.out)
     try:
         summary = build_map(out, frames, encoder, cfg, sources, append=args.append,
-                            progress=not args.no_progress, total=total)
+                            progress=not args.no_progress, total=total, depth_dir=args.depth)
     except KeyboardInterrupt:
         raise UserError(f"build interrupted: nothing written; {_previous(out)}") from None
     except Exception:

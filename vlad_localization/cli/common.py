@@ -47,6 +47,8 @@ def load_cli_config(args, extra: Mapping[str, Any] | None = None):
     overrides = {key: getattr(args, flag, None) for flag, key in CONFIG_FLAGS.items()}
     if getattr(args, "no_thumbnails", False):
         overrides["map.store_thumbnails"] = False
+    if getattr(args, "no_views", False):
+        overrides["map.store_views"] = False
     for flag in ("half", "verify"):  # store_true flags: only when given do they override
         if getattr(args, flag, None) is False:
             overrides[CONFIG_FLAGS[flag]] = None
@@ -55,6 +57,12 @@ def load_cli_config(args, extra: Mapping[str, Any] | None = None):
         return apply_overrides(load_config(args.config), overrides, where="command-line options")
     except ConfigError as exc:
         raise UserError(str(exc)) from exc
+
+
+def add_intrinsics_arg(p, what: str = "the images") -> None:
+    """``--intrinsics fx,fy,cx,cy[,k1,k2,p1,p2]`` (sets ``verification.intrinsics``, :data:`CONFIG_FLAGS`)."""
+    p.add_argument("--intrinsics", type=float_list, metavar="fx,fy,cx,cy[,k1,k2,p1,p2]",
+                   help=f"camera intrinsics of {what} (default: the config's verification.intrinsics)")
 
 
 def add_source_args(p: argparse.ArgumentParser) -> None:

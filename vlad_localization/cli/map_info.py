@@ -72,6 +72,16 @@ def run(args) -> int:
           f"from {len(m['runs'])} run(s), {s['distinct_sources']} source(s)")
     if s["first_stamp_ns"] is not None:
         print(f"  stamps    {s['first_stamp_ns'] / 1e9:.3f} .. {s['last_stamp_ns'] / 1e9:.3f} s")
+    v = s["views"]
+    if v:
+        per = (v["image_bytes"] + v["depth_bytes"]) / max(v["cameras"], 1) / 1e3
+        print(f"  views     {v['cameras']} keyframes with a camera model, {v['images']} with their image "
+              f"({v['image_bytes'] / 1e6:.2f} MB JPEG), {v['depth']} with depth ({v['depth_bytes'] / 1e6:.2f} MB PNG); "
+              f"{per:.0f} kB per keyframe")
+    else:
+        why = ", built without a camera model" if m["version"] >= 3 else ""
+        print(f"  views     none (format v{m['version']}{why}): closures are verified from the patch keypoints "
+              "with the query's camera model")
     print(f"  patches   grid {m['grid']} input {m['image_size']}, per keyframe {s['patch_bytes_per_keyframe']} B float16 "
           f"= {100 * (s['patch_size_ratio_vs_reference'] or 0):.1f}% of the reference float32 .npy")
     print(f"  on disk   {s['total_bytes'] / 1e6:.2f} MB: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in s["files"].items()))

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..choices import MATCHERS
-from .common import add_config_args, float_list, load_cli_config, path_list
+from .common import add_config_args, add_intrinsics_arg, load_cli_config, path_list
 
 EPILOG = """\
 Output: one JSON object
@@ -18,7 +18,8 @@ Output: one JSON object
   fused_score        matching.fusion fused (the presets): estimated P(same place) in [0, 1] from the
                      global similarity and both patch scores; null under other fusions
   relative_pose      (with --pose) {"R": [qx, qy, qz, qw], "t": [x, y, z], "metric": bool,
-                     "inliers": n, "covariance": 36 numbers, "status": "ok" | reason}: the pose of
+                     "inliers": n, "covariance": 36 numbers, "status": "ok" | reason, "refine":
+                     "sift" | "none" (the correspondences used), "match_camera": null}: the pose of
                      the reference camera in the query camera's optical frame (x right, y down,
                      z forward; X_query = R X_ref + t); t is a unit direction unless metric
                      (depth or stereo given); covariance row-major, order [tx ty tz rx ry rz];
@@ -68,8 +69,7 @@ def add_parser(sub) -> None:
                    help="write the two images side by side with the matched patches drawn")
     pose = p.add_argument_group("relative pose (geometric verification)")
     pose.add_argument("--pose", action="store_true", help="add relative_pose (query -> reference) to the JSON")
-    pose.add_argument("--intrinsics", type=float_list, metavar="fx,fy,cx,cy[,k1,k2,p1,p2]",
-                      help="camera intrinsics of the image files (default: the config's verification.intrinsics)")
+    add_intrinsics_arg(pose, "the image files")
     pose.add_argument("--calibration", type=path_list, metavar="LEFT.yaml[,RIGHT.yaml]",
                       help="EuRoC/Kimera sensor.yaml calibration(s) instead of --intrinsics; with a right "
                            "camera's file, --stereo-* images are rectified with the full stereo calibration")

@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from vlad_localization.cli.common import add_config_args, load_cli_config, positive_int
+from vlad_localization.cli.common import add_config_args, add_intrinsics_arg, load_cli_config, positive_int
 
 EPILOG = """\
 --json prints one object per query image and line (the candidate fields of `replay`):
@@ -23,6 +23,12 @@ EPILOG = """\
     source             0: the prebuilt map (always, for query)
     fused_score        estimated probability of the same place in [0, 1] (null if not computed)
     file               the keyframe's image file, or bag:topic
+    relative_pose      with --verify, each re-ranked candidate's pose in the query camera's frame
+                       (match --help: R, t, metric, inliers, covariance, status), with refine
+                       (sift: SIFT matches in the keyframe's stored image; none: the patch keypoints
+                       alone, the map stores no image) and match_camera (map: the keyframe's stored
+                       camera model; query: none stored, the query's assumed); t is metric when the
+                       map stores the keyframe's depth (build-map --depth)
 
 Example:
   vlad-localization query --map maps/run1 --checkpoint model.pth.tar --config speed \\
@@ -42,6 +48,9 @@ def add_parser(sub) -> None:
                    help="candidates per query (default: the config's localizer.top_k)")
     p.add_argument("--no-rerank", action="store_true", help="global similarity only, no patch re-ranking")
     p.add_argument("--json", action="store_true", help="one JSON object per query image and line (fields below)")
+    p.add_argument("--verify", action="store_true",
+                   help="relative pose of each re-ranked candidate (~0.2 s each on a CPU; needs --intrinsics)")
+    add_intrinsics_arg(p, "the query images (for --verify)")
     p.add_argument("images", nargs="+", help="query images (files or folders)")
     p.set_defaults(func=run)
 
@@ -52,26 +61,51 @@ def run(args) -> int:
     from vlad_localization.pipeline import Localizer
 
     cfg = load_cli_config(args, {"localizer.rerank": False if args.no_rerank else None})
+    camera = _camera(args, cfg)
     paths = [q for p in map(Path, args.images) for q in (list_images(p) if p.is_dir() else [p])]
     loc = Localizer.from_paths(args.map, args.checkpoint, cfg, args.device)
     try:
         for path in paths:
-            res = loc.query(load_rgb(path), k=args.top_k)
+            rgb = load_rgb(path)
+            res = loc.query(rgb, k=args.top_k)
+            poses = [loc.verify(res, c, rgb, camera) if camera is not None and c.reranked else None
+                     for c in res.candidates]
             if args.json:
-                print(json.dumps({"query": str(path), "candidates": [candidate_record(c) for c in res.candidates]}))
+                records = [dict(candidate_record(c), **({"relative_pose": p.to_json()} if p is not None else {}))
+                           for c, p in zip(res.candidates, poses)]
+                print(json.dumps({"query": str(path), "candidates": records}))
             else:
-                _print_table(path, res)
+                _print_table(path, res, poses)
             sys.stdout.flush()
     finally:
         loc.release()
     return 0
 
 
-def _print_table(path, res) -> None:
+def _camera(args, cfg):
+    """The query camera for --verify (None without it)."""
+    from vlad_localization.cli.main import UserError
+    from vlad_localization.verification import PinholeCamera
+
+    if not cfg.verification.enabled:
+        if args.intrinsics is not None:
+            raise UserError("--intrinsics applies with --verify")
+        return None
+    if cfg.verification.intrinsics is None:
+        raise UserError("--verify needs the query camera's intrinsics: --intrinsics fx,fy,cx,cy[,k1,k2,p1,p2] "
+                        "or verification.intrinsics in the --config file")
+    return PinholeCamera.from_list(cfg.verification.intrinsics)
+
+
+def _print_table(path, res, poses) -> None:
     t = res.timings
     print(f"{path}  (encode {t['encode_ms']:.0f} ms, search {t['search_ms']:.1f} ms, rerank {t['rerank_ms']:.0f} ms)")
     print(f"  {'rank':>4} {'map_id':>7} {'global':>7} {'patch':>6} {'inliers':>7} {'stamp_s':>12}  source")
-    for rank, c in enumerate(res.candidates, 1):
+    for rank, (c, pose) in enumerate(zip(res.candidates, poses), 1):
         patch = "-" if math.isnan(c.patch_score) else f"{c.patch_score:.3f}"
         stamp = "-" if c.stamp_ns is None else f"{c.stamp_ns / 1e9:.3f}"
         print(f"  {rank:>4} {c.map_id:>7} {c.global_similarity:>7.3f} {patch:>6} {c.inliers:>7} {stamp:>12}  {c.file}")
+        if pose is not None:
+            kind = "metric" if pose.metric else "unit t"
+            print(f"{'':>8}relative pose: {pose.status} ({pose.inliers} inliers, {kind}, refine {pose.refine}, "
+                  f"{pose.match_camera} camera) t={[round(float(v), 3) for v in pose.translation]}")

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from vlad_localization.choices import MODES, names
 from vlad_localization.cli.main import UserError
-from vlad_localization.cli.common import add_config_args, add_source_args, float_list, load_cli_config, open_frames
+from vlad_localization.cli.common import (
+    add_config_args, add_intrinsics_arg, add_source_args, load_cli_config, open_frames,
+)
 
 DESCRIPTION = """\
 Run the node's loop-closure detector offline (no DDS) over a bag's image topic or an image folder.
@@ -30,7 +32,7 @@ Output (JSON Lines, one object per frame):
   loop_closure_match  {map_id, source, rank, score} of the accepted candidate, or null
   keyframe            id of the keyframe this frame became in the run's store, or null
   relative_pose       with --verify, the loop closure's verification (match --help: R, t, metric,
-                      inliers, covariance, status), or null
+                      inliers, covariance, status, refine, match_camera), or null
   timings             encode_ms, search_ms, rerank_ms, verify_ms, insert_ms, total_ms
 
 Stamps: the bag's header stamps; for --images the --poses CSV's stamp column, else index / --fps.
@@ -63,8 +65,7 @@ def add_parser(sub) -> None:
     g.add_argument("--min-descriptor-change", type=float, metavar="C", help="run keyframes: 1 - cosine >= C")
     v = p.add_argument_group("geometric verification of each loop closure (relative_pose in the output)")
     v.add_argument("--verify", action="store_true", help="verify each accepted loop closure (needs intrinsics)")
-    v.add_argument("--intrinsics", type=float_list, metavar="fx,fy,cx,cy[,k1,k2,p1,p2]",
-                   help="camera intrinsics of the images (default: the config's verification.intrinsics)")
+    add_intrinsics_arg(v, "the images (a bag's CameraInfo beside the image topic is used when there is one)")
     p.add_argument("--save-map", metavar="DIR", help="at the end, write this run's keyframes as a map")
     p.add_argument("--out", type=Path, default=None, help="JSON Lines output (default: stdout)")
     p.set_defaults(func=run)
@@ -74,16 +75,16 @@ def run(args) -> int:
     from vlad_localization.detector import LoopClosureDetector
 
     cfg = load_cli_config(args)
-    if cfg.verification.enabled and cfg.verification.intrinsics is None:
-        raise UserError("--verify needs the camera intrinsics: --intrinsics fx,fy,cx,cy[,k1,k2,p1,p2] or "
-                        "verification.intrinsics in the --config file")
     frames, sources, _ = open_frames(args, cfg.localizer.max_image_pixels)
+    if cfg.verification.enabled and cfg.verification.intrinsics is None and getattr(frames, "info_topic", None) is None:
+        raise UserError("--verify needs the camera intrinsics: --intrinsics fx,fy,cx,cy[,k1,k2,p1,p2], "
+                        "verification.intrinsics in the --config file, or a bag with CameraInfo beside the image topic")
     detector = LoopClosureDetector.from_config(cfg, args.checkpoint, args.map, device=args.device)
     out = open(args.out, "w") if args.out else sys.stdout
     count = closures = 0
     try:
         for frame in frames:
-            result = detector.process(frame.stamp_ns, frame.rgb, frame.pose)
+            result = detector.process(frame.stamp_ns, frame.rgb, frame.pose, camera_model=frame.camera)
             frame.image = None if getattr(frame, "loader", None) is not None else frame.image  # free pixels
             count += 1
             record = result.to_record()

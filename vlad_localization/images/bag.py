@@ -5,10 +5,13 @@ Image topics may be ``sensor_msgs/msg/Image`` (any encoding of :mod:`.convert`) 
 when the header stamp is zero). Poses come from ``nav_msgs/msg/Odometry``,
 ``geometry_msgs/msg/PoseStamped`` or ``geometry_msgs/msg/PoseWithCovarianceStamped`` and are
 interpolated to each image stamp (linear position, slerp orientation); images outside the pose
-messages' time range get ``pose=None``.
+messages' time range get ``pose=None``. When the bag has the ``sensor_msgs/msg/CameraInfo`` topic
+beside the image topic (:func:`camera_info_topic`), each frame's ``camera`` is the camera model of
+the last CameraInfo at or before its stamp (the first one before that), scaled to the image size.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import Counter
 from contextlib import contextmanager
@@ -36,6 +39,17 @@ POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
 POSE_COV_STAMPED = "geometry_msgs/msg/PoseWithCovarianceStamped"
 IMAGE_TYPES = (IMAGE, COMPRESSED)
 POSE_TYPES = (ODOMETRY, POSE_STAMPED, POSE_COV_STAMPED)
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """The ``sensor_msgs/CameraInfo`` topic beside an image topic (image_transport naming):
+    ``/cam/image_raw`` and ``/cam/image_raw/compressed`` -> ``/cam/camera_info``."""
+    base = image_topic.rstrip("/")
+    if base.endswith("/compressed"):
+        base = base[: -len("/compressed")]
+    head, _, _ = base.rpartition("/")
+    return f"{head}/camera_info"
 
 
 def typestore():
@@ -67,6 +81,9 @@ class BagImageSource:
             _connections(reader, image_topic, IMAGE_TYPES)
             if pose_topic is not None:
                 _connections(reader, pose_topic, POSE_TYPES)
+            info_topic = camera_info_topic(image_topic)
+            info = reader.topics.get(info_topic)
+            self.info_topic = info_topic if info is not None and info.msgtype == CAMERA_INFO else None
 
     def __iter__(self) -> Iterator[Frame]:
         self.skipped.clear()
@@ -79,6 +96,7 @@ class BagImageSource:
                     (_stamp(msg, t), _pose_of(msg))
                     for msg, t in _messages(reader, _connections(reader, self.pose_topic, POSE_TYPES))
                 )
+            cameras = self._cameras(reader)
             for msg, t, msgtype in _messages(reader, _connections(reader, self.image_topic, IMAGE_TYPES), True):
                 try:
                     rgb = (compressed_msg_to_rgb if msgtype == COMPRESSED else image_msg_to_rgb)(msg, self.max_pixels)
@@ -94,7 +112,28 @@ class BagImageSource:
                     source=source,
                     pose=None if track is None else track.at(stamp),
                     image=rgb,
+                    camera=_camera_at(cameras, stamp, rgb.shape[:2]),
                 )
+
+    def _cameras(self, reader) -> tuple[list[int], list[tuple[object, tuple[int, int]]]]:
+        """(stamps, [(camera, (H, W))]) of the CameraInfo messages beside the image topic, in time
+        order, where the calibration changes (an uncalibrated or fisheye one is skipped, with a warning)."""
+        from vlad_localization.verification.camera import camera_from_info
+
+        if self.info_topic is None:
+            return [], []
+        found = []
+        for msg, t in _messages(reader, _connections(reader, self.info_topic, (CAMERA_INFO,))):
+            try:
+                found.append((_stamp(msg, t), camera_from_info(msg)))
+            except ValueError as exc:
+                log.warning("ignoring a CameraInfo of %s at %d ns: %s", self.info_topic, t, exc)
+        stamps, cameras = [], []
+        for stamp, camera in sorted(found, key=lambda c: c[0]):
+            if not cameras or cameras[-1] != camera:
+                stamps.append(stamp)
+                cameras.append(camera)
+        return stamps, cameras
 
     def summary(self) -> str:
         """E.g. ``"120 frames, skipped 2 (decode_failed: 2)"``."""
@@ -139,6 +178,7 @@ def write_bag(
     map_frame: str = "map",
     storage: str = "mcap",
     jpeg_quality: int = 90,
+    camera_info: bool = False,
 ) -> Path:
     """Write frames as a ROS 2 bag directory at ``path`` (must not exist); returns ``path``.
 
@@ -147,7 +187,8 @@ def write_bag(
     ``compressed=True``, JPEG ``CompressedImage`` (``image_topic`` then usually ends in
     ``/compressed``). With ``pose_topic``, one ``pose_type`` message (Odometry or PoseStamped) per
     frame that has a pose, at the frame's stamp, or the explicit ``poses`` (stamp_ns, Pose) instead.
-    ``storage``: ``"mcap"`` or ``"sqlite3"`` (.db3).
+    ``storage``: ``"mcap"`` or ``"sqlite3"`` (.db3). ``camera_info``: a ``sensor_msgs/CameraInfo``
+    (plumb_bob) on :func:`camera_info_topic` beside each frame that has a ``camera``.
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
 
@@ -167,6 +208,8 @@ def write_bag(
     with Writer(path, version=8, storage_plugin=plugins[storage]) as writer:
         image_conn = writer.add_connection(image_topic, COMPRESSED if compressed else IMAGE, typestore=store)
         pose_conn = writer.add_connection(pose_topic, pose_type, typestore=store) if pose_topic else None
+        info_conn = writer.add_connection(camera_info_topic(image_topic), CAMERA_INFO, typestore=store) \
+            if camera_info else None
         for index, item in enumerate(frames):
             frame = item if isinstance(item, Frame) else Frame(stamp_ns=index * NS_PER_S, image=np.asarray(item))
             header = builder.header(frame.stamp_ns, frame.frame_id or frame_id)
@@ -178,6 +221,9 @@ def write_bag(
                 fields["data"] = np.frombuffer(fields["data"], np.uint8)
                 msg = store.types[IMAGE](header=header, **fields)
             writer.write(image_conn, frame.stamp_ns, store.serialize_cdr(msg, msg.__msgtype__))
+            if info_conn is not None and frame.camera is not None:
+                info = builder.camera_info(header, frame.camera, frame.rgb.shape[:2])
+                writer.write(info_conn, frame.stamp_ns, store.serialize_cdr(info, CAMERA_INFO))
             if pose_conn is not None and poses is None and frame.pose is not None:
                 stamped_poses.append((frame.stamp_ns, frame.pose))
         for stamp, pose in sorted(stamped_poses, key=lambda sp: sp[0]):
@@ -196,6 +242,16 @@ class _MessageBuilder:
         sec, nanosec = divmod(int(stamp_ns), NS_PER_S)
         stamp = self.t["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
         return self.t["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
+
+    def camera_info(self, header, camera, image_hw):
+        """A plumb_bob ``CameraInfo`` of a ``verification.PinholeCamera`` for images of ``image_hw``."""
+        k = np.array([camera.fx, 0, camera.cx, 0, camera.fy, camera.cy, 0, 0, 1], np.float64)
+        p = np.array([camera.fx, 0, camera.cx, 0, 0, camera.fy, camera.cy, 0, 0, 0, 1, 0], np.float64)
+        roi = self.t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+        return self.t[CAMERA_INFO](
+            header=header, height=int(image_hw[0]), width=int(image_hw[1]), distortion_model="plumb_bob",
+            d=np.asarray(camera.distortion, np.float64), k=k, r=np.eye(3).ravel(), p=p, binning_x=0, binning_y=0,
+            roi=roi)
 
     def pose(self, pose: Pose):
         g = "geometry_msgs/msg/"
@@ -265,6 +321,15 @@ def _messages(reader, connections, with_type: bool = False):
     except Exception as exc:  # rosbags' readers raise many unrelated types on corrupt data
         where = "before the first message" if t is None else f"after the message at {t} ns"
         raise BagError(f"bag {reader.paths[0]} is corrupt {where} ({type(exc).__name__}: {exc})") from exc
+
+
+def _camera_at(cameras, stamp_ns: int, image_hw):
+    """The camera of the last CameraInfo at or before ``stamp_ns`` (else the first), resized to the image."""
+    stamps, entries = cameras
+    if not entries:
+        return None
+    camera, info_hw = entries[max(0, bisect.bisect_right(stamps, stamp_ns) - 1)]
+    return camera.resized(info_hw, image_hw) if all(info_hw) else camera
 
 
 def _stamp(msg, receive_ns: int) -> int:

@@ -35,7 +35,8 @@ class Frame:
     """One camera image with its time, frame, origin and (optional) pose.
 
     Pass the pixels as ``image`` or a zero-argument ``loader``; read them through :attr:`rgb`
-    (H x W x 3 RGB uint8, loaded on first access and kept).
+    (H x W x 3 RGB uint8, loaded on first access and kept). ``camera``: the camera model of this
+    image (a ``verification.PinholeCamera``, e.g. from a bag's CameraInfo) or None when unknown.
     """
 
     stamp_ns: int
@@ -44,6 +45,7 @@ class Frame:
     pose: Pose | None = None
     image: np.ndarray | None = field(default=None, repr=False)
     loader: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    camera: object | None = field(default=None, repr=False, compare=False)
 
     @property
     def rgb(self) -> np.ndarray:

@@ -13,6 +13,7 @@ from .integrity import check_sizes, verify_files
 from .manifest import MANIFEST, Manifest
 from .metadata import DB_FILE, Keyframe, KeyframeTable, decode_thumbnail
 from .patch_store import GLOBAL_FILE, PatchStore, open_rows
+from .views import VIEWS_FILE, KeyframeView, ViewTable
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ INDEX_FILE = "global.faiss"
 
 
 class MapDatabase:
-    """A read-only map: ``search`` global descriptors, fetch ``keyframes``/``patches``/``thumbnail``.
+    """A read-only map: ``search`` global descriptors, fetch ``keyframes``/``patches``/``thumbnail``/``view``.
 
     Open with :meth:`open`; every file is checked against the manifest first (sizes, structure),
     so a damaged map raises :class:`MapError` naming the file instead of failing later;
@@ -28,8 +29,9 @@ class MapDatabase:
     """
 
     def __init__(self, path: Path, manifest: Manifest, index: GlobalIndex, table: KeyframeTable,
-                 patches: PatchStore, global_desc: np.ndarray):
+                 patches: PatchStore, global_desc: np.ndarray, views: ViewTable | None = None):
         self.path = Path(path)
+        self.views = views  # views.sqlite (format version 3), None when the map stores no views
         self.manifest = manifest
         self.index = index
         self.table = table
@@ -72,7 +74,10 @@ class MapDatabase:
         if index.ntotal != n or index.dim != dim:
             raise MapError(f"{path / INDEX_FILE}: index holds {index.ntotal} x {index.dim}-d vectors, "
                            f"the manifest says {n} x {dim}-d; rebuild the map")
-        db = cls(path, manifest, index, table, store, global_desc)
+        if manifest.views and not (path / VIEWS_FILE).is_file():
+            raise MapError(f"{path / VIEWS_FILE}: file missing from the map (the manifest counts {manifest.views})")
+        views = ViewTable(path / VIEWS_FILE) if manifest.views else None
+        db = cls(path, manifest, index, table, store, global_desc, views)
         index.set_params(manifest.index.get("nprobe"), manifest.index.get("ef_search"))
         if map_cfg is not None:
             db.configure(map_cfg)
@@ -120,11 +125,19 @@ class MapDatabase:
         data = self.table.thumbnail_bytes(map_id)
         return None if data is None else decode_thumbnail(data)
 
+    def view(self, map_id: int) -> KeyframeView | None:
+        """What verification needs of the keyframe (camera model, image, depth), or None when the
+        map stores none for it (format version 1 or 2, no camera model known when it was built)."""
+        if not 0 <= int(map_id) < self.size:
+            raise KeyError(f"keyframe id {map_id} not in map {self.path}")
+        return None if self.views is None else self.views.get(map_id)
+
     def stats(self) -> dict[str, Any]:
         files = {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file()}
         patch_bytes = self.store.bytes_per_keyframe()
         return {
             **self.table.stats(),
+            "views": self.views.stats() if self.views is not None else {},
             "files": files,
             "total_bytes": sum(files.values()),
             "patch_bytes_per_keyframe": patch_bytes,
@@ -135,6 +148,8 @@ class MapDatabase:
 
     def close(self) -> None:
         self.table.close()
+        if self.views is not None:
+            self.views.close()
         self.store.arrays.clear()
         self.global_desc = None
 

@@ -6,6 +6,10 @@
     sims, ids = live.search(query, k=10, max_stamp_ns=t - gap_ns)   # exact inner product
     live.save("maps/run1")                                           # the map-database format
 
+A keyframe may carry a :class:`~vlad_localization.mapdb.views.KeyframeView` (``add(..., view=)``:
+its camera model and full-resolution image, for verifying a later loop closure with it): kept and
+released with the keyframe's other data, saved to the map's ``views.sqlite``.
+
 Storage: the global descriptors (float32) with their stamp and ``travel_m`` in one block of rows
 that doubles when full and, once keyframes are evicted, is compacted into a fresh block after as
 many insertions as it holds (one row copy per insertion, amortised); the float16 patch rows in
@@ -43,6 +47,7 @@ from .index import blas_top_k
 from .manifest import Manifest
 from .metadata import Keyframe, decode_thumbnail
 from .patch_store import PATCH_DTYPE
+from .views import KeyframeView
 from .writer import MapWriter
 
 MIN_ROWS = 64  # first block of global rows
@@ -88,7 +93,8 @@ class LiveMap:
         self._held_lo = 0  # lowest held chunk; ids from held_lo * chunk are readable
         self._meta: dict[int, Keyframe] = {}
         self._thumbs: dict[int, bytes] = {}
-        self._thumb_bytes = self._meta_bytes = 0
+        self._views: dict[int, KeyframeView] = {}
+        self._blob_bytes = self._meta_bytes = 0
         self._pins = 0
         self._closed = False
 
@@ -138,7 +144,7 @@ class LiveMap:
     @property
     def nbytes(self) -> int:
         """Bytes held: global rows (+ stamp, travel) of the searchable keyframes, patch rows,
-        thumbnails and a metadata estimate of every readable keyframe (evicted ones until their
+        thumbnails, views and a metadata estimate of every readable keyframe (evicted ones until their
         chunk is released). Unwritten capacity (untouched pages) is not counted."""
         with self._lock:
             if self._layout is None:
@@ -146,7 +152,7 @@ class LiveMap:
             m = self._layout
             patch_row = sum(n * m.dim for n in m.num_patches.values()) * np.dtype(PATCH_DTYPE).itemsize
             held = self._next_id - self._held_lo * self.chunk
-            return (self._size() * (m.dim * 4 + 16) + held * patch_row + self._thumb_bytes + self._meta_bytes)
+            return (self._size() * (m.dim * 4 + 16) + held * patch_row + self._blob_bytes + self._meta_bytes)
 
     def stats(self) -> dict[str, Any]:
         """For diagnostics: keyframes, evicted, bytes, max_keyframes, eviction, full."""
@@ -155,12 +161,13 @@ class LiveMap:
 
     # ------------------------------------------------------------------ writing
     def add(self, global_desc: np.ndarray, patches: dict[int, np.ndarray], keyframe: Keyframe,
-            thumbnail: bytes | None = None, grid=None, image_size=None) -> int | None:
+            thumbnail: bytes | None = None, grid=None, image_size=None, view: KeyframeView | None = None
+            ) -> int | None:
         """Insert one keyframe: global (D,) float32 (L2-normalised), patches {P: (patches_P, D)}
         (stored float16: pass float16, e.g. torch ``.half()``, to skip numpy's slow conversion, 3 ms
         at the speed preset's 936 x 512), its metadata (``id`` assigned here and returned; ``extra["travel_m"]``
-        feeds ``search``'s ``max_travel_m``) and a JPEG thumbnail. ``grid``/``image_size`` are
-        needed for the first add and checked afterwards. Returns None when full and
+        feeds ``search``'s ``max_travel_m``), a JPEG thumbnail and its verification ``view``.
+        ``grid``/``image_size`` are needed for the first add and checked afterwards. Returns None when full and
         ``eviction == "refuse"``; NaN/inf descriptors raise :class:`MapError`."""
         g, p16, travel = self._checked(global_desc, patches, keyframe, grid, image_size)
         with self._write_lock:
@@ -191,7 +198,10 @@ class LiveMap:
                 self._meta_bytes += _meta_estimate(kf)
                 if thumb is not None:
                     self._thumbs[kf_id] = thumb
-                    self._thumb_bytes += len(thumb)
+                    self._blob_bytes += len(thumb)
+                if view is not None:
+                    self._views[kf_id] = view
+                    self._blob_bytes += view.nbytes
                 if self._size() >= self.max_keyframes:  # eviction == "oldest": the oldest leaves the search
                     self._start += 1
                     self._first_id += 1
@@ -281,7 +291,9 @@ class LiveMap:
                 kf = self._meta.pop(i, None)
                 self._meta_bytes -= 0 if kf is None else _meta_estimate(kf)
                 thumb = self._thumbs.pop(i, None)
-                self._thumb_bytes -= len(thumb) if thumb is not None else 0
+                self._blob_bytes -= len(thumb) if thumb is not None else 0
+                view = self._views.pop(i, None)
+                self._blob_bytes -= view.nbytes if view is not None else 0
             self._held_lo += 1
 
     # ------------------------------------------------------------------ reading
@@ -366,6 +378,11 @@ class LiveMap:
         data = self.thumbnail_bytes(map_id)
         return None if data is None else decode_thumbnail(data)
 
+    def view(self, map_id: int) -> KeyframeView | None:
+        """The keyframe's verification view (camera model, image), or None when it has none."""
+        with self._lock:
+            return self._views.get(self._readable([map_id])[0])
+
     # ------------------------------------------------------------------ saving
     def save(self, path: str | Path, sources: Sequence[str] = (), index: str | None = None) -> Manifest:
         """Write the searchable keyframes as a map at ``path`` (one run), atomically through
@@ -385,13 +402,14 @@ class LiveMap:
             chunks = {c: self._chunks[c] for c in range(first // self.chunk, (end - 1) // self.chunk + 1)}
             kfs = [self._meta[i] for i in range(first, end)]
             thumbs = [self._thumbs.get(i) for i in range(first, end)]
+            views = [self._views.get(i) for i in range(first, end)]
             m = self._layout
         with MapWriter(path, self.identity, index, thumbnails=self.thumbnails) as writer:
             for c, chunk in chunks.items():
                 lo, hi = max(first, c * self.chunk), min(end, (c + 1) * self.chunk)
                 rows, part = slice(lo - c * self.chunk, hi - c * self.chunk), slice(lo - first, hi - first)
                 writer.add(g[part], {p: a[rows] for p, a in chunk.items()}, kfs[part],
-                           grid=m.grid, image_size=m.image_size, thumbnails=thumbs[part])
+                           grid=m.grid, image_size=m.image_size, thumbnails=thumbs[part], views=views[part])
             return writer.commit(list(sources))
 
     def close(self) -> None:
@@ -403,7 +421,8 @@ class LiveMap:
             self._chunks.clear()
             self._meta.clear()
             self._thumbs.clear()
-            self._thumb_bytes = self._meta_bytes = 0
+            self._views.clear()
+            self._blob_bytes = self._meta_bytes = 0
             self._first_id = self._next_id
 
     def __enter__(self) -> "LiveMap":

@@ -3,7 +3,9 @@
 The manifest is written last (after every other file is complete and synced), so a map directory
 with a readable manifest whose file sizes match is a complete map. Since version 2 it records every
 other file's size and sha256 (``files``): sizes are checked on open, every byte by
-:func:`~vlad_localization.mapdb.integrity.verify_map`. Version 1 maps (no ``files``) still open.
+:func:`~vlad_localization.mapdb.integrity.verify_map`. Since version 3 it counts what
+``views.sqlite`` holds for verification (``views``: keyframes with a camera model, an image, a depth
+image; ``{}`` when the map has no such file). Version 1 and 2 maps still open (no views).
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ from typing import Any
 from .errors import MapError
 
 FORMAT = "vlad_localization.map"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1: no per-file sizes and checksums
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # 1: no per-file sizes and checksums; 1 and 2: no keyframe views
 MANIFEST = "manifest.json"
 
 # Identity keys that must agree between the model and the map (Encoder.identity()).
@@ -65,6 +67,7 @@ class Manifest:
     runs: list[Run] = field(default_factory=list)
     thumbnails: bool = True
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"bytes", "sha256"} (v2)
+    views: dict[str, int] = field(default_factory=dict)  # {"cameras", "images", "depth"} of views.sqlite (v3)
     intact: bool = True  # as read: the content matches its own "checksum" (v2; v1 has none)
     created: str = field(default_factory=now_iso)
     updated: str = field(default_factory=now_iso)
@@ -100,7 +103,7 @@ class Manifest:
         d["image_size"] = list(self.image_size)
         d["num_patches"] = {str(k): v for k, v in self.num_patches.items()}
         order = ["format", "version", "created", "updated", "keyframes", "model", "index", "dim",
-                 "grid", "image_size", "num_patches", "thumbnails", "runs", "files"]
+                 "grid", "image_size", "num_patches", "thumbnails", "views", "runs", "files"]
         d = {k: d[k] for k in order}
         return {**d, "checksum": content_sha256(d)} if self.version >= 2 else d
 
@@ -126,6 +129,7 @@ class Manifest:
                 thumbnails=bool(d.get("thumbnails", False)),
                 files={str(k): {"bytes": int(v["bytes"]), "sha256": str(v["sha256"])}
                        for k, v in (d["files"] if d["version"] >= 2 else {}).items()},
+                views={str(k): int(v) for k, v in (d["views"] if d["version"] >= 3 else {}).items()},
                 version=int(d["version"]),
                 intact=d["version"] < 2 or d["checksum"] == content_sha256(d),
                 created=d.get("created", ""),

@@ -55,5 +55,6 @@ def merge_maps(out: str | Path, maps: Sequence[str | Path], index: str | None = 
 def _copy(db: MapDatabase, ids: np.ndarray, writer: MapWriter) -> None:
     m = db.manifest
     thumbs = [db.table.thumbnail_bytes(int(i)) for i in ids]
+    views = [db.view(int(i)) for i in ids]
     writer.add(np.asarray(db.global_desc[ids]), db.patches(ids), db.keyframes(ids),
-               grid=m.grid, image_size=m.image_size, thumbnails=thumbs)
+               grid=m.grid, image_size=m.image_size, thumbnails=thumbs, views=views)

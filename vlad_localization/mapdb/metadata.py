@@ -60,6 +60,23 @@ class Keyframe:
         )
 
 
+def connect(path: Path, schema: str | None, table: str, what: str) -> sqlite3.Connection:
+    """An SQLite file of a map: created with ``schema``, or (None) opened read-only and checked to
+    hold ``table``; a failure is a :class:`MapError` naming the file and ``what`` it is."""
+    try:
+        db = sqlite3.connect(str(path), check_same_thread=False)
+        if schema is not None:
+            db.executescript(schema)
+        else:
+            db.execute("PRAGMA query_only = ON")
+            db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
+        return db
+    except sqlite3.DatabaseError as exc:
+        if schema is not None:
+            raise MapError(f"{path}: could not create the {what} ({exc})") from exc
+        raise MapError(f"{path}: {what} is corrupt or not SQLite ({exc})") from exc
+
+
 class KeyframeTable:
     """The SQLite keyframe table: ``add``, ``get``, ``count``, ``thumbnail``."""
 
@@ -67,17 +84,7 @@ class KeyframeTable:
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise MapError(f"{self.path}: keyframe database missing from the map")
-        try:
-            self.db = sqlite3.connect(str(self.path), check_same_thread=False)
-            if create:
-                self.db.executescript(_SCHEMA)
-            else:
-                self.db.execute("PRAGMA query_only = ON")
-                self.db.execute("SELECT 1 FROM keyframes LIMIT 1").fetchall()
-        except sqlite3.DatabaseError as exc:
-            if create:
-                raise MapError(f"{self.path}: could not create the keyframe database ({exc})") from exc
-            raise MapError(f"{self.path}: keyframe database is corrupt or not SQLite ({exc})") from exc
+        self.db = connect(self.path, _SCHEMA if create else None, "keyframes", "keyframe database")
 
     def check(self, expected: int) -> None:
         """Integrity check plus row count against the manifest."""

@@ -18,6 +18,7 @@ from .integrity import record_files
 from .manifest import Manifest, Run, now_iso
 from .metadata import DB_FILE, Keyframe, KeyframeTable
 from .patch_store import GLOBAL_FILE, PATCH_DTYPE, RowWriter, open_rows, patch_file
+from .views import VIEWS_FILE, KeyframeView, ViewTable
 
 DEFAULT_INDEX = {"spec": "Flat", "nprobe": 16, "ef_search": 128}  # a new map's, when not given
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}  # reported as a MapError
@@ -47,6 +48,7 @@ class MapWriter:
         self._run_start = 0  # first id of the current run
         self._writers: dict[str, RowWriter] = {}
         self._table: KeyframeTable | None = None
+        self._views: ViewTable | None = None  # views.sqlite, opened with the first keyframe view
         self._params = dict(spec=index, nprobe=nprobe, ef_search=ef_search)  # None: the map's own, else the default
         self._thumbnails = thumbnails
         self._identity = identity
@@ -89,6 +91,8 @@ class MapWriter:
         for p, n in m.num_patches.items():
             self._writers[patch_file(p)] = RowWriter(self.staging / patch_file(p), PATCH_DTYPE, (n, m.dim))
         self._table = KeyframeTable(self.staging / DB_FILE, create=True)
+        if (self.staging / VIEWS_FILE).is_file():  # appending to a map with views
+            self._views = ViewTable(self.staging / VIEWS_FILE, create=True)
 
     # ------------------------------------------------------------------ writing
     @property
@@ -101,9 +105,11 @@ class MapWriter:
         return self.count - self._first_id
 
     def add(self, global_desc: np.ndarray, patches: dict[int, np.ndarray], keyframes: Sequence[Keyframe],
-            grid=None, image_size=None, thumbnails: Sequence[bytes | None] | None = None) -> list[int]:
+            grid=None, image_size=None, thumbnails: Sequence[bytes | None] | None = None,
+            views: Sequence[KeyframeView | None] | None = None) -> list[int]:
         """Append N keyframes: global (N, D), {P: (N, patches, D)} and their metadata (ids assigned
-        here, returned). ``grid``/``image_size`` are needed for the first add of a new map."""
+        here, returned), optionally their thumbnails and verification ``views`` (None: none for that
+        keyframe). ``grid``/``image_size`` are needed for the first add of a new map."""
         global_desc = np.asarray(global_desc, np.float32)
         n = len(global_desc)
         if not (len(keyframes) == n and all(len(a) == n for a in patches.values())):
@@ -124,6 +130,11 @@ class MapWriter:
             self._writers[patch_file(p)].append(a)
         thumbs = {i: t for i, t in zip(ids, thumbnails or []) if t is not None and self._thumbnails}
         self._table.add([replace(k, id=i, run=run) for i, k in zip(ids, keyframes)], thumbs)
+        stored = [(i, v) for i, v in zip(ids, views or []) if v is not None]
+        if stored:
+            if self._views is None:
+                self._views = ViewTable(self.staging / VIEWS_FILE, create=True)
+            self._views.add(stored)
         self.manifest.keyframes += n
         return ids
 
@@ -152,6 +163,10 @@ class MapWriter:
             for w in self._writers.values():
                 w.close()
             self._table.close()
+            m.views = {}
+            if self._views is not None:
+                m.views = self._views.counts()
+                self._views.close()
             vectors = open_rows(self.staging / GLOBAL_FILE, np.float32, (m.dim,), m.keyframes)
             params = {k: DEFAULT_INDEX[k] if v is None else v for k, v in self._params.items()}
             index = GlobalIndex.build(params["spec"], vectors)
@@ -176,8 +191,9 @@ class MapWriter:
         try:
             for w in self._writers.values():
                 w.abandon()
-            if self._table is not None:
-                self._table.close()
+            for table in (self._table, self._views):
+                if table is not None:
+                    table.close()
             atomic.discard(self.staging)
         finally:
             self._lock.release()

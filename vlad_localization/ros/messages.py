@@ -12,9 +12,10 @@ re-ranked NaN scores.
 edge), columns :data:`EDGE_COLUMNS`: both stamps, the matched keyframe's id and map (``0`` the
 prebuilt map, ``1`` this run's keyframes), the relative pose of the match camera in the query camera's
 optical frame (``X_query = R X_match + t``; x right, y down, z forward; translation in metres when
-``metric`` is 1, else a unit direction), the patch score, the inliers of the verification and the 6x6
+``metric`` is 1, else a unit direction), the patch score, the inliers of the verification, the 6x6
 covariance row-major in ``cov0 .. cov35`` (order tx, ty, tz, rx, ry, rz; see
-:mod:`vlad_localization.verification.covariance`).
+:mod:`vlad_localization.verification.covariance`) and ``refined`` (1: SIFT matches in both images; 0:
+the patch keypoints alone, a map keyframe stored without its image: a coarser pose).
 """
 from __future__ import annotations
 
@@ -23,17 +24,19 @@ from typing import Sequence
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, PoseArray
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import Image
 from std_msgs.msg import Float64MultiArray, Header, MultiArrayDimension
 
 from vlad_localization.detector import CANDIDATE_FIELDS, candidate_row
+from vlad_localization.images.bag import camera_info_topic  # noqa: F401  (the node's, beside each image topic)
 from vlad_localization.images.convert import rgb_to_image_fields
+from vlad_localization.verification.camera import camera_from_info  # noqa: F401  (the node's CameraInfo reader)
 
 CANDIDATE_COLUMNS = ("query_stamp", "camera") + CANDIDATE_FIELDS
 
 EDGE_COLUMNS = (
     "query_stamp", "match_stamp", "map_id", "map", "tx", "ty", "tz", "qx", "qy", "qz", "qw", "metric",
-    "score", "inliers", *(f"cov{i}" for i in range(36)),
+    "score", "inliers", *(f"cov{i}" for i in range(36)), "refined",
 )
 MAPS = {"prebuilt": 0, "run": 1}  # the ``map`` column of ~/loop_closure_edges
 
@@ -81,14 +84,14 @@ def loop_closure_edge_msg(query_stamp_ns: int, match_stamp_ns: int, map_id: int,
         raise ValueError(f"which_map {which_map!r}: use {' or '.join(MAPS)}")
     row = [query_stamp_ns * 1e-9, match_stamp_ns * 1e-9, float(map_id), float(MAPS[which_map]),
            *np.asarray(pose.translation, np.float64), *pose.quaternion, float(pose.metric), float(score),
-           float(pose.inliers), *np.asarray(pose.covariance, np.float64).ravel()]
+           float(pose.inliers), *np.asarray(pose.covariance, np.float64).ravel(), float(pose.refine != "none")]
     return _table_msg([row], EDGE_COLUMNS, "edge")
 
 
 def parse_loop_closure_edges(msg: Float64MultiArray) -> list[dict]:
     """``~/loop_closure_edges`` -> one dict per edge: ``query_stamp``, ``match_stamp`` (s), ``map_id``
     (int), ``map`` (``prebuilt`` | ``run``), ``translation`` (3,), ``quaternion`` (x, y, z, w),
-    ``metric`` (bool), ``score``, ``inliers`` (int), ``covariance`` (6, 6)."""
+    ``metric`` (bool), ``score``, ``inliers`` (int), ``covariance`` (6, 6), ``refined`` (bool)."""
     names = {v: k for k, v in MAPS.items()}
     edges = []
     for row in parse_candidates(msg):
@@ -98,6 +101,7 @@ def parse_loop_closure_edges(msg: Float64MultiArray) -> list[dict]:
             "quaternion": np.array([row[k] for k in ("qx", "qy", "qz", "qw")]), "metric": bool(row["metric"]),
             "score": row["score"], "inliers": int(row["inliers"]),
             "covariance": np.array([row[f"cov{i}"] for i in range(36)]).reshape(6, 6),
+            "refined": bool(row.get("refined", 1.0)),
         })
     return edges
 
@@ -137,34 +141,3 @@ def candidates_query(msg: Float64MultiArray) -> tuple[float, int] | None:
         return float(stamp), int(camera)
     except ValueError:
         return None
-
-
-def camera_info_topic(image_topic: str) -> str:
-    """The ``sensor_msgs/CameraInfo`` topic beside an image topic (image_transport naming):
-    ``/cam/image_raw`` and ``/cam/image_raw/compressed`` -> ``/cam/camera_info``."""
-    base = image_topic.rstrip("/")
-    if base.endswith("/compressed"):
-        base = base[: -len("/compressed")]
-    head, _, _ = base.rpartition("/")
-    return f"{head}/camera_info"
-
-
-DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "")  # what OpenCV's pinhole model reads
-
-
-def camera_from_info(msg: CameraInfo):
-    """``sensor_msgs/CameraInfo`` -> (:class:`~vlad_localization.verification.PinholeCamera`, (H, W)) of the
-    raw image: ``K`` and ``D`` (plumb_bob: k1, k2, p1, p2, k3; rational_polynomial: 8 coefficients).
-    Fisheye (``equidistant``) and unknown models are refused with a ValueError."""
-    from vlad_localization.verification import PinholeCamera
-
-    if msg.distortion_model not in DISTORTION_MODELS:
-        raise ValueError(f"CameraInfo distortion_model {msg.distortion_model!r} is not supported: use "
-                         "plumb_bob or rational_polynomial (or rectified images with no distortion)")
-    k = np.asarray(msg.k, np.float64).reshape(3, 3)
-    if not (k[0, 0] > 0 and k[1, 1] > 0):
-        raise ValueError("CameraInfo has no intrinsics (K is zero): the camera is not calibrated")
-    dist = tuple(float(v) for v in msg.d) or (0.0, 0.0, 0.0, 0.0)
-    if len(dist) not in (4, 5, 8):
-        raise ValueError(f"CameraInfo has {len(dist)} distortion coefficients, expected 4, 5 or 8")
-    return PinholeCamera(k[0, 0], k[1, 1], k[0, 2], k[1, 2], dist), (int(msg.height), int(msg.width))

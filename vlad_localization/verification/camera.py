@@ -62,6 +62,32 @@ class PinholeCamera:
         """The same camera for an image resized by ``sx`` horizontally and ``sy`` vertically."""
         return PinholeCamera(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, self.distortion)
 
+    def resized(self, from_hw, to_hw) -> "PinholeCamera":
+        """The camera of an image of size ``from_hw`` (H, W) for that image resized to ``to_hw``."""
+        if tuple(from_hw) == tuple(to_hw):
+            return self
+        return self.scaled(to_hw[1] / from_hw[1], to_hw[0] / from_hw[0])
+
+
+DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "")  # what OpenCV's pinhole model reads
+
+
+def camera_from_info(msg) -> tuple[PinholeCamera, tuple[int, int]]:
+    """A ``sensor_msgs/CameraInfo`` (rclpy's or a bag's, read with ``rosbags``) -> (camera, (H, W)) of
+    the raw image: ``K`` and ``D`` (plumb_bob: k1, k2, p1, p2, k3; rational_polynomial: 8
+    coefficients). Fisheye (``equidistant``) and unknown models are refused with a ValueError."""
+    if msg.distortion_model not in DISTORTION_MODELS:
+        raise ValueError(f"CameraInfo distortion_model {msg.distortion_model!r} is not supported: use "
+                         "plumb_bob or rational_polynomial (or rectified images with no distortion)")
+    k = np.asarray(msg.k, np.float64).reshape(3, 3)
+    if not (k[0, 0] > 0 and k[1, 1] > 0):
+        raise ValueError("CameraInfo has no intrinsics (K is zero): the camera is not calibrated")
+    dist = tuple(float(v) for v in msg.d) or (0.0, 0.0, 0.0, 0.0)
+    if len(dist) not in (4, 5, 8):
+        raise ValueError(f"CameraInfo has {len(dist)} distortion coefficients, expected 4, 5 or 8")
+    return PinholeCamera(*(float(v) for v in (k[0, 0], k[1, 1], k[0, 2], k[1, 2])), dist), \
+        (int(msg.height), int(msg.width))
+
 
 @dataclass(frozen=True)
 class CalibratedSensor:

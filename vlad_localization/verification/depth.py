@@ -92,10 +92,9 @@ class StereoRig:
         return StereoRig(self.left.scaled(sx, sy), self.right.scaled(sx, sy), self.rotation, self.translation)
 
 
-def stereo_depth_at(left: np.ndarray, right: np.ndarray, rig: StereoRig, points: np.ndarray,
-                    max_depth_m: float, num_disparities: int = 128) -> np.ndarray:
-    """Depth (m, left optical frame) at raw left pixels ``points`` (M, 2) from a stereo pair
-    (greyscale or RGB uint8 images of one size)."""
+def _rectified_disparity(left: np.ndarray, right: np.ndarray, rig: StereoRig, num_disparities: int):
+    """SGBM disparity (float32, pixels; <= 0 unknown) of the rectified pair and the rectification
+    (R_left, P_left, P_right) of ``cv2.stereoRectify``."""
     if left.shape[:2] != right.shape[:2]:
         raise ValueError(f"stereo images differ in size: {left.shape[:2]} and {right.shape[:2]}")
     left, right = gray(left), gray(right)
@@ -113,17 +112,48 @@ def stereo_depth_at(left: np.ndarray, right: np.ndarray, rig: StereoRig, points:
                                  disp12MaxDiff=1, speckleWindowSize=100, speckleRange=2,
                                  mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY)
     disparity = sgbm.compute(*rectified).astype(np.float32) / 16.0  # fixed point, 4 fractional bits
-    rect = cv2.undistortPoints(np.asarray(points, np.float64).reshape(-1, 1, 2), rig.left.matrix,
-                               rig.left.dist_coeffs, R=r_left, P=p_left).reshape(-1, 2)
-    disp = _window_median(disparity, rect, lambda v: v > 0.5)
+    return disparity, r_left, p_left, p_right
+
+
+def _left_depth(rect: np.ndarray, disp: np.ndarray, r_left, p_left, p_right, max_depth_m: float) -> np.ndarray:
+    """Depth (m, left optical frame) of rectified points (M, 2) with disparities (M,) (NaN unknown)."""
     focal, baseline = p_left[0, 0], abs(p_right[0, 3] / p_right[0, 0])
-    z_rect = focal * baseline / disp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z_rect = focal * baseline / disp
     rays = np.column_stack([(rect[:, 0] - p_left[0, 2]) / focal, (rect[:, 1] - p_left[1, 2]) / p_left[1, 1],
                             np.ones(len(rect))])
     z_left = (rays * z_rect[:, None]) @ r_left  # rows: R_rect^T X_rect, back to the left camera
     depth = z_left[:, 2]
     depth[~(depth <= max_depth_m)] = np.nan
     return depth
+
+
+def stereo_depth_at(left: np.ndarray, right: np.ndarray, rig: StereoRig, points: np.ndarray,
+                    max_depth_m: float, num_disparities: int = 128) -> np.ndarray:
+    """Depth (m, left optical frame) at raw left pixels ``points`` (M, 2) from a stereo pair
+    (greyscale or RGB uint8 images of one size)."""
+    disparity, r_left, p_left, p_right = _rectified_disparity(left, right, rig, num_disparities)
+    rect = cv2.undistortPoints(np.asarray(points, np.float64).reshape(-1, 1, 2), rig.left.matrix,
+                               rig.left.dist_coeffs, R=r_left, P=p_left).reshape(-1, 2)
+    disp = _window_median(disparity, rect, lambda v: v > 0.5)
+    return _left_depth(rect, disp, r_left, p_left, p_right, max_depth_m)
+
+
+def stereo_depth_image(left: np.ndarray, right: np.ndarray, rig: StereoRig, max_depth_m: float,
+                       num_disparities: int = 128) -> np.ndarray:
+    """A depth image (float32 metres, NaN unknown) registered to the raw left image, from a stereo
+    pair: every left pixel's disparity at its rectified position (nearest), as :func:`stereo_depth_at`
+    but dense (e.g. to store as a map keyframe's depth)."""
+    disparity, r_left, p_left, p_right = _rectified_disparity(left, right, rig, num_disparities)
+    height, width = disparity.shape
+    grid = np.stack(np.meshgrid(np.arange(width), np.arange(height)), axis=-1).reshape(-1, 1, 2).astype(np.float64)
+    rect = cv2.undistortPoints(grid, rig.left.matrix, rig.left.dist_coeffs, R=r_left, P=p_left).reshape(-1, 2)
+    cols, rows = np.rint(rect[:, 0]).astype(np.int64), np.rint(rect[:, 1]).astype(np.int64)
+    inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
+    disp = np.full(len(rect), np.nan)
+    disp[inside] = disparity[rows[inside], cols[inside]]
+    disp[~(disp > 0.5)] = np.nan
+    return _left_depth(rect, disp, r_left, p_left, p_right, max_depth_m).reshape(height, width).astype(np.float32)
 
 
 def load_depth(path) -> np.ndarray:

@@ -30,7 +30,8 @@ from vlad_localization.verification import covariance as cov
 
 STATUSES = {
     "ok": "verified: the pose and covariance are valid",
-    "no_features": "refine is sift but a view has neither its image nor stored SIFT features",
+    "no_features": "no patch matches (the candidate was not re-ranked), or refine is sift but a view has "
+                   "neither its image nor SIFT features",
     "too_few_matches": "fewer matches than min_inliers (or than the minimal solver needs)",
     "too_few_inliers": "the RANSAC model explains fewer than min_inliers matches",
     "planar": "too few essential-matrix inliers off the dominant homography (planar scene or pure "
@@ -61,6 +62,8 @@ class RelativePose:
     inliers: int = 0
     covariance: np.ndarray = field(default_factory=lambda: np.diag([-1.0, 0, 0, 0, 0, 0]))
     status: str = "ok"
+    refine: str | None = None  # the correspondences used (choices.REFINEMENTS): sift | none (patch keypoints)
+    match_camera: str | None = None  # against a map keyframe: its own camera model ("map") or the query's ("query")
 
     @classmethod
     def rejected(cls, status: str, metric: bool = False, inliers: int = 0) -> "RelativePose":
@@ -78,7 +81,8 @@ class RelativePose:
 
     def to_json(self) -> dict:
         """``{"R": [qx, qy, qz, qw], "t": [x, y, z], "metric", "inliers", "covariance": 36 row-major
-        numbers, order [tx, ty, tz, rx, ry, rz], "status": "ok" | reason}``."""
+        numbers, order [tx, ty, tz, rx, ry, rz], "status": "ok" | reason, "refine": "sift" | "none"
+        | null (not reached), "match_camera": "map" | "query" | null (both cameras given)}``."""
         return {
             "R": [float(v) for v in self.quaternion],
             "t": [float(v) for v in self.translation],
@@ -86,6 +90,8 @@ class RelativePose:
             "inliers": int(self.inliers),
             "covariance": [float(v) for v in np.asarray(self.covariance).ravel()],
             "status": self.status,
+            "refine": self.refine,
+            "match_camera": self.match_camera,
         }
 
 

@@ -4,7 +4,8 @@
 :class:`~vlad_localization.matching.matcher.MatchResult` (all patch sizes, network-input pixels),
 scales them to each camera image, optionally refines them to SIFT matches inside the matched
 patch pairs (:mod:`.refine`; needs both images or their SIFT features, else the pair is rejected
-``no_features``: the patch keypoints alone, ``refine: none``, give poses 10-22 deg off on EuRoC),
+``no_features``: the patch keypoints alone, ``refine: none``, give poses 10-22 deg off on EuRoC;
+``RelativePose.refine`` says which was used),
 and estimates the query -> match pose: PnP when
 one side has metric depth (the match side first, what a map stores, then the query side), else the
 essential matrix. Depth sources that yield too few points fall back to the monocular estimate
@@ -80,10 +81,12 @@ def verify_candidate(result, k: int, input_hw, query: View, match: View, cfg, ce
 
 
 def verify_correspondences(patch_sizes, correspondences, input_hw, query: View, match: View, cfg,
-                           cell_px: int = 16) -> RelativePose:
+                           cell_px: int = 16, refine: str | None = None) -> RelativePose:
     """Relative pose from one candidate's mutual patch matches (one ``Correspondences`` per patch
-    size, as ``pipeline.Candidate.matches`` keeps them)."""
-    if cfg.refine == "sift":
+    size, as ``pipeline.Candidate.matches`` keeps them); ``refine`` overrides ``cfg.refine``
+    (``none``: the patch keypoints alone, e.g. for a map keyframe stored without its image)."""
+    refine = cfg.refine if refine is None else refine
+    if refine == "sift":
         if not (query.can_refine and match.can_refine):
             return RelativePose.rejected("no_features")
         q_px, m_px = refined_matches(patch_sizes, correspondences, input_hw, query, match, cfg, cell_px)
@@ -91,7 +94,9 @@ def verify_correspondences(patch_sizes, correspondences, input_hw, query: View, 
         q_kp = np.concatenate([c.query_keypoints for c in correspondences]).reshape(-1, 2)
         m_kp = np.concatenate([c.candidate_keypoints for c in correspondences]).reshape(-1, 2)
         q_px, m_px = to_image_pixels(q_kp, input_hw, query.image_hw), to_image_pixels(m_kp, input_hw, match.image_hw)
-    return estimate_pose(q_px, m_px, query, match, cfg)
+    pose = estimate_pose(q_px, m_px, query, match, cfg)
+    pose.refine = refine
+    return pose
 
 
 def estimate_pose(q_px: np.ndarray, m_px: np.ndarray, query: View, match: View, cfg) -> RelativePose:

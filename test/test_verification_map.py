@@ -1,0 +1,196 @@
+"""Verification against a prebuilt map, on real data: maps of EuRoC V1_01 left images built with the
+camera model (sensorLeft.yaml) and, for the metric case, registered depth from the stereo pair,
+queried with the revisit 98 s later (img_1 -> img_0) against the Vicon ground truth; an old-format
+map (no views) still verifies, from the patch keypoints; a run saved with its views is verified
+against by a later run; a bag's CameraInfo becomes the keyframes' camera model."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from test_mapdb_integrity import as_old_version, flip_bit
+from test_verification_real import errors, ground_truth
+from vlad_localization.cli.main import main
+from vlad_localization.images.io import load_rgb
+from vlad_localization.mapdb import MapDatabase
+from vlad_localization.verification import StereoRig, load_euroc_sensor
+from vlad_localization.verification.depth import stereo_depth_image
+
+MAX_ROTATION_DEG = 5.0  # the tolerances of test_verification_online, with margin
+MAX_DIRECTION_DEG = 15.0
+MAX_SCALE_ERROR = 0.2
+MAP_IMAGES = (0, 2)  # img_0 (the revisited place) and img_2 (another corner of the room)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, datasets_dir, speed_checkpoint):
+    """Map images, their stereo depth (16-bit PNG, mm) and the CLI's common flags."""
+    root = tmp_path_factory.mktemp("views")
+    euroc = datasets_dir / "euroc_loop_pairs"
+    left, right = load_euroc_sensor(euroc / "sensorLeft.yaml"), load_euroc_sensor(euroc / "sensorRight.yaml")
+    rig = StereoRig.from_sensors(left, right)
+    images, depth = root / "left", root / "depth"
+    images.mkdir()
+    depth.mkdir()
+    for i in MAP_IMAGES:
+        shutil.copy(euroc / f"left_img_{i}.png", images)
+        metres = stereo_depth_image(load_rgb(euroc / f"left_img_{i}.png"), load_rgb(euroc / f"right_img_{i}.png"),
+                                    rig, 20.0)
+        cv2.imwrite(str(depth / f"left_img_{i}.png"), np.where(np.isfinite(metres), metres * 1000, 0).astype(np.uint16))
+    cfg = root / "small.yaml"
+    cfg.write_text(yaml.safe_dump({"base": "speed", "model": {
+        "num_clusters": 16, "num_pcs": 128, "patch_sizes": [5], "strides": [1],
+        "image_height": 240, "image_width": 320, "device": "cpu", "batch_size": 4}}))
+    cam = left.camera
+    intrinsics = ",".join(str(v) for v in (cam.fx, cam.fy, cam.cx, cam.cy, *cam.distortion[:4]))
+    return {"root": root, "euroc": euroc, "images": images, "depth": depth, "sensor": left, "intrinsics": intrinsics,
+            "common": ["--checkpoint", str(speed_checkpoint), "--config", str(cfg)]}
+
+
+def build(env, name, *flags):
+    out = env["root"] / name
+    assert main(["build-map", *env["common"], "--images", str(env["images"]), "--intrinsics", env["intrinsics"],
+                 "--out", str(out), "--no-progress", *flags]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def mono_map(env):
+    return build(env, "mono")
+
+
+@pytest.fixture(scope="module")
+def depth_map(env):
+    return build(env, "depth_map", "--depth", str(env["depth"]))
+
+
+def query_revisit(env, map_dir, capsys, *flags) -> dict:
+    """query --verify --json with img_1: the img_0 keyframe's candidate record (ranked first)."""
+    capsys.readouterr()
+    assert main(["query", "--map", str(map_dir), *env["common"], "--verify", "--intrinsics", env["intrinsics"],
+                 "--json", str(env["euroc"] / "left_img_1.png"), *flags]) == 0
+    candidates = json.loads(capsys.readouterr().out)["candidates"]
+    assert candidates[0]["file"].endswith("left_img_0.png"), candidates
+    assert all("relative_pose" in c for c in candidates if c["patch_score"] is not None)
+    return candidates[0]
+
+
+class Pose:
+    """What errors() reads, from a relative_pose record."""
+
+    def __init__(self, record):
+        x, y, z, w = record["R"]
+        self.rotation = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                                  [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                                  [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+        self.translation = np.array(record["t"])
+
+
+def test_a_map_with_views_gives_the_revisit_a_monocular_pose(env, mono_map, capsys):
+    with MapDatabase.open(mono_map) as db:
+        assert db.manifest.version == 3 and db.manifest.views == {"cameras": 2, "images": 2, "depth": 0}
+        view = db.view(0)
+        assert view.camera == env["sensor"].camera and view.image_hw == (480, 752) and view.depth is None
+        per_keyframe = db.stats()["views"]["image_bytes"] / 2
+    assert main(["map-info", str(mono_map)]) == 0
+    assert "views     2 keyframes with a camera model, 2 with their image" in capsys.readouterr().out
+    pose = query_revisit(env, mono_map, capsys)["relative_pose"]
+    assert pose["status"] == "ok" and pose["refine"] == "sift" and pose["match_camera"] == "map"
+    assert not pose["metric"] and pose["inliers"] > 300
+    rotation, direction, _ = errors(Pose(pose), ground_truth(env["euroc"], 1, 0))
+    with capsys.disabled():
+        print(f"map view, monocular: {rotation:.2f} deg, direction {direction:.2f} deg, {pose['inliers']} inliers; "
+              f"{per_keyframe / 1e3:.0f} kB per keyframe")
+    assert rotation < MAX_ROTATION_DEG and direction < MAX_DIRECTION_DEG
+
+
+def test_a_map_with_depth_gives_a_metric_pose(env, depth_map, capsys):
+    with MapDatabase.open(depth_map) as db:
+        assert db.manifest.views == {"cameras": 2, "images": 2, "depth": 2}
+        stats = db.stats()["views"]
+        assert db.view(0).depth_image().dtype == np.uint16
+    pose = query_revisit(env, depth_map, capsys)["relative_pose"]
+    assert pose["status"] == "ok" and pose["metric"] and pose["refine"] == "sift"
+    rotation, direction, scale = errors(Pose(pose), ground_truth(env["euroc"], 1, 0))
+    with capsys.disabled():
+        print(f"map view + depth, metric: {rotation:.2f} deg, direction {direction:.2f} deg, scale {scale:.3f}; "
+              f"{(stats['image_bytes'] + stats['depth_bytes']) / 2e3:.0f} kB per keyframe "
+              f"({stats['depth_bytes'] / 2e3:.0f} kB depth)")
+    assert rotation < MAX_ROTATION_DEG and direction < MAX_DIRECTION_DEG and abs(scale - 1) < MAX_SCALE_ERROR
+
+
+def test_an_old_map_opens_and_verifies_from_the_patch_keypoints(env, mono_map, tmp_path, capsys):
+    old = tmp_path / "old"
+    shutil.copytree(mono_map, old)
+    as_old_version(old, 2)
+    assert main(["map-info", "--verify", str(old)]) == 0
+    assert "views     none (format v2)" in capsys.readouterr().out
+    pose = query_revisit(env, old, capsys)["relative_pose"]
+    assert pose["refine"] == "none" and pose["match_camera"] == "query"  # monocular, the query's camera for both
+    assert pose["status"] != "no_features" and not pose["metric"]
+    with capsys.disabled():
+        print(f"old map, patch keypoints: {pose['status']} ({pose['inliers']} inliers)")
+    # the camera model alone (--no-views): the patch keypoints, with the keyframe's own camera
+    pose = query_revisit(env, build(env, "cameras_only", "--no-views"), capsys)["relative_pose"]
+    assert pose["refine"] == "none" and pose["match_camera"] == "map"
+
+
+def test_a_bit_flip_in_the_views_is_found(mono_map, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(mono_map, damaged)
+    flip_bit(damaged / "views.sqlite", (damaged / "views.sqlite").stat().st_size // 2)
+    assert main(["map-info", "--verify", str(damaged)]) == 1
+    assert f"DAMAGED {damaged / 'views.sqlite'}: sha256" in capsys.readouterr().err
+
+
+def test_a_saved_run_keeps_its_views_and_a_later_run_verifies_against_it(env, speed_checkpoint, speed_config,
+                                                                          tmp_path):
+    from vlad_localization.config import apply_overrides
+    from vlad_localization.detector import LoopClosureDetector
+
+    cam = env["sensor"].camera
+    verify = {"verification.enabled": True, "verification.intrinsics": [cam.fx, cam.fy, cam.cx, cam.cy,
+                                                                         *cam.distortion[:4]]}
+    first = LoopClosureDetector.from_config(apply_overrides(speed_config, {"loop_closure.mode": "loop_closure",
+                                                                           **verify}), speed_checkpoint)
+    try:
+        for i, stamp in zip(MAP_IMAGES, (0, 10)):
+            assert first.process(stamp * 10**9, load_rgb(env["euroc"] / f"left_img_{i}.png")).keyframe is not None
+        first.save_map(tmp_path / "run1")
+    finally:
+        first.release()
+    with MapDatabase.open(tmp_path / "run1") as db:
+        assert db.manifest.views == {"cameras": 2, "images": 2, "depth": 0} and db.view(0).camera == cam
+    second = LoopClosureDetector.from_config(
+        apply_overrides(speed_config, {"loop_closure.mode": "localize", "loop_closure.score_threshold": 0.0, **verify}),
+        speed_checkpoint, map_path=tmp_path / "run1")
+    try:
+        result = second.process(200 * 10**9, load_rgb(env["euroc"] / "left_img_1.png"))
+    finally:
+        second.release()
+    closure, pose = result.loop_closure, result.relative_pose
+    assert closure is not None and (closure.candidate.source, closure.candidate.map_id) == (0, 0)
+    assert pose.ok and pose.refine == "sift" and pose.match_camera == "map" and not pose.metric
+    rotation, direction, _ = errors(pose, ground_truth(env["euroc"], 1, 0))
+    print(f"saved run's view: {rotation:.2f} deg, direction {direction:.2f} deg, {pose.inliers} inliers")
+    assert rotation < MAX_ROTATION_DEG and direction < MAX_DIRECTION_DEG
+    assert result.to_record()["relative_pose"]["match_camera"] == "map"
+
+
+def test_a_bags_camera_info_is_stored_per_keyframe(env, tmp_path):
+    from vlad_localization.images import Frame, write_bag
+
+    cam = env["sensor"].camera
+    frames = [Frame(i * 10**9, "cam0", image=load_rgb(env["euroc"] / f"left_img_{i}.png"), camera=cam)
+              for i in MAP_IMAGES]
+    bag = write_bag(tmp_path / "bag", frames, "/cam0/image_raw", camera_info=True)
+    out = tmp_path / "map"
+    assert main(["build-map", *env["common"], "--bag", str(bag), "--image-topic", "/cam0/image_raw",
+                 "--out", str(out), "--no-progress"]) == 0
+    with MapDatabase.open(out) as db:
+        assert db.manifest.views["cameras"] == 2 and db.view(1).camera == cam and db.view(1).image is not None
