@@ -73,7 +73,7 @@ class MatchingConfig:
     fusion_model: dict[str, float] | None = None
     ransac_threshold_factor: float = 1.5  # reprojection threshold = stride * patch stride * this
     ransac_seed: int | None = 0  # seeds OpenCV's RNG before each RANSAC for repeatable scores
-    # threads scoring the candidates' matches at once (OpenCV's RANSAC releases the GIL; the scores
+    # threads scoring the candidates' matches with RANSAC at once (OpenCV releases the GIL; the scores
     # do not depend on it); 0 = one per CPU core, at most 8; 1 = in the calling thread
     workers: int = 0
 

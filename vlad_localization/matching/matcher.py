@@ -200,7 +200,9 @@ class PatchMatcher:
             for k in range(num_cand):
                 slots.append((k, s))
                 tasks.append((size, *matches.pairs(k), num_query, fused_model and other))
-        scored = map_tasks(self._score_candidate, tasks, scoring_workers(self.cfg.workers))
+        # threads pay off only for RANSAC (OpenCV releases the GIL); spatial scores are cheap numpy
+        uses_ransac = self.cfg.matcher == "ransac" or fused_model
+        scored = map_tasks(self._score_candidate, tasks, scoring_workers(self.cfg.workers) if uses_ransac else 1)
         for (k, s), (official, absolute, count, matched, other_score) in zip(slots, scored):
             raw[k, s], per_size[k, s], inliers[k, s], corr[k][s] = official, absolute, count, matched
             other_size[k, s] = other_score
