@@ -2,6 +2,7 @@
 unique ROS_DOMAIN_IDs, and small helpers used across the suite."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -114,3 +115,11 @@ def speed_encoder(speed_checkpoint):
     cfg.patch_sizes, cfg.strides = [5], [1]
     cfg.image_height, cfg.image_width = SPEED_IMAGE_SIZE
     return Encoder.from_checkpoint(speed_checkpoint, cfg, device="cpu")
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,21 +2,15 @@
 figures in the README rest on them)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "mapdb.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def mapdb_bench():
-    spec = importlib.util.spec_from_file_location("mapdb_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("mapdb")
 
 
 def test_route_keyframes_drift_and_revisits_have_the_measured_similarity(mapdb_bench):

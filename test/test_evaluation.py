@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import load_benchmark
 from vlad_localization import evaluation as ev
+from vlad_localization.choices import FUSED_FEATURES
 from vlad_localization.cli.main import main
 
 # (map images, query images) of the real pairs; same index = same place
@@ -65,13 +67,17 @@ def set_records(tmp_path_factory, datasets_dir, speed_encoder, speed_checkpoint)
 
 
 # ----------------------------------------------------------------------------- the fused ranking
-def test_fused_recall_at_1_is_never_below_the_best_single_ranking(set_records):
-    records, model = set_records
+def assert_fused_never_below_a_single_ranking(records: dict, model) -> None:
+    """Recall@1 of the fused ranking >= that of global, spatial and RANSAC on every set of ``records``."""
     table = {name: {rank: ev.recall_at(recs, rank, model, ks=(1,))["1"] for rank in ev.RANKINGS}
              for name, recs in records.items()}
     print(json.dumps(table))
     for name, row in table.items():
         assert row["fused"] >= max(row["global"], row["spatial"], row["ransac"]), (name, row)
+
+
+def test_fused_recall_at_1_is_never_below_the_best_single_ranking(set_records):
+    assert_fused_never_below_a_single_ranking(*set_records)
 
 
 def test_fused_scores_are_probabilities_and_same_place_pairs_score_higher(datasets_dir, speed_encoder, speed_config):
@@ -109,6 +115,28 @@ def test_fused_order_is_what_the_pipeline_ranks_by(set_records):
             assert ((0 <= p) & (p <= 1)).all()
             order = r.ranking("fused", model)[:len(p)]
             assert np.all(np.diff(p[[list(r.map_ids[:len(p)]).index(i) for i in order]]) <= 0)
+
+
+@pytest.fixture(scope="module")
+def fit_fusion():
+    return load_benchmark("fit_fusion")
+
+
+def test_fit_fusion_refitted_on_these_records(set_records, fit_fusion):
+    """The two-step fit on this session's records: the ranking weights are the constrained optimum of
+    the conditional logit (KKT), the fitted model ranks by them, every weight is >= 0, and the refitted
+    fused ranking is never below the best single ranking on the pair sets."""
+    records, _ = set_records
+    direction = fit_fusion.ranking_direction(records)
+    _, grad, _ = fit_fusion.conditional_logit(fit_fusion.query_groups(records), fit_fusion.RANKING_L2)(direction)
+    assert direction.sum() > 0 and (direction >= 0).all()
+    assert np.all(np.abs(grad[direction > 0]) < 1e-6) and np.all(grad[direction == 0] > -1e-6), (direction, grad)
+    model = fit_fusion.fit(records)
+    assert min(model[name] for name in FUSED_FEATURES) >= 0
+    names = fit_fusion.FEATURES
+    ranked = np.array([model[names[a]] + model[names[g]] for a, g in zip(fit_fusion.ABSOLUTE, fit_fusion.GAP)])
+    np.testing.assert_allclose(ranked / ranked.sum(), direction / direction.sum(), atol=1e-3)
+    assert_fused_never_below_a_single_ranking(records, model)
 
 
 # ----------------------------------------------------------------------------- the precision-recall curve
