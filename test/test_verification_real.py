@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from vlad_localization.config import VerificationConfig
 from vlad_localization.images.io import load_rgb
 from vlad_localization.matching.matcher import PatchMatcher
 from vlad_localization.verification import (
@@ -50,6 +51,18 @@ def ground_truth(euroc, query: int, match: int) -> np.ndarray:
         world_T_body[:3, 3] = x, y, z
         poses[int(fields[0][-1])] = world_T_body @ body_T_cam
     return np.linalg.inv(poses[query]) @ poses[match]
+
+
+CHI2_6DOF_999 = 22.46  # 99.9 % quantile of chi-square with 6 degrees of freedom
+
+
+def mahalanobis_sq(pose, truth) -> float:
+    """Squared Mahalanobis distance of the ground truth from the estimate under the pose's covariance
+    (the documented perturbation: R_gt = exp([dr]x) R, t_gt = t + dt; a monocular t_gt as a unit vector)."""
+    dr = cv2.Rodrigues(truth[:3, :3] @ pose.rotation.T)[0].ravel()
+    t_gt = truth[:3, 3] if pose.metric else truth[:3, 3] / np.linalg.norm(truth[:3, 3])
+    delta = np.concatenate([t_gt - pose.translation, dr])
+    return float(delta @ np.linalg.solve(pose.covariance, delta))
 
 
 def errors(pose, truth):
@@ -174,3 +187,24 @@ def test_different_places_are_rejected(speed_encoder, speed_config, datasets_dir
     height, width = query.shape[:2]
     pose = verify(speed_encoder, speed_config, query, match, PinholeCamera(width, width, width / 2, height / 2))
     assert pose.status in ("too_few_matches", "too_few_inliers") and pose.inliers < 15
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=["revisit_98s", "half_second"])
+def test_euroc_covariance_covers_the_ground_truth_only_with_its_floor(speed_encoder, speed_config, euroc, pair):
+    """The keypoint-noise covariance alone puts the Vicon pose far outside its 99.9 % region (it ignores
+    calibration and model errors); with the configured floor the ground truth lies inside it."""
+    left, right = load_euroc_sensor(euroc / "sensorLeft.yaml"), load_euroc_sensor(euroc / "sensorRight.yaml")
+    query, match = (load_rgb(euroc / f"left_img_{i}.png") for i in pair)
+    match_right = load_rgb(euroc / f"right_img_{pair[1]}.png")
+    depth = lambda points: stereo_depth_at(match, match_right, StereoRig.from_sensors(left, right), points, 20.0)  # noqa: E731
+    truth, shipped = ground_truth(euroc, *pair), VerificationConfig()
+    for match_depth in (None, depth):  # verify() sets the values it is given on the config: give both
+        floored = verify(speed_encoder, speed_config, query, match, left.camera, match_depth,
+                         covariance_floor_rotation_deg=shipped.covariance_floor_rotation_deg,
+                         covariance_floor_translation=shipped.covariance_floor_translation)
+        bare = verify(speed_encoder, speed_config, query, match, left.camera, match_depth,
+                      covariance_floor_rotation_deg=0.0, covariance_floor_translation=0.0)
+        assert floored.status == bare.status == "ok" and floored.metric is (match_depth is not None)
+        assert mahalanobis_sq(floored, truth) < CHI2_6DOF_999, mahalanobis_sq(floored, truth)
+        if pair == (1, 0):  # the 98 s revisit: errors of degrees, far beyond the keypoint noise
+            assert mahalanobis_sq(bare, truth) > 10 * CHI2_6DOF_999, mahalanobis_sq(bare, truth)

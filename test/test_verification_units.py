@@ -93,7 +93,8 @@ def spread_ratios(monocular: bool, draws: int = 40):
     """Predicted / empirical standard deviations over ``draws`` noisy estimates (0.5 px in the query
     image): tx, ty, tz, rx, ry, rz (metric) or the two translation directions normal to t, rx, ry, rz."""
     points, rot, trans, query_px, match_px = scene(n=150)
-    cfg, depth = verification_cfg(), points[:, 2]
+    # the keypoint-noise covariance alone (no floor): that is what Monte Carlo measures
+    cfg, depth = verification_cfg(covariance_floor_rotation_deg=0.0, covariance_floor_translation=0.0), points[:, 2]
     match = View(CAMERA, HW) if monocular else View(CAMERA, HW, depth=lambda p: depth)
     rng = np.random.default_rng(2)
     truth = trans / np.linalg.norm(trans) if monocular else trans
@@ -190,3 +191,15 @@ def test_depth_from_a_registered_depth_image_and_from_stored_keypoints():
     lookup = depth_lookup(np.array([[10.0, 20.0], [30.0, 40.0]]), np.array([1.5, 2.5]))
     np.testing.assert_array_equal(lookup(np.array([[30.2, 40.1], [10.0, 20.0], [50.0, 50.0]]))[:2], [2.5, 1.5])
     assert np.isnan(lookup(np.array([[50.0, 50.0]]))[0])
+
+
+def test_the_covariance_floor_is_added_on_every_axis():
+    points, _, _, query_px, match_px = scene(n=150)
+    views = View(CAMERA, HW), View(CAMERA, HW, depth=lambda p: points[:, 2])
+    bare = estimate_pose(query_px, match_px, *views, verification_cfg(covariance_floor_rotation_deg=0.0,
+                                                                       covariance_floor_translation=0.0))
+    floored = estimate_pose(query_px, match_px, *views, verification_cfg(covariance_floor_rotation_deg=2.0,
+                                                                          covariance_floor_translation=0.05))
+    added = np.diag(floored.covariance - bare.covariance)
+    np.testing.assert_allclose(added, [0.05 ** 2] * 3 + [np.radians(2.0) ** 2] * 3, rtol=1e-9)
+    np.testing.assert_array_equal(floored.rotation, bare.rotation)

@@ -179,6 +179,10 @@ class VerificationConfig:
     refine_window: float = 1.0  # guided-matching box = this x the patch's extent in the image
     depth_scale: float = 0.001  # integer depth images (16UC1) in these metres per unit
     max_depth_m: float = 20.0  # farther depths (and stereo points) are ignored
+    # added to the keypoint-noise covariance, which ignores calibration and model errors (standard
+    # deviations; translation in metres, or unit-vector units for a monocular direction: 0.1 ~ 6 deg)
+    covariance_floor_rotation_deg: float = 1.0
+    covariance_floor_translation: float = 0.1
 
     def validate(self) -> None:
         _one_of("verification.refine", self.refine, REFINEMENTS)
@@ -195,7 +199,7 @@ class VerificationConfig:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"verification.{name} must be > 0, got {getattr(self, name)!r}")
         _at_least("verification", self, min_inliers=5, pnp_iterations=1, min_parallax_fraction=0.0,
-                  min_pnp_inlier_ratio=0.0)
+                  min_pnp_inlier_ratio=0.0, covariance_floor_rotation_deg=0.0, covariance_floor_translation=0.0)
 
 
 @dataclass

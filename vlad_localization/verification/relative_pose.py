@@ -133,8 +133,12 @@ def estimate_monocular(query_px: np.ndarray, match_px: np.ndarray, query_camera,
     if good < cfg.min_inliers:
         return RelativePose.rejected("too_few_inliers", inliers=good)
     residuals = cov.sampson_residuals(q[keep], m[keep], scale[keep])
-    sigma = cov.monocular_covariance(residuals, rotation, translation)
+    sigma = _floored(cov.monocular_covariance(residuals, rotation, translation), cfg)
     return RelativePose(rotation, translation, False, int(good), sigma, "ok")
+
+
+def _floored(sigma: np.ndarray, cfg) -> np.ndarray:
+    return cov.with_floor(sigma, cfg.covariance_floor_translation, np.radians(cfg.covariance_floor_rotation_deg))
 
 
 def _in_front(q: np.ndarray, m: np.ndarray, rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
@@ -185,7 +189,7 @@ def estimate_metric(points_3d: np.ndarray, pixels: np.ndarray, camera, cfg, poin
         rotation, translation = rotation.T, -rotation.T @ translation
         forward = residuals
         residuals = lambda r, t: forward(r.T, -r.T @ t)  # noqa: E731 (residuals in the query->match pose)
-    sigma = cov.metric_covariance(residuals, rotation, translation)
+    sigma = _floored(cov.metric_covariance(residuals, rotation, translation), cfg)
     return RelativePose(rotation, translation, True, len(inl), sigma, "ok")
 
 
