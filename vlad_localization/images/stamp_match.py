@@ -13,6 +13,7 @@ import threading
 import time
 from collections import deque
 
+DEFAULT_TOLERANCE_S = 0.02  # the node's depth_tolerance_s default, and what bag reading uses
 KEEP = 8  # messages of the other topic kept (0.3-0.4 s at 20-30 Hz, enough for the topics' skew)
 OPEN = 4  # frames still waiting for a message; an older one stops waiting with what it has
 
