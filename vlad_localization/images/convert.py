@@ -145,6 +145,18 @@ def depth_msg_to_array(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     return depth
 
 
+def depth_to_image_fields(depth: np.ndarray) -> dict:
+    """A depth image (uint16 -> ``16UC1``, float32 -> ``32FC1``) as ``sensor_msgs/Image`` fields."""
+    depth = np.asarray(depth)
+    encoding = {np.dtype(np.uint16): "16UC1", np.dtype(np.float32): "32FC1"}.get(depth.dtype)
+    if encoding is None or depth.ndim != 2:
+        raise ImageConversionError("bad_dtype", f"a depth image is (H, W) uint16 or float32, got {depth.dtype} "
+                                   f"of shape {depth.shape}")
+    rows = np.ascontiguousarray(depth.astype(depth.dtype.newbyteorder("<"))).view(np.uint8).reshape(depth.shape[0], -1)
+    return {"height": depth.shape[0], "width": depth.shape[1], "encoding": encoding, "is_bigendian": 0,
+            "step": rows.shape[1], "data": rows.tobytes()}
+
+
 def _pixel_rows(msg, layout_of, max_pixels: int) -> tuple[np.ndarray, _Layout]:
     """(the pixel bytes as (height, width x bytes per pixel) uint8 without row padding, the layout
     ``layout_of(encoding)`` gives) after checking the header, size, step and data length."""

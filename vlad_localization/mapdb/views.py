@@ -118,8 +118,8 @@ def encode_depth(depth: np.ndarray, depth_scale: float = DEPTH_UNIT_M) -> bytes:
 class ViewCapture:
     """What ``build_map`` stores per keyframe: the camera model (the frame's own, from the bag's
     CameraInfo, else ``camera``, e.g. ``--intrinsics``; none known: no view) and, with ``store_images``,
-    the image and the depth image named like it in ``depth_dir``
-    (:class:`~vlad_localization.verification.depth_sources.DepthFolder`).
+    the image and its depth: the frame's own (``frame.depth``, from a bag's depth topic), else the
+    depth image named like it in ``depth_dir`` (:class:`~vlad_localization.verification.depth_sources.DepthFolder`).
     ``counts``: ``views``, ``depth``, ``no_camera``, ``no_depth`` keyframes."""
 
     def __init__(self, camera: PinholeCamera | None = None, store_images: bool = True,
@@ -144,8 +144,9 @@ class ViewCapture:
         if camera is None:
             self.counts["no_camera"] += 1
             return None
-        reads_depth = self.store_images and self.depth is not None
-        depth = self.depth(frame) if reads_depth else None
+        depth = getattr(frame, "depth", None) if self.store_images else None
+        reads_depth = self.store_images and self.depth is not None and depth is None
+        depth = self.depth(frame) if reads_depth else depth
         self.counts["views"] += 1
         self.counts["depth"] += depth is not None
         self.counts["no_depth"] += reads_depth and depth is None
