@@ -96,7 +96,8 @@ def metric_run(request, euroc_run, node_setup, tmp_path_factory):  # noqa: F811
             warm_up.header.stamp = ns_to_stamp(S)
             publishers[used[-1]].publish(warm_up)
             values = [parse_diagnostics(r.msg, f"{name}: loop closure") for r in client.get("diagnostics")]
-            return any(v and v[f"depth_received[{LEFT}]"] != "0" for v in values)
+            wanted = {f"camera_info[{LEFT}]": "yes"} | ({f"right_camera_info[{LEFT}]": "yes"} if kind == "stereo" else {})
+            return any(v and v[f"depth_received[{LEFT}]"] != "0" and wanted.items() <= v.items() for v in values)
 
         assert wait_for(node_receives, 30, period=0.5), log.read_text()[-3000:]
         rig = StereoRig.from_sensors(sensor, load_euroc_sensor(euroc / "sensorRight.yaml"))
@@ -139,6 +140,7 @@ def test_the_revisit_edge_is_metric_and_near_the_ground_truth(metric_run):
     assert diagnostics["edges[metric]"] == "1" and np.all(np.linalg.eigvalsh(edge["covariance"]) > 0)
     counts = {e: int(diagnostics[f"depth_{e}[{LEFT}]"]) for e in ("received", "matched", "unmatched", "rejected")}
     assert counts["matched"] == (5 if kind == "depth" else 2) and counts["unmatched"] == 0, counts
+    assert counts["rejected"] == (3 if kind == "depth" else 0), counts  # the stereo keyframe has its depth
 
 
 def test_bad_depth_is_counted_and_the_frames_still_answered(metric_run):

@@ -77,6 +77,11 @@ class DepthInput:
         """The CameraInfo of ``camera``'s image (``left``) or of its right image (``right``)."""
         self._infos[camera, side] = msg
 
+    def diagnostics(self, topics) -> dict[str, str]:
+        """``right_camera_info[<image topic>]`` (``yes`` | ``no``) of each stereo camera."""
+        return {f"right_camera_info[{topics[camera]}]": "yes" if (camera, "right") in self._infos else "no"
+                for camera, (kind, _) in sorted(self.sources.items()) if kind == "stereo"}
+
     def frame_arrived(self, camera: int, stamp_ns: int) -> PendingDepth | None:
         matcher = self._matchers.get(camera)
         return None if matcher is None else PendingDepth(matcher.pair(stamp_ns), time.monotonic())

@@ -489,6 +489,10 @@ class VladLocalizationNode(LifecycleNode):
         values["gpu_memory_mb"] = _gpu_memory_mb(values["device"])
         values.update({k: str(v) for k, v in (detector.stats() if loaded else {}).items()})
         values.update(self.stats.snapshot())
+        if self._cfg is not None and self._cfg.verification.enabled:  # whether verification has intrinsics
+            values.update({f"camera_info[{t}]": "yes" if i in self._cameras else "no" for i, t in enumerate(self._topics)})
+        if self._depth is not None:
+            values.update(self._depth.diagnostics(self._topics))
         recent = int(values["rejected_last_period"])
         values["last_error"] = self._last_error
         level = DiagnosticStatus.OK if loaded else DiagnosticStatus.WARN
