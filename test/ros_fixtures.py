@@ -1,5 +1,6 @@
 """Real-data fixtures for the ROS tests: a map of campus_loop_72 (72 keyframes with poses, stamped
-``i`` seconds; ``image_71`` revisits ``image_0``), built once per session and shared by modules."""
+``i`` seconds; ``image_71`` revisits ``image_0``), built once per session and shared by modules, and
+the same model and preset without a map (mode loop_closure)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -15,16 +16,26 @@ _CACHE: dict[str, "CampusMap"] = {}
 
 
 @dataclass
-class CampusMap:
-    map_dir: Path
+class NodeSetup:
+    """The session's speed checkpoint and a node preset YAML matching it (240x320 input, CPU)."""
+
     checkpoint: Path
     config: Path
-    images: Path
 
     def node_params(self, image_topics, **extra) -> dict:
-        """Node parameters for this map on the CPU (reliable QoS so tests lose no frame)."""
-        return {"map_path": self.map_dir, "checkpoint": self.checkpoint, "preset": self.config,
-                "device": "cpu", "image_topics": list(image_topics), "qos_reliability": "reliable", **extra}
+        """Node parameters on the CPU (reliable QoS so tests lose no frame)."""
+        return {"checkpoint": self.checkpoint, "preset": self.config, "device": "cpu",
+                "image_topics": list(image_topics), "qos_reliability": "reliable", **extra}
+
+
+@dataclass
+class CampusMap(NodeSetup):
+    map_dir: Path = Path()
+    images: Path = Path()
+
+    def node_params(self, image_topics, **extra) -> dict:
+        """Node parameters for this map (see :meth:`NodeSetup.node_params`)."""
+        return super().node_params(image_topics, **{"map_path": self.map_dir, **extra})
 
     def image(self, i: int):
         return load_rgb(self.images / f"image_{i}.png")
@@ -43,25 +54,39 @@ class CampusMap:
         return abs(i - j) >= 20 and self.distance_m(i, j) <= 10.0
 
 
-@pytest.fixture(scope="session")
-def campus_map(tmp_path_factory, datasets_dir, speed_checkpoint) -> CampusMap:
-    """The map, the session's ``speed_checkpoint`` and a node preset YAML matching it."""
-    if "campus" not in _CACHE:
+def _node_setup(tmp_path_factory, speed_checkpoint) -> NodeSetup:
+    if "setup" not in _CACHE:
         import yaml
         from conftest import SPEED_IMAGE_SIZE
 
-        from vlad_localization.cli.main import main as cli
-
-        work = tmp_path_factory.mktemp("campus")
-        config = work / "speed_small.yaml"  # the speed preset at the checkpoint's 240x320, on CPU
+        config = tmp_path_factory.mktemp("node") / "speed_small.yaml"  # the speed preset at 240x320, on CPU
         height, width = SPEED_IMAGE_SIZE
         config.write_text(yaml.safe_dump({"base": "speed", "name": "speed-240x320",
                                           "model": {"image_height": height, "image_width": width, "device": "cpu"}}))
+        _CACHE["setup"] = NodeSetup(Path(speed_checkpoint), config)
+    return _CACHE["setup"]
+
+
+@pytest.fixture(scope="session")
+def node_setup(tmp_path_factory, speed_checkpoint) -> NodeSetup:
+    """The session's ``speed_checkpoint`` and a node preset YAML matching it (no map)."""
+    return _node_setup(tmp_path_factory, speed_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def campus_map(tmp_path_factory, datasets_dir, speed_checkpoint) -> CampusMap:
+    """The map with the session's ``speed_checkpoint`` and node preset."""
+    if "campus" not in _CACHE:
+        from vlad_localization.cli.main import main as cli
+
+        node_setup = _node_setup(tmp_path_factory, speed_checkpoint)
+
+        work = tmp_path_factory.mktemp("campus")
         images = datasets_dir / "campus_loop_72"
-        rc = cli(["build-map", "--checkpoint", str(speed_checkpoint), "--config", str(config),
+        rc = cli(["build-map", "--checkpoint", str(node_setup.checkpoint), "--config", str(node_setup.config),
                   "--images", str(images), "--poses", str(images / "data.csv"), "--out", str(work / "map"), "--no-progress"])
         assert rc == 0, "build-map of campus_loop_72 failed"
-        _CACHE["campus"] = CampusMap(work / "map", Path(speed_checkpoint), config, images)
+        _CACHE["campus"] = CampusMap(node_setup.checkpoint, node_setup.config, work / "map", images)
     return _CACHE["campus"]
 
 
@@ -74,11 +99,11 @@ def module_domain_id(module_index: int) -> str:
 
 
 @contextmanager
-def running_node(campus: CampusMap, log: Path, name: str, image_topics, domain_index: int, odom_topic=None,
+def running_node(campus: NodeSetup, log: Path, name: str, image_topics, domain_index: int, odom_topic=None,
                  **params):
-    """The real node on ``campus`` in its own process (on its module's ROS_DOMAIN_ID), and a
-    connected :class:`NodeClient` (publishing odometry on ``odom_topic`` when given); the node is
-    stopped on exit."""
+    """The real node with ``campus``'s model (and map, if it has one) in its own process (on its
+    module's ROS_DOMAIN_ID), and a connected :class:`NodeClient` (publishing odometry on
+    ``odom_topic`` when given); the node is stopped on exit."""
     mp = pytest.MonkeyPatch()
     mp.setenv("ROS_DOMAIN_ID", module_domain_id(domain_index))
     if odom_topic:

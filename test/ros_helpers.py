@@ -81,7 +81,7 @@ class FakeDetector:
         self.queries = 0
         self.released = False
 
-    def process(self, stamp_ns, rgb, pose=None, camera=0, camera_model=None):
+    def process(self, stamp_ns, rgb, pose=None, camera=0, camera_model=None, depth=None):
         from vlad_localization.detector import FrameResult
         from vlad_localization.loop_closure import select_loop_closure
 

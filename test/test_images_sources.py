@@ -180,6 +180,26 @@ def test_bag_round_trip_with_interpolated_odometry(tmp_path, day_frames, storage
         assert err < 3 if compressed else err == 0
 
 
+def test_bag_depth_topic_pairs_each_frame_with_its_depth(tmp_path, day_frames):
+    """16UC1 and 32FC1 depth read back on their frames (a half-size one scaled up); a frame without
+    depth or with a depth of another shape keeps none, counted."""
+    height, width = day_frames[0].rgb.shape[:2]
+    depths = [np.full((height, width), 1500, np.uint16), np.full((height // 2, width // 2), 2.5, np.float32),
+              None, np.ones((7, 7), np.uint16)]
+    frames = [Frame(f.stamp_ns, f.frame_id, f.source, image=f.rgb, depth=d) for f, d in zip(day_frames, depths)]
+    bag = write_bag(tmp_path / "bag", frames, "/cam/image_raw", depth_topic="/cam/depth")
+    src = iter_bag(bag, "/cam/image_raw", depth_topic="/cam/depth")
+    got = list(src)
+    assert [f.stamp_ns for f in got] == [f.stamp_ns for f in day_frames]
+    assert got[0].depth.dtype == np.uint16 and np.all(got[0].depth == 1500)
+    assert got[1].depth.shape == (height, width) and np.all(got[1].depth == 2.5)
+    assert got[2].depth is None and got[3].depth is None
+    assert src.summary() == "4 frames; depth: matched 2, size_mismatch 1, unmatched 1"
+    assert all(f.depth is None for f in iter_bag(bag, "/cam/image_raw"))
+    with pytest.raises(BagError, match="'/nope' is not in bag"):
+        iter_bag(bag, "/cam/image_raw", depth_topic="/nope")
+
+
 def test_frame_poses_pose_stamped_and_bare_storage_files(tmp_path, day_frames):
     frames = [Frame(f.stamp_ns, f.frame_id, f.source, Pose((i, 0.0, 1.0), (0.0, 0.0, 0.0, 1.0)), f.rgb)
               for i, f in enumerate(day_frames)]

@@ -182,15 +182,56 @@ def test_a_saved_run_keeps_its_views_and_a_later_run_verifies_against_it(env, sp
     assert result.to_record()["relative_pose"]["match_camera"] == "map"
 
 
-def test_a_bags_camera_info_is_stored_per_keyframe(env, tmp_path):
+def test_a_bags_camera_info_and_depth_are_stored_per_keyframe(env, tmp_path):
     from vlad_localization.images import Frame, write_bag
+    from vlad_localization.verification.depth import load_depth
 
     cam = env["sensor"].camera
-    frames = [Frame(i * 10**9, "cam0", image=load_rgb(env["euroc"] / f"left_img_{i}.png"), camera=cam)
-              for i in MAP_IMAGES]
-    bag = write_bag(tmp_path / "bag", frames, "/cam0/image_raw", camera_info=True)
+    frames = [Frame(i * 10**9, "cam0", image=load_rgb(env["euroc"] / f"left_img_{i}.png"), camera=cam,
+                    depth=load_depth(env["depth"] / f"left_img_{i}.png")) for i in MAP_IMAGES]
+    bag = write_bag(tmp_path / "bag", frames, "/cam0/image_raw", camera_info=True, depth_topic="/cam0/depth")
     out = tmp_path / "map"
     assert main(["build-map", *env["common"], "--bag", str(bag), "--image-topic", "/cam0/image_raw",
-                 "--out", str(out), "--no-progress"]) == 0
+                 "--depth-topic", "/cam0/depth", "--out", str(out), "--no-progress"]) == 0
     with MapDatabase.open(out) as db:
-        assert db.manifest.views["cameras"] == 2 and db.view(1).camera == cam and db.view(1).image is not None
+        assert db.manifest.views == {"cameras": 2, "images": 2, "depth": 2}
+        assert db.view(1).camera == cam and np.array_equal(db.view(1).depth_image(), frames[1].depth)
+
+
+@pytest.mark.parametrize("source", ["folder", "bag"])
+def test_replay_with_depth_gives_the_runs_closure_a_metric_pose(env, tmp_path, capsys, source):
+    """replay --depth (the folder build-map reads) or --depth-topic (a bag's): the run's keyframe img_0
+    keeps its depth, the revisit img_1 (100 s later, no depth of its own) is verified against it with PnP."""
+    images = tmp_path / "run"
+    images.mkdir()
+    for i in (0, 1):
+        shutil.copy(env["euroc"] / f"left_img_{i}.png", images)
+    if source == "folder":
+        (images / "stamps.csv").write_text("file,stamp\nleft_img_0.png,0\nleft_img_1.png,100\n")
+        flags = ["--images", str(images), "--poses", str(images / "stamps.csv"), "--depth", str(env["depth"])]
+    else:
+        from vlad_localization.images import Frame, write_bag
+        from vlad_localization.verification.depth import load_depth
+
+        frames = [Frame(0, "cam0", image=load_rgb(images / "left_img_0.png"), depth=load_depth(env["depth"] / "left_img_0.png")),
+                  Frame(100 * 10**9, "cam0", image=load_rgb(images / "left_img_1.png"))]
+        bag = write_bag(tmp_path / "bag", frames, "/cam0/image_raw", depth_topic="/cam0/depth")
+        flags = ["--bag", str(bag), "--image-topic", "/cam0/image_raw", "--depth-topic", "/cam0/depth"]
+    out = tmp_path / "run.jsonl"
+    assert main(["replay", *flags, *env["common"], "--mode", "loop_closure", "--score-threshold", "0", "--min-gap",
+                 "30", "--verify", "--intrinsics", env["intrinsics"], "--out", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records[0]["keyframe"] == 0 and records[1]["loop_closure"] == [100.0, 0.0]
+    pose = records[1]["relative_pose"]
+    assert pose["status"] == "ok" and pose["metric"] and pose["match_camera"] == "map"
+    rotation, direction, scale = errors(Pose(pose), ground_truth(env["euroc"], 1, 0))
+    with capsys.disabled():
+        print(f"replay, depth from a {source}, metric: {rotation:.2f} deg, direction {direction:.2f} deg, "
+              f"scale {scale:.3f}")
+    assert rotation < MAX_ROTATION_DEG and direction < MAX_DIRECTION_DEG and abs(scale - 1) < MAX_SCALE_ERROR
+    if source == "bag":
+        assert "depth: matched 1, unmatched 1" in capsys.readouterr().err
+    else:
+        assert main(["replay", "--bag", str(images), "--image-topic", "/x", *env["common"], "--depth",
+                     str(env["depth"])]) == 2
+        assert "--depth applies to --images" in capsys.readouterr().err

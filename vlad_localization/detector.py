@@ -15,9 +15,10 @@ With ``verification.enabled`` and a camera model (``verification.intrinsics``, o
 given to :meth:`process`, e.g. from ``sensor_msgs/CameraInfo``), an accepted loop closure is
 verified geometrically (:meth:`Localizer.verify`): ``FrameResult.relative_pose`` is the match
 camera's pose in the query camera's frame with its covariance, or a rejection reason. The run's
-keyframes keep their view (camera model and, with ``map.store_views``, the full image as JPEG) in
-the :class:`LiveMap`, which :meth:`save_map` writes with them; a prebuilt map's keyframes are
-verified with the view it stores, or from the patch keypoints alone when it has none.
+keyframes keep their view (camera model and, with ``map.store_views``, the full image as JPEG and
+the frame's ``depth`` when given) in the :class:`LiveMap`, which :meth:`save_map` writes with them; a
+closure against a keyframe with depth (or from a frame with depth) is metric (PnP). A prebuilt map's
+keyframes are verified with the view it stores, or from the patch keypoints alone when it has none.
 
 The run's search never returns keyframes taken less than ``loop_closure.min_time_gap_s`` before
 the query, nor, when poses are known, less than ``loop_closure.min_travel_m`` back along the
@@ -42,6 +43,7 @@ from vlad_localization.mapdb.metadata import Keyframe, encode_thumbnail
 from vlad_localization.mapdb.patch_store import PATCH_DTYPE
 from vlad_localization.mapdb.views import KeyframeView
 from vlad_localization.pipeline import Candidate, Localizer, QueryResult
+from vlad_localization.verification.depth_sources import FrameDepth
 
 # One candidate's fields in every serialisation (replay and query JSON, the node's ~/candidates
 # columns after query_stamp and camera), in this order; times in seconds.
@@ -176,11 +178,15 @@ class LoopClosureDetector:
 
     # ------------------------------------------------------------------ per frame
     def process(self, stamp_ns: int, image: np.ndarray, pose: Pose | None = None, camera: int = 0,
-                camera_model=None) -> FrameResult:
+                camera_model=None, depth=None) -> FrameResult:
         """Query with one camera frame, decide the loop closure, insert it as a keyframe of the run
         when the keyframe policy says so. ``image``: RGB uint8 (H, W, 3); ``pose``: the frame's
         pose (odometry interpolated to ``stamp_ns``) or None; ``camera_model``: this camera's
-        ``verification.PinholeCamera`` (default: ``verification.intrinsics``)."""
+        ``verification.PinholeCamera`` (default: ``verification.intrinsics``); ``depth``: the
+        frame's depth image registered to ``image`` (integer: ``verification.depth_scale`` m per
+        unit; float: m), or a zero-argument callable computing it (or None), called only when the
+        frame becomes a keyframe with a stored view or its loop closure needs the query's depth
+        (the keyframe has none); with verification, a keyframe stored with depth gives metric poses."""
         t0 = time.perf_counter()
         cfg = self.config
         lc = cfg.loop_closure
@@ -194,11 +200,15 @@ class LoopClosureDetector:
         closure = select_loop_closure(stamp_ns, result.candidates, lc.score_threshold, lc.min_time_gap_s)
         t2 = time.perf_counter()
         camera_model = self._camera_model(camera_model)
+        frame_depth = FrameDepth(depth)
         relative_pose = None
         if closure is not None and camera_model is not None:
-            relative_pose = self.localizer.verify(result, closure.candidate, image, camera_model)
+            vcfg = cfg.verification
+            relative_pose = self.localizer.verify(result, closure.candidate, image, camera_model,
+                                                  frame_depth.at(vcfg.depth_scale, vcfg.max_depth_m))
         t3 = time.perf_counter()
-        keyframe = self._insert(stamp_ns, image, pose, camera, desc, travel, camera_model) if lc.searches_run else None
+        keyframe = self._insert(stamp_ns, image, pose, camera, desc, travel, camera_model, frame_depth) \
+            if lc.searches_run else None
         timings = dict(result.timings, encode_ms=(t1 - t0) * 1e3, verify_ms=(t3 - t2) * 1e3,
                        insert_ms=(time.perf_counter() - t3) * 1e3, total_ms=(time.perf_counter() - t0) * 1e3)
         result.query_rgb_size = tuple(np.asarray(image).shape[:2])
@@ -225,7 +235,8 @@ class LoopClosureDetector:
         self._travel[camera] = (metres, position)
         return metres
 
-    def _insert(self, stamp_ns: int, image, pose: Pose | None, camera: int, desc, travel, camera_model) -> int | None:
+    def _insert(self, stamp_ns: int, image, pose: Pose | None, camera: int, desc, travel, camera_model,
+                depth: FrameDepth) -> int | None:
         selector = self._selectors.get(camera)
         if selector is None:
             selector = self._selectors[camera] = KeyframeSelector.from_config(self.config.map)
@@ -241,8 +252,10 @@ class LoopClosureDetector:
                             extra=extra)
         map_cfg = self.config.map
         thumb = encode_thumbnail(image, map_cfg.thumbnail_width) if map_cfg.store_thumbnails else None
-        view = None if camera_model is None else \
-            KeyframeView.capture(image, camera_model, store_image=map_cfg.store_views)  # for verifying a closure
+        view = None
+        if camera_model is not None:  # for verifying a closure with this keyframe
+            view = KeyframeView.capture(image, camera_model, depth.image() if map_cfg.store_views else None,
+                                        map_cfg.store_views, self.config.verification.depth_scale)
         new_id = self.run_map.add(global_desc[0], {p: a[0].astype(PATCH_DTYPE) for p, a in patches.items()},
                                   keyframe, thumb, grid=desc.grid, image_size=desc.image_size, view=view)
         if new_id is None:

@@ -186,9 +186,10 @@ class Localizer:
             timings["rerank_ms"] = (time.perf_counter() - t2) * 1e3
         return QueryResult(cands, timings, rgb_size, network_size, db, run)
 
-    def verify(self, result: QueryResult, candidate: Candidate, image: np.ndarray, camera):
+    def verify(self, result: QueryResult, candidate: Candidate, image: np.ndarray, camera, depth=None):
         """The relative pose of a re-ranked ``candidate`` of ``result`` (query ``image`` RGB of
-        ``camera``, a ``verification.PinholeCamera``): a
+        ``camera``, a ``verification.PinholeCamera``; ``depth`` the query's depth source, raw pixels
+        -> metres, used when the keyframe has none): a
         :class:`~vlad_localization.verification.RelativePose` or its rejection.
 
         With the keyframe's stored view (format version 3 maps, this run's keyframes), its image
@@ -206,7 +207,7 @@ class Localizer:
             stored = None if store is None else store.view(candidate.map_id)
         except KeyError:  # a run keyframe evicted meanwhile
             stored = None
-        query = View(camera, tuple(np.asarray(image).shape[:2]), image)
+        query = View(camera, tuple(np.asarray(image).shape[:2]), image, depth)
         match = View(camera, query.image_hw) if stored is None else stored.verification_view(vcfg.max_depth_m)
         refine = vcfg.refine if match.can_refine else "none"
         pose = verify_correspondences(*candidate.matches, result.network_size, query, match, vcfg,

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from vlad_localization.cli.common import (
-    add_config_args, add_intrinsics_arg, add_source_args, load_cli_config, open_frames,
+    add_config_args, add_depth_arg, add_intrinsics_arg, add_source_args, load_cli_config, open_depth, open_frames,
 )
 from vlad_localization.cli.main import UserError
 
@@ -48,9 +48,7 @@ def add_parser(sub) -> None:
     g.add_argument("--no-thumbnails", action="store_true", help="do not store keyframe thumbnails")
     v = p.add_argument_group("views for geometric verification (see below)")
     add_intrinsics_arg(v, "the images without a CameraInfo (stored per keyframe)")
-    v.add_argument("--depth", type=Path, metavar="DIR",
-                   help="--images only: depth images registered to the images, named like them (<stem>.png "
-                        "16-bit x verification.depth_scale m, default mm; or .tif/.tiff/.exr float32 m)")
+    add_depth_arg(v, "stored per keyframe")
     v.add_argument("--no-views", action="store_true",
                    help="store no full-resolution image or depth per keyframe (map.store_views false; "
                         "the camera model is still stored)")
@@ -64,8 +62,7 @@ def run(args) -> int:
     from vlad_localization.model.encoder import Encoder
 
     cfg = load_cli_config(args)
-    if args.depth is not None and not args.images:
-        raise UserError("--depth applies to --images (depth images named like the images)")
+    open_depth(args)  # checks --depth / --depth-topic
     frames, sources, total = open_frames(args)
     encoder = Encoder.from_checkpoint(args.checkpoint, cfg.model, args.device)
     out = Path(args.out)

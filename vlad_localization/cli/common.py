@@ -65,6 +65,40 @@ def add_intrinsics_arg(p, what: str = "the images") -> None:
                    help=f"camera intrinsics of {what} (default: the config's verification.intrinsics)")
 
 
+def add_depth_arg(p, what: str) -> None:
+    """``--depth DIR`` (depth images named like ``--images``) and ``--depth-topic`` (a bag's), read
+    by :func:`open_depth` and :func:`open_frames`."""
+    p.add_argument("--depth", type=Path, metavar="DIR",
+                   help=f"--images only: depth images registered to the images (at their size or scaled), named "
+                        f"like them (<stem>.png 16-bit x verification.depth_scale m, default mm; or .tif/.tiff/.exr "
+                        f"float32 m), {what}")
+    p.add_argument("--depth-topic", metavar="TOPIC",
+                   help="--bag only: registered depth images (sensor_msgs/Image 16UC1 mm or 32FC1 m), each frame "
+                        f"taking the one nearest in stamp (as the node's depth_tolerance_s default), {what}")
+
+
+def open_depth(args):
+    """``reader(frame)`` -> the frame's depth or None: the ``--depth`` folder (a
+    :class:`~vlad_localization.verification.depth_sources.DepthFolder`), the ``--depth-topic`` image
+    the bag source paired with the frame, or None without either; misuse raises UserError."""
+    from vlad_localization.cli.main import UserError
+    from vlad_localization.verification.depth_sources import DepthFolder
+
+    if getattr(args, "depth_topic", None):
+        if not args.bag:
+            raise UserError("--depth-topic applies to --bag; use --depth DIR with --images")
+        return lambda frame: frame.depth
+    if getattr(args, "depth", None) is None:
+        return None
+    if not args.images:
+        raise UserError("--depth applies to --images (depth images named like the images); use --depth-topic "
+                        "with --bag")
+    try:
+        return DepthFolder(args.depth)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+
+
 def add_source_args(p: argparse.ArgumentParser) -> None:
     """The frame source of build-map and replay: ``--bag`` (+ topics) or ``--images`` (+ CSV)."""
     src = p.add_mutually_exclusive_group(required=True)
@@ -98,7 +132,8 @@ def open_frames(args, max_pixels: int | None = None):
         raise UserError(f"--image-topic is required with --bag; image topics in {args.bag}: "
                         + (", ".join(f"{t} ({m})" for t, m in topics.items()) or "none"))
     extra = {} if max_pixels is None else {"max_pixels": max_pixels}
-    source = iter_bag(args.bag, args.image_topic, args.pose_topic, **extra)
+    source = iter_bag(args.bag, args.image_topic, args.pose_topic, depth_topic=getattr(args, "depth_topic", None),
+                      **extra)
     return source, [f"{Path(args.bag).absolute()}:{args.image_topic}"], _count_messages(source)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from vlad_localization.choices import MODES, names
 from vlad_localization.cli.main import UserError
 from vlad_localization.cli.common import (
-    add_config_args, add_intrinsics_arg, add_source_args, load_cli_config, open_frames,
+    add_config_args, add_depth_arg, add_intrinsics_arg, add_source_args, load_cli_config, open_depth, open_frames,
 )
 
 DESCRIPTION = """\
@@ -66,6 +66,8 @@ def add_parser(sub) -> None:
     v = p.add_argument_group("geometric verification of each loop closure (relative_pose in the output)")
     v.add_argument("--verify", action="store_true", help="verify each accepted loop closure (needs intrinsics)")
     add_intrinsics_arg(v, "the images (a bag's CameraInfo beside the image topic is used when there is one)")
+    add_depth_arg(v, "each frame's depth: the run's keyframes keep it and loop closures against them are "
+                     "metric (PnP)")
     p.add_argument("--save-map", metavar="DIR", help="at the end, write this run's keyframes as a map")
     p.add_argument("--out", type=Path, default=None, help="JSON Lines output (default: stdout)")
     p.set_defaults(func=run)
@@ -75,6 +77,7 @@ def run(args) -> int:
     from vlad_localization.detector import LoopClosureDetector
 
     cfg = load_cli_config(args)
+    depth_of = open_depth(args)
     frames, sources, _ = open_frames(args, cfg.localizer.max_image_pixels)
     if cfg.verification.enabled and cfg.verification.intrinsics is None and getattr(frames, "info_topic", None) is None:
         raise UserError("--verify needs the camera intrinsics: --intrinsics fx,fy,cx,cy[,k1,k2,p1,p2], "
@@ -84,7 +87,8 @@ def run(args) -> int:
     count = closures = 0
     try:
         for frame in frames:
-            result = detector.process(frame.stamp_ns, frame.rgb, frame.pose, camera_model=frame.camera)
+            depth = None if depth_of is None else (lambda f=frame: depth_of(f))  # read only when needed
+            result = detector.process(frame.stamp_ns, frame.rgb, frame.pose, camera_model=frame.camera, depth=depth)
             frame.image = None if getattr(frame, "loader", None) is not None else frame.image  # free pixels
             count += 1
             record = result.to_record()

@@ -8,12 +8,14 @@ interpolated to each image stamp (linear position, slerp orientation); images ou
 messages' time range get ``pose=None``. When the bag has the ``sensor_msgs/msg/CameraInfo`` topic
 beside the image topic (:func:`camera_info_topic`), each frame's ``camera`` is the camera model of
 the last CameraInfo at or before its stamp (the first one before that), scaled to the image size.
+With a depth topic (``16UC1``/``32FC1`` registered depth images), each frame's ``depth`` is the one
+nearest in stamp within :data:`~.stamp_match.DEFAULT_TOLERANCE_S` (paired as the node does).
 """
 from __future__ import annotations
 
 import bisect
 import logging
-from collections import Counter
+from collections import Counter, deque
 from contextlib import contextmanager
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,11 +26,14 @@ from .convert import (
     DEFAULT_MAX_PIXELS,
     ImageConversionError,
     compressed_msg_to_rgb,
+    depth_msg_to_array,
+    depth_to_image_fields,
     image_msg_to_rgb,
     rgb_to_compressed,
     rgb_to_image_fields,
 )
 from .frames import NS_PER_S, Frame, Pose, PoseTrack
+from .stamp_match import DEFAULT_TOLERANCE_S, OPEN, StampMatcher
 
 log = logging.getLogger(__name__)
 
@@ -67,26 +72,34 @@ class BagImageSource:
     """Iterable of :class:`Frame` from one image topic of a bag (see :func:`iter_bag`).
 
     Bad image messages are skipped with a warning; ``skipped`` counts them by
-    :class:`~.convert.ImageConversionError` reason (for a summary after iterating).
+    :class:`~.convert.ImageConversionError` reason (for a summary after iterating). With a
+    ``depth_topic``, ``depth`` counts the frames' depth: ``matched``, ``unmatched`` or the reason
+    it was not used (the frame is kept without).
     """
 
-    def __init__(self, bag_path, image_topic: str, pose_topic: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, bag_path, image_topic: str, pose_topic: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 depth_topic: str | None = None):
         self.bag_path = _check_bag(bag_path)
         self.image_topic = image_topic
         self.pose_topic = pose_topic
+        self.depth_topic = depth_topic
         self.max_pixels = max_pixels
         self.skipped: Counter[str] = Counter()
+        self.depth: Counter[str] = Counter()
         self.yielded = 0
         with _open(self.bag_path) as reader:  # fail early on a missing topic
             _connections(reader, image_topic, IMAGE_TYPES)
             if pose_topic is not None:
                 _connections(reader, pose_topic, POSE_TYPES)
+            if depth_topic is not None:
+                _connections(reader, depth_topic, (IMAGE,))
             info_topic = camera_info_topic(image_topic)
             info = reader.topics.get(info_topic)
             self.info_topic = info_topic if info is not None and info.msgtype == CAMERA_INFO else None
 
     def __iter__(self) -> Iterator[Frame]:
         self.skipped.clear()
+        self.depth.clear()
         self.yielded = 0
         source = f"{self.bag_path}:{self.image_topic}"
         with _open(self.bag_path) as reader:
@@ -97,16 +110,23 @@ class BagImageSource:
                     for msg, t in _messages(reader, _connections(reader, self.pose_topic, POSE_TYPES))
                 )
             cameras = self._cameras(reader)
-            for msg, t, msgtype in _messages(reader, _connections(reader, self.image_topic, IMAGE_TYPES), True):
+            images = _connections(reader, self.image_topic, IMAGE_TYPES)
+            depths = [] if self.depth_topic is None else _connections(reader, self.depth_topic, (IMAGE,))
+            depth_ids = {c.id for c in depths}
+            matcher = StampMatcher(round(DEFAULT_TOLERANCE_S * NS_PER_S))
+            pending: deque = deque()  # (frame, its depth pairing): a frame waits for a depth stamped at or after it
+            for msg, t, conn in _messages(reader, images + depths, True):
+                if conn.id in depth_ids:
+                    matcher.add(_stamp(msg, t), msg)
+                    continue
                 try:
-                    rgb = (compressed_msg_to_rgb if msgtype == COMPRESSED else image_msg_to_rgb)(msg, self.max_pixels)
+                    rgb = (compressed_msg_to_rgb if conn.msgtype == COMPRESSED else image_msg_to_rgb)(msg, self.max_pixels)
                 except ImageConversionError as exc:
                     self.skipped[exc.reason] += 1
                     log.warning("skipping a frame of %s at %d ns: %s", source, t, exc)
                     continue
                 stamp = _stamp(msg, t)
-                self.yielded += 1
-                yield Frame(
+                frame = Frame(
                     stamp_ns=stamp,
                     frame_id=str(msg.header.frame_id),
                     source=source,
@@ -114,6 +134,32 @@ class BagImageSource:
                     image=rgb,
                     camera=_camera_at(cameras, stamp, rgb.shape[:2]),
                 )
+                pending.append((frame, matcher.pair(stamp) if depths else None))
+                while pending and (pending[0][1] is None or pending[0][1].done or len(pending) > OPEN):
+                    yield self._with_depth(*pending.popleft())
+            while pending:
+                yield self._with_depth(*pending.popleft())
+
+    def _with_depth(self, frame: Frame, pairing) -> Frame:
+        """The frame with its paired depth image, when there is one and it is usable."""
+        from vlad_localization.verification.depth_sources import fit_depth
+
+        self.yielded += 1
+        if pairing is None:
+            return frame
+        if pairing.msg is None:
+            self.depth["unmatched"] += 1
+            return frame
+        try:
+            frame.depth = fit_depth(depth_msg_to_array(pairing.msg, self.max_pixels), frame.rgb.shape[:2])
+            self.depth["matched"] += 1
+        except ImageConversionError as exc:
+            self.depth[exc.reason] += 1
+            log.warning("the depth of %s at %d ns is not used: %s", frame.source, frame.stamp_ns, exc)
+        except ValueError as exc:
+            self.depth["size_mismatch"] += 1
+            log.warning("the depth of %s at %d ns is not used: %s", frame.source, frame.stamp_ns, exc)
+        return frame
 
     def _cameras(self, reader) -> tuple[list[int], list[tuple[object, tuple[int, int]]]]:
         """(stamps, [(camera, (H, W))]) of the CameraInfo messages beside the image topic, in time
@@ -136,12 +182,13 @@ class BagImageSource:
         return stamps, cameras
 
     def summary(self) -> str:
-        """E.g. ``"120 frames, skipped 2 (decode_failed: 2)"``."""
+        """E.g. ``"120 frames, skipped 2 (decode_failed: 2)"`` (then ``; depth: matched 118, ...``)."""
         total = sum(self.skipped.values())
-        if not total:
-            return f"{self.yielded} frames"
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
-        return f"{self.yielded} frames, skipped {total} ({reasons})"
+        text = f"{self.yielded} frames" + (f", skipped {total} ({reasons})" if total else "")
+        if self.depth_topic is not None:
+            text += "; depth: " + (", ".join(f"{k} {v}" for k, v in sorted(self.depth.items())) or "none")
+        return text
 
 
 def iter_bag(
@@ -149,13 +196,15 @@ def iter_bag(
     image_topic: str,
     pose_topic: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    depth_topic: str | None = None,
 ) -> BagImageSource:
-    """Frames of ``image_topic`` in ``bag_path`` (a bag directory, or a .db3/.mcap file), in bag order.
+    """Frames of ``image_topic`` in ``bag_path`` (a bag directory, or a .db3/.mcap file), in bag order,
+    with their registered depth from ``depth_topic`` when given.
 
     Returns a re-iterable :class:`BagImageSource`; after iterating, ``.skipped`` counts skipped
     bad frames by reason. Raises :class:`BagError` for a missing bag or topic.
     """
-    return BagImageSource(bag_path, image_topic, pose_topic, max_pixels)
+    return BagImageSource(bag_path, image_topic, pose_topic, max_pixels, depth_topic)
 
 
 def list_image_topics(bag_path: str | Path) -> dict[str, str]:
@@ -179,6 +228,7 @@ def write_bag(
     storage: str = "mcap",
     jpeg_quality: int = 90,
     camera_info: bool = False,
+    depth_topic: str | None = None,
 ) -> Path:
     """Write frames as a ROS 2 bag directory at ``path`` (must not exist); returns ``path``.
 
@@ -188,7 +238,8 @@ def write_bag(
     ``/compressed``). With ``pose_topic``, one ``pose_type`` message (Odometry or PoseStamped) per
     frame that has a pose, at the frame's stamp, or the explicit ``poses`` (stamp_ns, Pose) instead.
     ``storage``: ``"mcap"`` or ``"sqlite3"`` (.db3). ``camera_info``: a ``sensor_msgs/CameraInfo``
-    (plumb_bob) on :func:`camera_info_topic` beside each frame that has a ``camera``.
+    (plumb_bob) on :func:`camera_info_topic` beside each frame that has a ``camera``. ``depth_topic``:
+    each frame's ``depth`` (uint16 -> 16UC1, float32 -> 32FC1) there, at the frame's stamp.
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
 
@@ -210,6 +261,7 @@ def write_bag(
         pose_conn = writer.add_connection(pose_topic, pose_type, typestore=store) if pose_topic else None
         info_conn = writer.add_connection(camera_info_topic(image_topic), CAMERA_INFO, typestore=store) \
             if camera_info else None
+        depth_conn = writer.add_connection(depth_topic, IMAGE, typestore=store) if depth_topic else None
         for index, item in enumerate(frames):
             frame = item if isinstance(item, Frame) else Frame(stamp_ns=index * NS_PER_S, image=np.asarray(item))
             header = builder.header(frame.stamp_ns, frame.frame_id or frame_id)
@@ -221,6 +273,11 @@ def write_bag(
                 fields["data"] = np.frombuffer(fields["data"], np.uint8)
                 msg = store.types[IMAGE](header=header, **fields)
             writer.write(image_conn, frame.stamp_ns, store.serialize_cdr(msg, msg.__msgtype__))
+            if depth_conn is not None and frame.depth is not None:
+                fields = depth_to_image_fields(frame.depth)
+                fields["data"] = np.frombuffer(fields["data"], np.uint8)
+                depth = store.types[IMAGE](header=header, **fields)
+                writer.write(depth_conn, frame.stamp_ns, store.serialize_cdr(depth, IMAGE))
             if info_conn is not None and frame.camera is not None:
                 info = builder.camera_info(header, frame.camera, frame.rgb.shape[:2])
                 writer.write(info_conn, frame.stamp_ns, store.serialize_cdr(info, CAMERA_INFO))
@@ -311,13 +368,14 @@ def _connections(reader, topic: str, msgtypes: tuple[str, ...]) -> list:
     return conns
 
 
-def _messages(reader, connections, with_type: bool = False):
-    """Deserialised messages; damage found while reading (a corrupt chunk or record) is a BagError."""
+def _messages(reader, connections, with_connection: bool = False):
+    """Deserialised messages (msg, t[, connection]) in time order; damage found while reading (a
+    corrupt chunk or record) is a BagError."""
     t = None
     try:
         for conn, t, raw in reader.messages(connections=connections):
             msg = reader.deserialize(raw, conn.msgtype)
-            yield (msg, t, conn.msgtype) if with_type else (msg, t)
+            yield (msg, t, conn) if with_connection else (msg, t)
     except Exception as exc:  # rosbags' readers raise many unrelated types on corrupt data
         where = "before the first message" if t is None else f"after the message at {t} ns"
         raise BagError(f"bag {reader.paths[0]} is corrupt {where} ({type(exc).__name__}: {exc})") from exc

@@ -39,6 +39,7 @@ REASONS = (
     "data_too_short",  # len(data) < step * height
     "bad_dtype",  # data is not bytes-like / uint8
     "decode_failed",  # corrupt or unsupported JPEG/PNG
+    "no_valid_depth",  # a depth image without a single valid (positive, finite) pixel
 )
 
 
@@ -95,14 +96,73 @@ _BAYER_CHANNELS = {"r": 0, "g": 1, "b": 2}
 
 def image_msg_to_rgb(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A ``sensor_msgs/Image`` (any supported encoding) -> H x W x 3 RGB uint8 (a new array)."""
+
+    def layout_of(encoding: str) -> _Layout:
+        if encoding not in ENCODING_LAYOUTS:
+            raise ImageConversionError(
+                "unknown_encoding", f"got encoding {encoding!r}, expected one of {', '.join(SUPPORTED_ENCODINGS)}")
+        return ENCODING_LAYOUTS[encoding]
+
+    rows, layout = _pixel_rows(msg, layout_of, max_pixels)
+    if layout.bytes_per_channel == 2:
+        pixels = np.ascontiguousarray(rows).view(">u2" if _big_endian(msg) else "<u2").astype(np.uint16)
+    else:
+        pixels = rows
+    pixels = pixels.reshape(rows.shape[0], -1, layout.channels)
+    if layout.colour.startswith("bayer_"):
+        return to_rgb8(cv2.cvtColor(np.ascontiguousarray(pixels[:, :, 0]), _BAYER_TO_RGB[layout.colour]))
+    return to_rgb8(pixels, bgr=layout.colour == "bgr")
+
+
+def msg_to_rgb(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A ``sensor_msgs/CompressedImage`` (it has ``format``) or ``Image`` -> H x W x 3 RGB uint8."""
+    convert = compressed_msg_to_rgb if hasattr(msg, "format") else image_msg_to_rgb
+    return convert(msg, max_pixels)
+
+
+# depth image encodings (REP 118): 16-bit unsigned in the sensor's unit (millimetres), or float metres
+DEPTH_ENCODINGS = {"16UC1": np.dtype(np.uint16), "mono16": np.dtype(np.uint16), "32FC1": np.dtype(np.float32)}
+
+
+def depth_msg_to_array(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A depth ``sensor_msgs/Image`` -> (H, W) uint16 (``16UC1``/``mono16``, millimetres in ROS) or
+    float32 metres (``32FC1``); zero, negative and non-finite pixels are unknown. Raises
+    :class:`ImageConversionError` (reason ``no_valid_depth`` when no pixel has a depth)."""
+
+    def layout_of(encoding: str) -> _Layout:
+        if encoding not in DEPTH_ENCODINGS:
+            raise ImageConversionError("unknown_encoding", f"got encoding {encoding!r} for a depth image, "
+                                       f"expected {' or '.join(DEPTH_ENCODINGS)}")
+        return _Layout(1, DEPTH_ENCODINGS[encoding].itemsize, "depth")
+
+    rows, _ = _pixel_rows(msg, layout_of, max_pixels)
+    dtype = DEPTH_ENCODINGS[msg.encoding]
+    depth = np.ascontiguousarray(rows).view(dtype.newbyteorder(">" if _big_endian(msg) else "<")).astype(dtype)
+    with np.errstate(invalid="ignore"):
+        if not np.any(depth > 0):  # NaN compares False
+            raise ImageConversionError("no_valid_depth", f"no pixel of the {msg.encoding} depth image has a depth "
+                                       "(all zero, negative or NaN)")
+    return depth
+
+
+def depth_to_image_fields(depth: np.ndarray) -> dict:
+    """A depth image (uint16 -> ``16UC1``, float32 -> ``32FC1``) as ``sensor_msgs/Image`` fields."""
+    depth = np.asarray(depth)
+    encoding = {np.dtype(np.uint16): "16UC1", np.dtype(np.float32): "32FC1"}.get(depth.dtype)
+    if encoding is None or depth.ndim != 2:
+        raise ImageConversionError("bad_dtype", f"a depth image is (H, W) uint16 or float32, got {depth.dtype} "
+                                   f"of shape {depth.shape}")
+    rows = np.ascontiguousarray(depth.astype(depth.dtype.newbyteorder("<"))).view(np.uint8).reshape(depth.shape[0], -1)
+    return {"height": depth.shape[0], "width": depth.shape[1], "encoding": encoding, "is_bigendian": 0,
+            "step": rows.shape[1], "data": rows.tobytes()}
+
+
+def _pixel_rows(msg, layout_of, max_pixels: int) -> tuple[np.ndarray, _Layout]:
+    """(the pixel bytes as (height, width x bytes per pixel) uint8 without row padding, the layout
+    ``layout_of(encoding)`` gives) after checking the header, size, step and data length."""
     height, width, step = (_header_int(msg, name) for name in ("height", "width", "step"))
     encoding = str(getattr(msg, "encoding", ""))
-    layout = ENCODING_LAYOUTS.get(encoding)
-    if layout is None:
-        raise ImageConversionError(
-            "unknown_encoding",
-            f"got encoding {encoding!r}, expected one of {', '.join(SUPPORTED_ENCODINGS)}",
-        )
+    layout = layout_of(encoding)
     _check_size(width, height, max_pixels)
     row_bytes = width * layout.channels * layout.bytes_per_channel
     if step < row_bytes:
@@ -117,16 +177,11 @@ def image_msg_to_rgb(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
             "data_too_short",
             f"data has {buf.size} bytes, step {step} x height {height} needs {step * height}",
         )
-    rows = buf[: step * height].reshape(height, step)[:, :row_bytes]
-    if layout.bytes_per_channel == 2:
-        big = bool(_header_int(msg, "is_bigendian")) if hasattr(msg, "is_bigendian") else False
-        pixels = np.ascontiguousarray(rows).view(">u2" if big else "<u2").astype(np.uint16)
-    else:
-        pixels = rows
-    pixels = pixels.reshape(height, width, layout.channels)
-    if layout.colour.startswith("bayer_"):
-        return to_rgb8(cv2.cvtColor(np.ascontiguousarray(pixels[:, :, 0]), _BAYER_TO_RGB[layout.colour]))
-    return to_rgb8(pixels, bgr=layout.colour == "bgr")
+    return buf[: step * height].reshape(height, step)[:, :row_bytes], layout
+
+
+def _big_endian(msg) -> bool:
+    return bool(_header_int(msg, "is_bigendian")) if hasattr(msg, "is_bigendian") else False
 
 
 def compressed_msg_to_rgb(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -36,7 +36,8 @@ class Frame:
 
     Pass the pixels as ``image`` or a zero-argument ``loader``; read them through :attr:`rgb`
     (H x W x 3 RGB uint8, loaded on first access and kept). ``camera``: the camera model of this
-    image (a ``verification.PinholeCamera``, e.g. from a bag's CameraInfo) or None when unknown.
+    image (a ``verification.PinholeCamera``, e.g. from a bag's CameraInfo) or None when unknown;
+    ``depth``: a depth image registered to it (from a bag's depth topic), or None.
     """
 
     stamp_ns: int
@@ -46,6 +47,7 @@ class Frame:
     image: np.ndarray | None = field(default=None, repr=False)
     loader: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
     camera: object | None = field(default=None, repr=False, compare=False)
+    depth: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def rgb(self) -> np.ndarray:

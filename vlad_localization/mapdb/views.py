@@ -11,7 +11,6 @@ with ``map.store_views``.
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass
@@ -25,8 +24,6 @@ from vlad_localization.verification.camera import PinholeCamera
 
 from .errors import MapError, MapWriteError
 from .metadata import connect, decode_thumbnail, encode_thumbnail
-
-log = logging.getLogger(__name__)
 
 VIEWS_FILE = "views.sqlite"
 JPEG_QUALITY = 95
@@ -121,17 +118,16 @@ def encode_depth(depth: np.ndarray, depth_scale: float = DEPTH_UNIT_M) -> bytes:
 class ViewCapture:
     """What ``build_map`` stores per keyframe: the camera model (the frame's own, from the bag's
     CameraInfo, else ``camera``, e.g. ``--intrinsics``; none known: no view) and, with ``store_images``,
-    the image and the depth image named like it (``<image stem>.png|.tif|.tiff|.exr``) in ``depth_dir``.
+    the image and its depth: the frame's own (``frame.depth``, from a bag's depth topic), else the
+    depth image named like it in ``depth_dir`` (:class:`~vlad_localization.verification.depth_sources.DepthFolder`).
     ``counts``: ``views``, ``depth``, ``no_camera``, ``no_depth`` keyframes."""
-
-    DEPTH_SUFFIXES = (".png", ".tif", ".tiff", ".exr")
 
     def __init__(self, camera: PinholeCamera | None = None, store_images: bool = True,
                  depth_dir: str | Path | None = None, depth_scale: float = DEPTH_UNIT_M):
+        from vlad_localization.verification.depth_sources import DepthFolder
+
         self.camera, self.store_images, self.depth_scale = camera, bool(store_images), float(depth_scale)
-        self.depth_dir = None if depth_dir is None else Path(depth_dir)
-        if self.depth_dir is not None and not self.depth_dir.is_dir():
-            raise FileNotFoundError(f"depth folder {self.depth_dir} does not exist")
+        self.depth = None if depth_dir is None else DepthFolder(depth_dir)
         self.counts: Counter[str] = Counter()
 
     @classmethod
@@ -148,23 +144,13 @@ class ViewCapture:
         if camera is None:
             self.counts["no_camera"] += 1
             return None
-        depth = self._depth(frame) if self.store_images and self.depth_dir is not None else None
+        depth = getattr(frame, "depth", None) if self.store_images else None
+        reads_depth = self.store_images and self.depth is not None and depth is None
+        depth = self.depth(frame) if reads_depth else depth
         self.counts["views"] += 1
         self.counts["depth"] += depth is not None
+        self.counts["no_depth"] += reads_depth and depth is None
         return KeyframeView.capture(frame.rgb, camera, depth, self.store_images, self.depth_scale)
-
-    def _depth(self, frame) -> np.ndarray | None:
-        from vlad_localization.verification.depth import load_depth
-
-        stem = Path(str(frame.source)).stem
-        for suffix in self.DEPTH_SUFFIXES:
-            if (self.depth_dir / (stem + suffix)).is_file():
-                return load_depth(self.depth_dir / (stem + suffix))
-        if not self.counts["no_depth"]:
-            log.warning("no depth image %s.png (or .tif/.exr) in %s: that keyframe is stored without depth",
-                        stem, self.depth_dir)
-        self.counts["no_depth"] += 1
-        return None
 
 
 class ViewTable:

@@ -2,7 +2,7 @@
 
 :func:`start_node` / :func:`stop_node` run the real node as a subprocess; :class:`NodeClient` is a
 small rclpy node that publishes camera images and collects ``~/candidates``,
-``~/loop_closure`` and ``/diagnostics`` with their receive times.
+``~/loop_closure``, ``~/loop_closure_edges`` and ``/diagnostics`` with their receive times.
 """
 from __future__ import annotations
 
@@ -115,6 +115,7 @@ class NodeClient:
         for name, msg_type, topic in (
             ("candidates", Float64MultiArray, f"{base}/candidates"),
             ("loop_closure", Float64MultiArray, f"{base}/loop_closure"),
+            ("loop_closure_edges", Float64MultiArray, f"{base}/loop_closure_edges"),
             ("candidate_poses", PoseArray, f"{base}/candidate_poses"),
             ("diagnostics", DiagnosticArray, "/diagnostics"),
         ):

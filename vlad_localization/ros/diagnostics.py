@@ -13,19 +13,25 @@ from collections import Counter, deque
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 LATENCY_KEYS = ("encode_ms", "search_ms", "rerank_ms", "total_ms")
+# per camera with a depth input: its depth images (or right images) received, paired with a processed
+# frame, missing for one (none within the stamp tolerance), rejected (bad message or calibration)
+DEPTH_EVENTS = ("received", "matched", "unmatched", "rejected")
 
 
 class NodeStats:
     """Received / processed / dropped / rejected counts and recent latencies."""
 
-    def __init__(self, cameras: list[str], latency_window: int = 50):
+    def __init__(self, cameras: list[str], latency_window: int = 50, depth_cameras=()):
         self.cameras = list(cameras)
+        self.depth_cameras = sorted(depth_cameras)
         self._lock = threading.Lock()
         self.received = Counter()  # camera index -> frames received
         self.dropped = Counter()  # camera index -> frames replaced before processing
         self.rate_limited = Counter()  # camera index -> frames skipped by max_rate_hz
         self.rejected = Counter()  # reason -> bad frames
         self.verified = Counter()  # verification status (ok or a rejection reason) -> loop closures
+        self.edges = Counter()  # "metric" | "monocular" -> ~/loop_closure_edges published
+        self.depth = Counter()  # (camera index, one of DEPTH_EVENTS) -> count
         self.processed = 0
         self.loop_closures = 0
         self._latency = {k: deque(maxlen=latency_window) for k in LATENCY_KEYS}
@@ -56,6 +62,9 @@ class NodeStats:
                 values[f"received[{topic}]"] = str(self.received[i])
                 values[f"dropped_busy[{topic}]"] = str(self.dropped[i])
                 values[f"skipped_max_rate[{topic}]"] = str(self.rate_limited[i])
+            for i in self.depth_cameras:
+                for event in DEPTH_EVENTS:
+                    values[f"depth_{event}[{self.cameras[i]}]"] = str(self.depth[i, event])
             values["processed_rate_hz"] = f"{(self.processed - processed_prev) / dt:.2f}"
             values["processed"] = str(self.processed)
             values["dropped"] = str(sum(self.dropped.values()))
@@ -66,6 +75,8 @@ class NodeStats:
             values["loop_closures"] = str(self.loop_closures)
             for status, n in sorted(self.verified.items()):
                 values[f"verified[{status}]"] = str(n)
+            for kind, n in sorted(self.edges.items()):
+                values[f"edges[{kind}]"] = str(n)
             for key, window in self._latency.items():
                 if window:
                     values[f"latency_{key}"] = f"{sum(window) / len(window):.1f}"

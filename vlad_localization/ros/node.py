@@ -30,10 +30,11 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Float64MultiArray, Header
 from std_srvs.srv import Trigger
 
-from vlad_localization.images.convert import ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb
+from vlad_localization.images.convert import ImageConversionError, msg_to_rgb
 from vlad_localization.images.frames import Pose, PoseTrack
 from vlad_localization.mapdb.integrity import verify_map
 from vlad_localization.ros import messages
+from vlad_localization.ros.depth_input import DepthInput, depth_sources
 from vlad_localization.ros.diagnostics import NodeStats, diagnostic_array
 from vlad_localization.ros.params import BY_NAME, PARAMETERS, config_overrides
 from vlad_localization.ros.worker import LatestFrameWorker
@@ -87,6 +88,8 @@ class VladLocalizationNode(LifecycleNode):
         self._subs = []
         self._odom_sub = None
         self._info_subs = []
+        self._depth_subs = []
+        self._depth: DepthInput | None = None  # depth_topics / right_image_topics, from configure
         self._cameras: dict[int, object] = {}  # camera index -> PinholeCamera from its CameraInfo
         self._poses = PoseTrack([])
         self._poses_lock = threading.Condition()  # odometry callback -> worker waiting for a pose
@@ -119,9 +122,14 @@ class VladLocalizationNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             topics = list(self.param("image_topics"))
-            for topic in topics:
+            sources = depth_sources(topics, self.param("depth_topics"), self.param("right_image_topics"))
+            for topic in topics + [t for _, t in sources.values()]:
                 self._resolve(topic)
             self._cfg = node_config(self.param)
+            if sources and not self._cfg.verification.enabled:
+                self.get_logger().warning("depth_topics / right_image_topics serve verification only: set verify "
+                                          "to true; not subscribed")
+                sources = {}
             missing = ["checkpoint"] if not self.param("checkpoint") else []
             if self._cfg.loop_closure.searches_map and not self.param("map_path"):
                 missing.append("map_path")
@@ -138,7 +146,10 @@ class VladLocalizationNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._last_error = ""
         self._topics = topics
-        self.stats = NodeStats(self._topics)
+        self.stats = NodeStats(self._topics, depth_cameras=sources)
+        self._depth = DepthInput(sources, self.param("depth_tolerance_s"), self.stats, self._report_input,
+                                 self._cfg.localizer.max_image_pixels, self._cfg.verification.max_depth_m) \
+            if sources else None
         pub = self.create_lifecycle_publisher
         self._pubs = {
             "candidates": pub(Float64MultiArray, "~/candidates", 10),
@@ -173,6 +184,9 @@ class VladLocalizationNode(LifecycleNode):
                 for camera, topic in enumerate(self._topics):
                     self._info_subs.append(self.create_subscription(
                         CameraInfo, messages.camera_info_topic(topic), lambda m, c=camera: self._on_camera_info(c, m), 5))
+            if self._depth is not None:
+                self._subscribe_depth(self._depth, QoSProfile(depth=5, reliability=qos.reliability,
+                                                              durability=qos.durability, history=qos.history))
         except Exception as exc:  # noqa: BLE001 - no half-active node: undo what was started
             self._stop_input()
             self.get_logger().error(f"activate failed: {type(exc).__name__}: {exc}")
@@ -312,9 +326,21 @@ class VladLocalizationNode(LifecycleNode):
             self.stats.count("rate_limited", camera)
             return
         self._last_accept[camera] = now
-        worker = self._worker
-        if worker is not None and worker.put(camera, msg):
+        worker, depth = self._worker, self._depth
+        pending = None if depth is None else depth.frame_arrived(camera, messages.stamp_to_ns(msg.header.stamp))
+        if worker is not None and worker.put(camera, (msg, pending)):
             self.stats.count("dropped", camera)
+
+    def _subscribe_depth(self, depth: DepthInput, qos: QoSProfile) -> None:
+        """Each camera's depth image topic, or right image topic and the CameraInfo beside it."""
+        for camera, (kind, topic) in depth.sources.items():
+            msg_type = CompressedImage if kind == "stereo" and self._is_compressed(topic) else Image
+            self._depth_subs.append(self.create_subscription(
+                msg_type, topic, lambda m, c=camera: depth.on_message(c, m), qos))
+            if kind == "stereo":
+                self._depth_subs.append(self.create_subscription(
+                    CameraInfo, messages.camera_info_topic(topic), lambda m, c=camera: depth.on_info(c, m, "right"), 5))
+            self.get_logger().info(f"camera {camera}: {'depth' if kind == 'depth' else 'stereo right image'} {topic}")
 
     def _on_odom(self, msg: Odometry) -> None:
         """Executor callback: keep the pose for interpolation at image stamps."""
@@ -326,6 +352,8 @@ class VladLocalizationNode(LifecycleNode):
 
     def _on_camera_info(self, camera: int, msg: CameraInfo) -> None:
         """Executor callback: the camera's intrinsics for verification (a bad CameraInfo is reported)."""
+        if self._depth is not None:
+            self._depth.on_info(camera, msg)
         try:
             self._cameras[camera] = messages.camera_from_info(msg)[0]
         except ValueError as exc:
@@ -341,18 +369,18 @@ class VladLocalizationNode(LifecycleNode):
             return self._poses.at(stamp_ns, ODOM_TOLERANCE_NS)
 
     def _stop_input(self) -> bool:
-        for sub in self._subs + self._info_subs + ([self._odom_sub] if self._odom_sub is not None else []):
+        for sub in self._subs + self._info_subs + self._depth_subs + ([self._odom_sub] if self._odom_sub else []):
             self.destroy_subscription(sub)
-        self._subs, self._info_subs, self._odom_sub = [], [], None
+        self._subs, self._info_subs, self._depth_subs, self._odom_sub = [], [], [], None
         worker, self._worker = self._worker, None
         return worker.stop(STOP_TIMEOUT_S) if worker is not None else True
 
-    def _reject(self, camera: int, exc: ImageConversionError) -> None:
-        self.stats.count("rejected", exc.reason)
+    def _report_input(self, reason: str, text: str) -> None:
+        """Count a bad input by reason (``rejected[<reason>]``) and warn, throttled per reason."""
+        self.stats.count("rejected", reason)
         # one logger object per reason: rclpy throttles per logger and call site
-        logger = self._input_loggers.setdefault(exc.reason, self.get_logger().get_child("input"))
-        logger.warning(f"rejected a frame from {self._topics[camera]}: {exc}",
-                       throttle_duration_sec=WARN_PERIOD_S)
+        logger = self._input_loggers.setdefault(reason, self.get_logger().get_child("input"))
+        logger.warning(text, throttle_duration_sec=WARN_PERIOD_S)
 
     def _worker_error(self, exc: BaseException) -> None:
         if not self.context.ok():  # shutting down mid-frame: publishing failed, nothing to report
@@ -361,24 +389,22 @@ class VladLocalizationNode(LifecycleNode):
         self.get_logger().error(f"query failed: {type(exc).__name__}: {exc}", throttle_duration_sec=WARN_PERIOD_S)
 
     # -- work (worker thread) ---------------------------------------------------------------------
-    def _process(self, camera: int, msg) -> None:
-        max_pixels = self._cfg.localizer.max_image_pixels
+    def _process(self, camera: int, item) -> None:
+        msg, pending_depth = item
         try:
-            if isinstance(msg, CompressedImage):
-                rgb = compressed_msg_to_rgb(msg, max_pixels)
-            else:
-                rgb = image_msg_to_rgb(msg, max_pixels)
+            rgb = msg_to_rgb(msg, self._cfg.localizer.max_image_pixels)
         except ImageConversionError as exc:
-            self._reject(camera, exc)
+            self._report_input(exc.reason, f"rejected a frame from {self._topics[camera]}: {exc}")
             return
         stamp_ns = messages.stamp_to_ns(msg.header.stamp)
         pose = self._pose_at(stamp_ns)
+        depth = None if self._depth is None else self._depth.depth_for(camera, pending_depth, rgb)
         with self._det_lock:
             detector = self._detector
             if detector is None:
                 return
             self._apply_frame_params(detector)
-            result = detector.process(stamp_ns, rgb, pose, camera, self._cameras.get(camera))
+            result = detector.process(stamp_ns, rgb, pose, camera, self._cameras.get(camera), depth)
             thumbnail = self._match_image_ref(result)
         if not self._pubs:  # cleaned up while this frame was being processed
             return
@@ -406,6 +432,7 @@ class VladLocalizationNode(LifecycleNode):
         self.stats.count("verified", pose.status)
         if not pose.ok:
             return
+        self.stats.count("edges", "metric" if pose.metric else "monocular")
         c = closure.candidate
         self._pubs["loop_closure_edges"].publish(messages.loop_closure_edge_msg(
             round(closure.t_query * 1e9), c.stamp_ns, c.map_id, "run" if c.source else "prebuilt", pose, c.score))
@@ -462,6 +489,10 @@ class VladLocalizationNode(LifecycleNode):
         values["gpu_memory_mb"] = _gpu_memory_mb(values["device"])
         values.update({k: str(v) for k, v in (detector.stats() if loaded else {}).items()})
         values.update(self.stats.snapshot())
+        if self._cfg is not None and self._cfg.verification.enabled:  # whether verification has intrinsics
+            values.update({f"camera_info[{t}]": "yes" if i in self._cameras else "no" for i, t in enumerate(self._topics)})
+        if self._depth is not None:
+            values.update(self._depth.diagnostics(self._topics))
         recent = int(values["rejected_last_period"])
         values["last_error"] = self._last_error
         level = DiagnosticStatus.OK if loaded else DiagnosticStatus.WARN

@@ -8,6 +8,7 @@ from typing import Any
 
 from vlad_localization.choices import MATCHERS, MODES, names
 from vlad_localization.config import LoopClosureConfig
+from vlad_localization.images.stamp_match import DEFAULT_TOLERANCE_S
 
 _LC = LoopClosureConfig()  # the node's loop-closure defaults are the library's
 
@@ -24,8 +25,9 @@ class Param:
 
     @property
     def dynamic(self) -> bool:
-        """Declared with dynamic typing: a number may be written 5 or 5.0, ``compressed`` true or 'true'."""
-        return isinstance(self.default, float) or self.name == "compressed"
+        """Declared with dynamic typing: a number may be written 5 or 5.0, ``compressed`` true or 'true',
+        a list empty by default given as strings (rclpy would type ``[]`` a byte array)."""
+        return isinstance(self.default, float) or self.name == "compressed" or self.default == []
 
     def check(self, value) -> str | None:
         """Why ``value`` is not acceptable for this parameter (None when it is)."""
@@ -33,6 +35,9 @@ class Param:
             return f"{self.name} must be a number, got {value!r}"
         if isinstance(self.default, float) and value < 0 and value != self.keep:
             return f"{self.name} must be >= 0, got {value!r}"
+        if isinstance(self.default, list) and value is not None and not (
+                isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
+            return f"{self.name} must be a list of strings, got {value!r}"
         if self.choices and str(value).lower() not in self.choices and not (value == "" and self.default == ""):
             return f"{self.name} must be one of {' | '.join(self.choices)}, got {value!r}"
         return None
@@ -43,6 +48,8 @@ class Param:
             return float(value)
         if self.name == "compressed":
             return str(value).lower()
+        if isinstance(self.default, list):  # `[]` in a YAML file or on the command line reads as unset
+            return [] if value is None else list(value)
         return value
 
 
@@ -67,6 +74,16 @@ PARAMETERS: tuple[Param, ...] = (
           "(sensor-data QoS, depth 1).", True, choices=("best_effort", "reliable")),
     Param("odom_topic", "", "nav_msgs/Odometry topic ('' = none): poses interpolated to each image stamp, for "
           "keyframe distance, min_travel_m and the keyframes' poses.", True),
+    Param("depth_topics", [], "Registered depth images (sensor_msgs/Image 16UC1 in mm or 32FC1 in m, aligned "
+          "with the colour image, at its size or scaled), one per image_topics entry ('' = none): each frame takes "
+          "the depth nearest in stamp within depth_tolerance_s; with verify, the run's keyframes keep it and a "
+          "closure against them is metric (PnP). A bad depth is counted (rejected[depth_<reason>]) and the frame "
+          "processed without.", True),
+    Param("right_image_topics", [], "Right images of calibrated stereo pairs, one per image_topics entry ('' = "
+          "none), with the CameraInfo beside them (P[0,3] = -fx * baseline) and the left image's: depth from the "
+          "pair (SGBM), computed only for a new keyframe or a closure that needs it (with verify).", True),
+    Param("depth_tolerance_s", DEFAULT_TOLERANCE_S, "A frame takes the depth (or right) image nearest in stamp within this many "
+          "s (0 = equal stamps only).", True),
     Param("max_rate_hz", 0.0, "Per-camera processing rate cap in Hz (0 = as fast as the model runs)."),
     Param("top_k", 0, "Global (NetVLAD) candidates retrieved from the map (0 = the preset's value).", True,
           config="localizer.top_k", keep=0),

@@ -88,6 +88,25 @@ class StereoRig:
         right_T_left = np.linalg.inv(right.body_T_sensor) @ left.body_T_sensor
         return cls(left.camera, right.camera, right_T_left[:3, :3], right_T_left[:3, 3])
 
+    @classmethod
+    def from_camera_info(cls, left, right) -> "StereoRig":
+        """From a calibrated stereo pair's two ``sensor_msgs/CameraInfo`` (rclpy's or a bag's): ``K``
+        and ``D`` of each raw image, ``R`` each camera's rectification rotation and the right
+        projection ``P`` with ``P[0, 3] = Tx = -fx' * baseline`` (ROS's convention; the right camera
+        is ``baseline`` along the rectified x axis): ``X_right = R_r^T (R_l X_left - [B, 0, 0])``."""
+        from vlad_localization.verification.camera import camera_from_info
+
+        p = np.asarray(right.p, np.float64).reshape(3, 4)
+        baseline = -p[0, 3] / p[0, 0] if p[0, 0] > 0 else 0.0
+        if not baseline > 0:
+            raise ValueError(f"the right CameraInfo's P has Tx = {p[0, 3]!r}: expected -fx * baseline < 0 "
+                             "(a calibrated stereo pair's right camera)")
+        r_left, r_right = (np.asarray(m.r, np.float64).reshape(3, 3) for m in (left, right))
+        if not all(np.allclose(r @ r.T, np.eye(3), atol=1e-4) for r in (r_left, r_right)):
+            raise ValueError("a CameraInfo's R is not a rotation (an uncalibrated stereo pair: R all zero?)")
+        return cls(camera_from_info(left)[0], camera_from_info(right)[0], r_right.T @ r_left,
+                   r_right.T @ np.array([-baseline, 0.0, 0.0]))
+
     def scaled(self, sx: float, sy: float) -> "StereoRig":
         return StereoRig(self.left.scaled(sx, sy), self.right.scaled(sx, sy), self.rotation, self.translation)
 
