@@ -61,6 +61,7 @@ def test_node_publishes_the_verified_edge(euroc_run, campus_map, tmp_path):  # n
     from std_msgs.msg import Float64MultiArray
 
     from vlad_localization.ros.client import wait_for
+    from vlad_localization.ros.diagnostics import parse_diagnostics
     from vlad_localization.ros.messages import ns_to_stamp, parse_loop_closure_edges
 
     frames, sensor, euroc = euroc_run
@@ -74,10 +75,16 @@ def test_node_publishes_the_verified_edge(euroc_run, campus_map, tmp_path):  # n
         info.k = [cam.fx, 0.0, cam.cx, 0.0, cam.fy, cam.cy, 0.0, 0.0, 1.0]
         info.d = [float(v) for v in cam.distortion[:4]] + [0.0]
         assert wait_for(lambda: info_pub.get_subscription_count() > 0, 20)
+
+        def node_has_intrinsics() -> bool:  # a publisher's first messages can precede discovery
+            info_pub.publish(info)
+            values = [parse_diagnostics(r.msg, "vlad_verify: loop closure") for r in client.get("diagnostics")]
+            return any(v and v.get(f"camera_info[{topic}]") == "yes" for v in values)
+
+        assert wait_for(node_has_intrinsics, 30, period=0.5)
         for stamp, _, rgb in frames:
             info.header.stamp = ns_to_stamp(stamp)
             info_pub.publish(info)
-            wait_for(lambda: False, 0.3)
             client.publish(rgb, stamp)
             assert client.wait_candidates(stamp, 60) is not None
         wait_for(lambda: client.get("edges"), 10)

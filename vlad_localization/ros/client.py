@@ -148,8 +148,10 @@ class NodeClient:
             self.sent.clear()
 
     def wait_connected(self, timeout: float) -> bool:
-        """True once the node subscribes to every camera topic (it is configured and active)."""
-        return bool(wait_for(lambda: all(p.get_subscription_count() for p in self.publishers), timeout))
+        """True once the node subscribes to every camera topic (it is configured and active) and, with
+        ``odom_topic``, to the odometry (else the first poses could be published before discovery)."""
+        publishers = list(self.publishers) + ([self.odom_publisher] if self.odom_topic else [])
+        return bool(wait_for(lambda: all(p.get_subscription_count() for p in publishers), timeout))
 
     def publish(self, rgb: np.ndarray | None, stamp_ns: int, camera: int = 0, msg=None) -> None:
         """Publish ``rgb`` (as rgb8 Image or JPEG CompressedImage) or a prepared ``msg``, stamped."""
