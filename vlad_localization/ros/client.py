@@ -99,6 +99,7 @@ class NodeClient:
         from std_msgs.msg import Float64MultiArray
 
         self._lock = threading.Lock()
+        self._service_clients: dict = {}
         self._context = rclpy.Context()
         rclpy.init(context=self._context)
         self.node = rclpy.create_node("vlad_client", context=self._context)
@@ -190,17 +191,22 @@ class NodeClient:
         return None
 
     def call(self, srv_type, name: str, request=None, timeout: float = 10.0):
-        """Call a service of the node (``name`` relative to the node, e.g. ``reload_map``)."""
-        client = self.node.create_client(srv_type, f"/{self.node_name.lstrip('/')}/{name}")
-        try:
-            if not client.wait_for_service(timeout_sec=timeout):
-                raise TimeoutError(f"service {client.srv_name} not available after {timeout} s")
-            future = client.call_async(request if request is not None else srv_type.Request())
-            if not wait_for(future.done, timeout):
-                raise TimeoutError(f"service {client.srv_name} did not answer within {timeout} s")
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
+        """Call a service of the node (``name`` relative to the node, e.g. ``reload_map``).
+
+        One client per service, kept: ``wait_for_service`` only says the server's request side is
+        discovered, and a fresh client's first response can be lost while the server has not yet
+        discovered the client's response reader (seen as a rare 30 s timeout on ``get_state``)."""
+        key = (srv_type, name)
+        client = self._service_clients.get(key)
+        if client is None:
+            client = self._service_clients[key] = self.node.create_client(
+                srv_type, f"/{self.node_name.lstrip('/')}/{name}")
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"service {client.srv_name} not available after {timeout} s")
+        future = client.call_async(request if request is not None else srv_type.Request())
+        if not wait_for(future.done, timeout):
+            raise TimeoutError(f"service {client.srv_name} did not answer within {timeout} s")
+        return future.result()
 
     def set_parameters(self, timeout: float = 10.0, **values) -> bool:
         """Set parameters of the node; True when all were accepted."""
