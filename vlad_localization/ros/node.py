@@ -528,17 +528,9 @@ def _autostart(node: VladLocalizationNode) -> None:
             node.get_logger().error(f"autostart failed: {type(exc).__name__}: {exc}")
 
 
-# The executor's threads and the inference worker share the GIL. A GPU frame is thousands of short
-# calls that each release it (kernel launches, OpenCV's RANSAC); with Python's 5 ms default each
-# release could wait that long to get it back. Measured on an H200, speed preset, 30 Hz input:
-# 5 ms -> encode 62 ms, re-rank 291 ms, 3.1 Hz; 0.2 ms -> 12.5 ms, 74 ms, 10.6 Hz (README, GPU).
-GIL_SWITCH_INTERVAL_S = 2e-4
-
-
 def run(args: list[str] | None = None) -> bool:
     """Spin the node until SIGINT/SIGTERM (rclpy's handlers), then stop it and rclpy. Returns
     False when a query was still running on the worker thread (it is abandoned, not joined)."""
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     rclpy.init(args=args)
     node = VladLocalizationNode()
     executor = MultiThreadedExecutor(num_threads=2)
