@@ -138,6 +138,9 @@ class PatchMatcher:
             raise ValueError(f"patch sizes {self.patch_sizes} and strides {self.strides} must pair up")
         normalised_weights(matching_cfg.patch_weights, len(self.patch_sizes))  # validates
         self.cfg = matching_cfg
+        # threads pay off only for RANSAC (OpenCV releases the GIL); spatial scores are cheap numpy
+        uses_ransac = matching_cfg.matcher == "ransac" or matching_cfg.fusion == "fused"
+        self.workers = scoring_workers(matching_cfg.workers) if uses_ransac else 1
         self.geometry = geometry
         self.grid_hw = (int(grid_hw[0]), int(grid_hw[1]))
         self.image_hw = tuple(image_hw) if image_hw else (
@@ -200,9 +203,7 @@ class PatchMatcher:
             for k in range(num_cand):
                 slots.append((k, s))
                 tasks.append((size, *matches.pairs(k), num_query, fused_model and other))
-        # threads pay off only for RANSAC (OpenCV releases the GIL); spatial scores are cheap numpy
-        uses_ransac = self.cfg.matcher == "ransac" or fused_model
-        scored = map_tasks(self._score_candidate, tasks, scoring_workers(self.cfg.workers) if uses_ransac else 1)
+        scored = map_tasks(self._score_candidate, tasks, self.workers)
         for (k, s), (official, absolute, count, matched, other_score) in zip(slots, scored):
             raw[k, s], per_size[k, s], inliers[k, s], corr[k][s] = official, absolute, count, matched
             other_size[k, s] = other_score
