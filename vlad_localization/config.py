@@ -140,13 +140,26 @@ class LoopClosureConfig:
     min_travel_m: float = 0.0  # ... and (with poses) closer along the trajectory; 0 disables
     max_keyframes: int = 5000  # this run's store (~1 MB a keyframe at the speed preset, 640x480); then `eviction`
     eviction: str = "oldest"  # oldest | refuse
+    # temporal consistency (loop_closure.LoopClosureRule): a closure needs this many consecutive frames whose
+    # confident proposals agree (1 = each frame on its own); agreeing matches advance by at most the window
+    consistency: int = 1
+    consistency_window_s: float = 10.0
+    consistency_window_m: float = 0.0  # > 0: with keyframe positions, agreeing matches lie within this many metres
+    # sequence scoring (vlad_localization.sequence): candidates ranked by the mean similarity of the last
+    # sequence_length frames along the candidate's run (best of sequence_speeds), 0 = off
+    sequence_length: int = 0
+    sequence_speeds: list[float] = field(default_factory=lambda: [0.5, 0.7, 1.0, 1.4, 2.0])
 
     def validate(self) -> None:
         _one_of("loop_closure.mode", self.mode, MODES)
         _one_of("loop_closure.eviction", self.eviction, EVICTIONS)
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"loop_closure.score_threshold must be in [0, 1], got {self.score_threshold!r}")
-        _at_least("loop_closure", self, min_time_gap_s=0.0, min_travel_m=0.0, max_keyframes=1)
+        _at_least("loop_closure", self, min_time_gap_s=0.0, min_travel_m=0.0, max_keyframes=1, consistency=1,
+                  consistency_window_s=0.0, consistency_window_m=0.0, sequence_length=0)
+        if not self.sequence_speeds or not all(math.isfinite(v) and v > 0 for v in self.sequence_speeds):
+            raise ConfigError(f"loop_closure.sequence_speeds must be a non-empty list of speeds > 0 (relative to "
+                              f"the matched run), got {self.sequence_speeds!r}")
 
     @property
     def searches_map(self) -> bool:

@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from vlad_localization.matching.fusion import descending_order, fused_features, fused_probability
+from vlad_localization.matching.fusion import descending_order, fused_scores
 
 RANKINGS = ("global", "spatial", "ransac", "fused")
 RECALL_AT = (1, 5, 10, 20)
@@ -99,7 +99,7 @@ class QueryRecord:
 
     def probability(self, model: Mapping[str, float]) -> np.ndarray:
         n = len(self.spatial)
-        return fused_probability(fused_features(self.global_similarity[:n], self.spatial, self.ransac), model)
+        return fused_scores(self.global_similarity[:n], self.spatial, self.ransac, model)
 
     def ranking(self, name: str, model: Mapping[str, float] | None = None) -> np.ndarray:
         """Map ids in the order of ranking ``name`` (one of :data:`RANKINGS`)."""
@@ -179,20 +179,22 @@ def top1_scores(records: Sequence[QueryRecord], model) -> tuple[np.ndarray, np.n
 
 
 def precision_recall(scores: np.ndarray, correct: np.ndarray, num_positive: int) -> dict:
-    """The accept-threshold curve (accept when score >= threshold) and what a user picks from it.
-
-    ``curve``: [threshold, precision, recall] for every distinct score, thresholds ascending (recall
-    never increases with the threshold); precision is 1 where nothing is accepted. ``auc``: area
-    under precision(recall), step-wise from recall 0 (precision 1), in [0, 1]. Thresholds are null
-    where no threshold reaches the precision (``recall_at_100_precision`` then 0).
-    """
-    thresholds = np.unique(scores)
+    """The accept-threshold curve of single-frame acceptance (accept when score >= threshold) and
+    what a user picks from it (:func:`curve_summary`)."""
     curve = []
-    for t in thresholds:
+    for t in np.unique(scores):
         accepted = scores >= t
         tp = int(np.sum(accepted & correct))
         n = int(np.sum(accepted))
         curve.append([float(t), tp / n if n else 1.0, tp / num_positive if num_positive else 0.0])
+    return curve_summary(curve)
+
+
+def curve_summary(curve: list[list[float]]) -> dict:
+    """``curve``: [threshold, precision, recall] rows, thresholds ascending (recall never increases
+    with the threshold; precision 1 where nothing is accepted). ``auc``: area under precision(recall),
+    step-wise from recall 0 (precision 1), in [0, 1]. Thresholds are null where no threshold reaches
+    the precision (``recall_at_100_precision`` then 0)."""
     auc, last_recall = 0.0, 0.0
     for _, precision, recall in sorted(curve, key=lambda row: (row[2], -row[0])):
         auc += (recall - last_recall) * precision
@@ -209,6 +211,78 @@ def precision_recall(scores: np.ndarray, correct: np.ndarray, num_positive: int)
     t99, _ = at_precision(0.99)
     return {"auc": float(min(max(auc, 0.0), 1.0)), "recall_at_100_precision": r100,
             "threshold_at_100_precision": t100, "threshold_at_99_precision": t99, "curve": curve}
+
+
+# ----------------------------------------------------------------------------- loop closures along a run
+# What a proposal's acceptance can be scored with: the rule's own score (fused, or the patch score),
+# and each of its inputs alone (sequence_similarity: with sequence scoring on)
+ACCEPTANCE_SCORES = ("score", "global_similarity", "spatial", "ransac", "sequence_similarity")
+
+
+@dataclass
+class FrameProposals:
+    """One processed frame of a run: its stamp, camera, final candidates (``pipeline.Candidate``) and
+    the keyframes that show its place, as ``(source, map_id)`` (empty: no true match exists)."""
+
+    stamp_ns: int
+    camera: int
+    candidates: list
+    positives: set[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class _Scored:  # a proposal scored by one acceptance score, as the rule reads it
+    stamp_ns: int
+    source: int
+    frame_id: str
+    pose: object
+    score: float
+
+
+def acceptance_value(candidate, name: str) -> float:
+    """``candidate``'s acceptance score ``name`` (:data:`ACCEPTANCE_SCORES`)."""
+    if name == "score":
+        return float(candidate.score)
+    if name in ("global_similarity", "sequence_similarity"):
+        return float(getattr(candidate, name))
+    return float(candidate.evidence.get(name, np.nan))
+
+
+def closure_curve(frames: Sequence[FrameProposals], rule_settings: Mapping, score: str = "score") -> dict:
+    """The PR curve of what :class:`~vlad_localization.loop_closure.LoopClosureRule` accepts along a
+    run, over every threshold, with the proposals scored by ``score`` (:data:`ACCEPTANCE_SCORES`):
+    :func:`curve_summary` plus ``accepted_right`` (frames whose accepted closure is right, over the
+    frames with a true match) at the lowest threshold. ``rule_settings``: the rule's other
+    arguments (min_time_gap_s, consistency, consistency_window_s, consistency_window_m)."""
+    from vlad_localization.loop_closure import LoopClosureRule, proposal_of
+
+    gap = float(rule_settings.get("min_time_gap_s", 0.0))
+    proposals = []
+    for f in frames:
+        found = proposal_of(f.stamp_ns, f.candidates, gap)
+        if found is None:
+            proposals.append((f, None, False))
+            continue
+        c = found[1]
+        value = acceptance_value(c, score)
+        proposals.append((f, _Scored(c.stamp_ns, c.source, c.frame_id, c.pose, value),
+                          (c.source, c.map_id) in f.positives))
+    num_positive = sum(bool(f.positives) for f in frames)
+    values = sorted({p.score for _, p, _ in proposals if p is not None and np.isfinite(p.score)})
+    curve = []
+    for t in values:
+        rule = LoopClosureRule(t, gap, **{k: v for k, v in rule_settings.items() if k != "min_time_gap_s"})
+        tp = n = 0
+        for f, p, right in proposals:
+            closure, _ = rule.decide(f.stamp_ns, [] if p is None else [p], f.camera)
+            if closure is not None:
+                n += 1
+                tp += right
+        curve.append([float(t), tp / n if n else 1.0, tp / num_positive if num_positive else 0.0])
+    summary = curve_summary(curve)
+    summary["accepted_right"] = curve[0][2] if curve else 0.0
+    summary["n_frames"], summary["n_frames_with_match"] = len(frames), num_positive
+    return summary
 
 
 def summarize(records: Sequence[QueryRecord], model: Mapping[str, float]) -> dict:
@@ -255,6 +329,7 @@ def records_from_json(rows: Sequence[dict]) -> list[QueryRecord]:
             for r in rows]
 
 
-__all__ = ["RANKINGS", "RECALL_AT", "QueryRecord", "evaluate_queries", "evaluation_config", "precision_recall",
+__all__ = ["ACCEPTANCE_SCORES", "RANKINGS", "RECALL_AT", "FrameProposals", "QueryRecord", "acceptance_value",
+           "closure_curve", "curve_summary", "evaluate_queries", "evaluation_config", "precision_recall",
            "records_from_json", "records_to_json", "recall_at", "summarize", "top1_scores", "truth_same_index",
            "truth_same_name", "truth_vpr_bench", "truth_within_radius", "worst_failures"]

@@ -57,10 +57,19 @@ class Candidate:
     map_keypoints: np.ndarray | None = None
     source: int = PREBUILT  # which map: PREBUILT (0) or RUN (1, this run's own keyframes)
     matches: tuple | None = None  # (patch sizes, Correspondences per size) of the re-ranking, for verification
+    run: int = 0  # the keyframe's run in its map (with frame_id: the sequence it belongs to)
+    sequence_similarity: float = math.nan  # sequence scoring's S (vlad_localization.sequence); NaN when off
+    evidence: dict[str, float] = field(default_factory=dict)  # fused: each matcher's absolute score (spatial, ransac)
 
     @property
     def reranked(self) -> bool:
         return not math.isnan(self.patch_score)
+
+    @property
+    def ranking_similarity(self) -> float:
+        """The global evidence the candidate is ranked and fused with: its sequence similarity when
+        sequence scoring computed one, else its global similarity."""
+        return self.global_similarity if math.isnan(self.sequence_similarity) else self.sequence_similarity
 
     @property
     def score(self) -> float:
@@ -147,10 +156,12 @@ class Localizer:
         return self.encoder.encode([image])
 
     def query(self, image_or_descriptors, k: int | None = None, max_stamp_ns: int | None = None,
-              max_travel_m: float | None = None) -> QueryResult:
+              max_travel_m: float | None = None, rescore=None) -> QueryResult:
         """Top-``k`` (default ``localizer.top_k``) keyframes for one image, best first, from the
         prebuilt map and the run's store; ``max_stamp_ns`` / ``max_travel_m`` restrict the run's
-        store to keyframes taken before that time / travelled distance (never its recent ones)."""
+        store to keyframes taken before that time / travelled distance (never its recent ones).
+        ``rescore(candidates)``, when given, sets their ``sequence_similarity`` before they are
+        ordered by :attr:`Candidate.ranking_similarity` and re-ranked (sequence scoring)."""
         db, run = self._map, self.run_map
         timings = {"encode_ms": 0.0, "search_ms": 0.0, "rerank_ms": 0.0}
         t0 = time.perf_counter()
@@ -178,6 +189,9 @@ class Localizer:
             for kf, sim in zip(store.keyframes(ids[0][keep]), sims[0][keep]):
                 cands.append(_candidate(kf, float(sim), source))
         cands = sorted(cands, key=lambda c: -c.global_similarity)[:k]  # stable: the prebuilt map first on ties
+        if rescore is not None and cands:
+            rescore(cands)
+            cands = sorted(cands, key=lambda c: -c.ranking_similarity)
         t2 = time.perf_counter()
         timings["search_ms"] = (t2 - t1) * 1e3
         network_size = tuple(desc.image_size)
@@ -222,6 +236,7 @@ class Localizer:
         for i, c in enumerate(head):
             c.patch_score = float(res.fused[i])
             c.fused_score = math.nan if res.probability is None else float(res.probability[i])
+            c.evidence = {} if res.evidence is None else {name: float(v[i]) for name, v in res.evidence.items()}
             c.per_size = {int(p): float(res.per_size[i, s]) for s, p in enumerate(res.patch_sizes)}
             best = int(np.argmax(res.per_size[i]))
             c.inliers = int(res.inliers[i, best])
@@ -242,7 +257,7 @@ class Localizer:
         stored = _patches_of(stores, cands)
         cand_patches = {p: torch.from_numpy(a.astype(np.float32)).to(device) for p, a in stored.items()}
         query_patches = {p: t[0].float() for p, t in desc.patches.items()}
-        return matcher.score(query_patches, cand_patches, np.array([c.global_similarity for c in cands]))
+        return matcher.score(query_patches, cand_patches, np.array([c.ranking_similarity for c in cands]))
 
     def _matcher_for(self, db: MapDatabase):
         from vlad_localization.matching.matcher import PatchMatcher
@@ -285,7 +300,7 @@ def _candidate(kf: Keyframe, similarity: float, source: int = PREBUILT) -> Candi
     pose = None
     if kf.position is not None:
         pose = Pose(tuple(kf.position), tuple(kf.orientation) if kf.orientation else (0.0, 0.0, 0.0, 1.0))
-    return Candidate(kf.id, kf.stamp_ns, kf.frame_id, kf.source, pose, similarity, source=source)
+    return Candidate(kf.id, kf.stamp_ns, kf.frame_id, kf.source, pose, similarity, source=source, run=kf.run)
 
 
 __all__ = ["PREBUILT", "RUN", "Candidate", "Localizer", "QueryResult", "scale_keypoints"]

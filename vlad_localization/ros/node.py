@@ -422,7 +422,7 @@ class VladLocalizationNode(LifecycleNode):
         self._pubs["candidates"].publish(messages.candidates_msg(stamp_ns, camera, result.candidates))
         if thumbnail is not None:
             self._publish_match_image(header, rgb, result, thumbnail)
-        self.stats.frame_done(result.timings, closure is not None)
+        self.stats.frame_done(result.timings, closure is not None, result.decision.status)
         self._warn_if_full(detector)
 
     def _publish_edge(self, closure, pose) -> None:
@@ -435,7 +435,7 @@ class VladLocalizationNode(LifecycleNode):
         self.stats.count("edges", "metric" if pose.metric else "monocular")
         c = closure.candidate
         self._pubs["loop_closure_edges"].publish(messages.loop_closure_edge_msg(
-            round(closure.t_query * 1e9), c.stamp_ns, c.map_id, "run" if c.source else "prebuilt", pose, c.score))
+            closure.query_stamp_ns, c.stamp_ns, c.map_id, "run" if c.source else "prebuilt", pose, c.score))
 
     def _apply_frame_params(self, detector) -> None:
         """Parameters read for every frame (score_threshold, min_time_gap_s, ...) into the

@@ -93,7 +93,7 @@ PARAMETERS: tuple[Param, ...] = (
           choices=tuple(MATCHERS), config="matching.matcher", keep=""),
     Param("score_threshold", -1.0,
           "Minimum candidate score in [0, 1] (fused P(same place) when computed, else the patch score) for a "
-          "~/loop_closure (-1 = the preset's loop_closure.score_threshold, 0.97 in the shipped presets).",
+          "~/loop_closure (-1 = the preset's loop_closure.score_threshold, 0.931 in the shipped presets).",
           config="loop_closure.score_threshold", keep=-1.0),
     Param("min_time_gap_s", _LC.min_time_gap_s,
           "Loop closures and the run's own search skip keyframes less than this many s before the frame.",
@@ -101,6 +101,19 @@ PARAMETERS: tuple[Param, ...] = (
     Param("min_travel_m", _LC.min_travel_m,
           "... and (with odometry) less than this many m back along the trajectory (0 = off).",
           config="loop_closure.min_travel_m"),
+    Param("consistency", 0, "Temporal consistency: a loop closure needs this many consecutive frames whose "
+          "confident proposals agree (1 = each frame on its own; 0 = the preset's loop_closure.consistency). "
+          "Held-back proposals are counted on /diagnostics (decisions[inconsistent]).", True,
+          config="loop_closure.consistency", keep=0),
+    Param("consistency_window_s", -1.0, "Agreeing proposals: the matched keyframe advances by at most this many "
+          "s from one frame to the next (-1 = the preset's loop_closure.consistency_window_s).", True,
+          config="loop_closure.consistency_window_s", keep=-1.0),
+    Param("consistency_window_m", -1.0, "... or, > 0 and with keyframe positions, lies within this many m of the "
+          "previous match (-1 = the preset's loop_closure.consistency_window_m).", True,
+          config="loop_closure.consistency_window_m", keep=-1.0),
+    Param("sequence_length", -1, "Sequence scoring: rank candidates by the mean similarity of the camera's last "
+          "this-many frames along each candidate's run (SeqSLAM; 0 = off, -1 = the preset's "
+          "loop_closure.sequence_length).", True, config="loop_closure.sequence_length", keep=-1),
     Param("keyframe_min_distance_m", 0.0, "This run's keyframes: at least this far apart (with odometry; "
           "0 = the preset's map.min_distance_m).", True, config="map.min_distance_m", keep=0.0),
     Param("keyframe_min_time_gap_s", 0.0, "This run's keyframes: at least this many s apart (0 = the preset's "
