@@ -151,10 +151,6 @@ def assert_acceptance_never_below_an_input(records: dict, model) -> None:
             assert fused[0] >= alone[0] - 1e-9 and fused[1] >= alone[1] - 1e-9, (name, score, fused, alone)
 
 
-def test_shipped_acceptance_score_is_never_below_an_input(set_records):
-    assert_acceptance_never_below_an_input(*set_records)
-
-
 # ----------------------------------------------------------------------------- the precision-recall curve
 def test_precision_recall_curve_on_real_queries(set_records):
     records, model = set_records

@@ -204,3 +204,42 @@ def test_run_timeline_groups_runs_and_forgets_evicted_keyframes():
     t.forget_before(6)
     assert t.first_id == 6 and t.locate(8) is not None
     assert all(i >= 6 for g in ((0, "camera0"), (0, "camera1")) for i in t.group(g)[1])
+
+
+# ------------------------------------------------------------------ the PR curve of the rule along a run
+def synthetic_run():
+    """Ten frames: a revisit of keyframes 10..15 (right, advancing) with a look-alike jump in the middle."""
+    from vlad_localization.evaluation import FrameProposals
+
+    matches = [(10, 0.6, True), (11, 0.7, True), (50, 0.95, False), (12, 0.8, True), (13, 0.9, True),
+               (14, 0.5, True), (None, 0, False), (15, 0.4, True), (3, 0.85, False), (16, 0.3, True)]
+    frames = []
+    for i, (m, score, right) in enumerate(matches):
+        cands = [] if m is None else [Cand(m * S, score, map_id=m)]
+        positives = {(1, m)} if right else {(1, 10 + i)}
+        frames.append(FrameProposals((100 + i) * S, 0, cands, positives))
+    return frames
+
+
+def test_closure_curve_with_consistency_one_is_the_single_frame_curve():
+    from vlad_localization.evaluation import closure_curve, precision_recall
+
+    frames = synthetic_run()
+    proposals = [(f.candidates[0].score, (1, f.candidates[0].map_id) in f.positives) for f in frames if f.candidates]
+    scores, correct = map(np.array, zip(*proposals))
+    single = precision_recall(scores, correct, num_positive=10)
+    curve = closure_curve(frames, {"min_time_gap_s": 30.0, "consistency": 1})
+    assert curve["curve"] == single["curve"] and curve["auc"] == single["auc"]
+    assert curve["recall_at_100_precision"] == 0.0  # the look-alike (0.95) outscores every right proposal
+
+
+def test_closure_curve_with_consistency_counts_what_the_rule_accepts():
+    from vlad_localization.evaluation import closure_curve
+
+    curve = closure_curve(synthetic_run(), {"min_time_gap_s": 30.0, "consistency": 2, "consistency_window_s": 5.0})
+    rows = {t: (p, r) for t, p, r in curve["curve"]}
+    # threshold 0.3: chains 10-11 | 50 | 12-13-14 | gap | 15 | 3 | 16: accepted 11, 13, 14 (all right)
+    assert rows[0.3] == (1.0, 0.3)
+    # threshold 0.8: confident 50, 12(0.8), 13, 3: only 12 -> 13 agree
+    assert rows[0.8] == (1.0, 0.1)
+    assert curve["recall_at_100_precision"] == 0.3 and curve["accepted_right"] == 0.3

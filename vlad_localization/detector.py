@@ -220,11 +220,16 @@ class LoopClosureDetector:
         travel = self._travelled(camera, pose)
         max_travel = travel - lc.min_travel_m if travel is not None and lc.min_travel_m > 0 else None
         max_stamp = stamp_ns - round(lc.min_time_gap_s * NS_PER_S)
-        rescore = None
+        rescore, sequence_ms = None, [0.0]
         if self._history is not None:
             self._history.push(camera, stamp_ns, desc.global_desc.detach().float().cpu().numpy()[0])
-            rescore = lambda cands: self._sequence_rescore(cands, camera, max_stamp)  # noqa: E731
+
+            def rescore(cands):
+                start = time.perf_counter()
+                self._sequence_rescore(cands, camera, max_stamp)
+                sequence_ms[0] = (time.perf_counter() - start) * 1e3
         result = self.localizer.query(desc, max_stamp_ns=max_stamp, max_travel_m=max_travel, rescore=rescore)
+        t_rule = time.perf_counter()
         closure, decision = self.rule.decide(stamp_ns, result.candidates, camera)
         t2 = time.perf_counter()
         camera_model = self._camera_model(camera_model)
@@ -237,7 +242,8 @@ class LoopClosureDetector:
         t3 = time.perf_counter()
         keyframe = self._insert(stamp_ns, image, pose, camera, desc, travel, camera_model, frame_depth) \
             if lc.searches_run else None
-        timings = dict(result.timings, encode_ms=(t1 - t0) * 1e3, verify_ms=(t3 - t2) * 1e3,
+        timings = dict(result.timings, encode_ms=(t1 - t0) * 1e3, sequence_ms=sequence_ms[0],
+                       decide_ms=(t2 - t_rule) * 1e3, verify_ms=(t3 - t2) * 1e3,
                        insert_ms=(time.perf_counter() - t3) * 1e3, total_ms=(time.perf_counter() - t0) * 1e3)
         result.query_rgb_size = tuple(np.asarray(image).shape[:2])
         return FrameResult(stamp_ns, camera, result.candidates, closure, keyframe, timings, result, relative_pose,

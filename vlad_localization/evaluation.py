@@ -18,6 +18,7 @@ a true match in the map (queries without one only add false positives).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,16 +286,53 @@ def closure_curve(frames: Sequence[FrameProposals], rule_settings: Mapping, scor
     return summary
 
 
-def summarize(records: Sequence[QueryRecord], model: Mapping[str, float]) -> dict:
-    """The stable JSON report (keys listed in ``vlad-localization evaluate --help``)."""
-    scores, correct, num_positive = top1_scores(records, model)
+def proposals_along(records: Sequence[QueryRecord], model: Mapping[str, float], keyframes: Sequence
+                    ) -> list[FrameProposals]:
+    """The queries as one run in their order (query i at i s), each with its candidates in fused order
+    (``pipeline.Candidate`` with the map ``keyframes``' stamps, frame ids and positions, the fused score;
+    the tail not re-ranked): what the node's acceptance rule sees in ``localize`` mode."""
+    from vlad_localization.images.frames import NS_PER_S, Pose
+    from vlad_localization.pipeline import PREBUILT, Candidate
+
+    frames = []
+    for i, r in enumerate(records):
+        p = r.probability(model)
+        order = list(descending_order(p)) + list(range(len(p), len(r.map_ids)))
+        cands = []
+        for j in order:
+            kf = keyframes[int(r.map_ids[j])]
+            pose = None if kf.position is None else Pose(tuple(kf.position))
+            cands.append(Candidate(kf.id, kf.stamp_ns, kf.frame_id, kf.source, pose, float(r.global_similarity[j]),
+                                   fused_score=float(p[j]) if j < len(p) else math.nan, run=kf.run))
+        frames.append(FrameProposals(i * NS_PER_S, 0, cands, {(PREBUILT, m) for m in r.positives}))
+    return frames
+
+
+def loop_closure_report(records: Sequence[QueryRecord], model: Mapping[str, float], lc=None, keyframes=None) -> dict:
+    """The accept-threshold curve of the node's rule (``lc``: a ``LoopClosureConfig``): with
+    ``consistency`` 1 every query's fused top-1 on its own (:func:`precision_recall`); above, the
+    queries as one run through :class:`~vlad_localization.loop_closure.LoopClosureRule`
+    (:func:`closure_curve`; no time gap: the map is another run)."""
+    if lc is None or lc.consistency <= 1:
+        return precision_recall(*top1_scores(records, model))
+    settings = {"min_time_gap_s": 0.0, "consistency": lc.consistency, "consistency_window_s": lc.consistency_window_s,
+                "consistency_window_m": lc.consistency_window_m}
+    summary = closure_curve(proposals_along(records, model, keyframes), settings)
+    return {key: summary[key] for key in ("auc", "recall_at_100_precision", "threshold_at_100_precision",
+                                          "threshold_at_99_precision", "curve")}
+
+
+def summarize(records: Sequence[QueryRecord], model: Mapping[str, float], lc=None, keyframes=None) -> dict:
+    """The stable JSON report (keys listed in ``vlad-localization evaluate --help``); ``lc`` and the
+    map's ``keyframes``: see :func:`loop_closure_report`."""
+    num_positive = sum(bool(r.positives) for r in records)
     timing = {key: float(np.median([r.timings_ms[key] for r in records])) if records else float("nan")
               for key in ("encode", "search", "rerank")}
     return {
         "n_queries": len(records),
         "n_queries_with_match": num_positive,
         "rankings": {name: {"recall": recall_at(records, name, model)} for name in RANKINGS},
-        "loop_closure": precision_recall(scores, correct, num_positive),
+        "loop_closure": loop_closure_report(records, model, lc, keyframes),
         "timing_ms": {**timing, "statistic": "median per query"},
     }
 
@@ -330,6 +368,6 @@ def records_from_json(rows: Sequence[dict]) -> list[QueryRecord]:
 
 
 __all__ = ["ACCEPTANCE_SCORES", "RANKINGS", "RECALL_AT", "FrameProposals", "QueryRecord", "acceptance_value",
-           "closure_curve", "curve_summary", "evaluate_queries", "evaluation_config", "precision_recall",
+           "closure_curve", "curve_summary", "loop_closure_report", "proposals_along", "evaluate_queries", "evaluation_config", "precision_recall",
            "records_from_json", "records_to_json", "recall_at", "summarize", "top1_scores", "truth_same_index",
            "truth_same_name", "truth_vpr_bench", "truth_within_radius", "worst_failures"]

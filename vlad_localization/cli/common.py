@@ -42,7 +42,7 @@ def add_config_args(p: argparse.ArgumentParser, device: bool = True) -> None:
         p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the config's model.device)")
 
 
-def add_acceptance_args(g) -> None:
+def add_acceptance_args(g, sequence: bool = True) -> None:
     """The loop-closure acceptance options (temporal consistency, sequence scoring) of replay and
     evaluate, so both apply the node's rule (see ``vlad_localization.loop_closure``)."""
     g.add_argument("--consistency", type=int, metavar="K",
@@ -52,6 +52,8 @@ def add_acceptance_args(g) -> None:
                    help="agreeing proposals: matched keyframes at most S seconds apart")
     g.add_argument("--consistency-window-m", type=float, metavar="M",
                    help="... or, with keyframe positions, at most M metres apart (0 = by time)")
+    if not sequence:
+        return
     g.add_argument("--sequence-length", type=int, metavar="L",
                    help="rank candidates by the mean similarity of the last L frames along each candidate's "
                         "run (SeqSLAM; 0 = off)")

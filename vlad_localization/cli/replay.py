@@ -40,7 +40,8 @@ Output (JSON Lines, one object per frame):
   keyframe            id of the keyframe this frame became in the run's store, or null
   relative_pose       with --verify, the loop closure's verification (match --help: R, t, metric,
                       inliers, covariance, status, refine, match_camera), or null
-  timings             encode_ms, search_ms, rerank_ms, verify_ms, insert_ms, total_ms
+  timings             encode_ms, search_ms (sequence_ms included), sequence_ms, rerank_ms, decide_ms,
+                      verify_ms, insert_ms, total_ms
 
 Stamps: the bag's header stamps; for --images the --poses CSV's stamp column, else index / --fps.
 
