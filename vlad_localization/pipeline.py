@@ -57,6 +57,7 @@ class Candidate:
     map_keypoints: np.ndarray | None = None
     source: int = PREBUILT  # which map: PREBUILT (0) or RUN (1, this run's own keyframes)
     matches: tuple | None = None  # (patch sizes, Correspondences per size) of the re-ranking, for verification
+    camera: int | None = None  # the camera index that took the keyframe, when its map records it (a saved run's)
 
     @property
     def reranked(self) -> bool:
@@ -186,11 +187,15 @@ class Localizer:
             timings["rerank_ms"] = (time.perf_counter() - t2) * 1e3
         return QueryResult(cands, timings, rgb_size, network_size, db, run)
 
-    def verify(self, result: QueryResult, candidate: Candidate, image: np.ndarray, camera, depth=None):
+    def verify(self, result: QueryResult, candidate: Candidate, image: np.ndarray, camera, depth=None,
+               camera_index: int = 0):
         """The relative pose of a re-ranked ``candidate`` of ``result`` (query ``image`` RGB of
         ``camera``, a ``verification.PinholeCamera``; ``depth`` the query's depth source, raw pixels
         -> metres, used when the keyframe has none): a
-        :class:`~vlad_localization.verification.RelativePose` or its rejection.
+        :class:`~vlad_localization.verification.RelativePose` or its rejection. A verified candidate of
+        the prebuilt map whose keyframe has a pose also gets ``map_pose``: the robot's pose in the map
+        (:func:`map_pose <vlad_localization.verification.map_pose.map_pose_of>`, with the
+        ``verification.camera_to_base`` extrinsic of ``camera_index`` and of the keyframe's camera).
 
         With the keyframe's stored view (format version 3 maps, this run's keyframes), its image
         (SIFT refinement, ``verification.refine``), camera model and depth (metric PnP); a keyframe
@@ -213,7 +218,22 @@ class Localizer:
         pose = verify_correspondences(*candidate.matches, result.network_size, query, match, vcfg,
                                       self.encoder.geometry.stride, refine=refine)
         pose.match_camera = "query" if stored is None else "map"
+        if candidate.source == PREBUILT:  # this run's keyframes have poses in this run's odometry frame
+            pose.map_pose = self.map_pose(pose, candidate, camera_index)
         return pose
+
+    def map_pose(self, pose, candidate: Candidate, camera_index: int = 0):
+        """The robot's pose in the map from a verified relative ``pose`` to ``candidate`` (None when
+        rejected or the keyframe has no pose); the keyframe's camera is ``candidate.camera`` when its
+        map records it, else the query's (one robot, one camera rig)."""
+        from vlad_localization.verification.map_pose import camera_to_base, map_pose_of
+
+        if pose is None or not pose.ok or candidate.pose is None:
+            return None
+        vcfg = self.config.verification
+        keyframe_camera = camera_index if candidate.camera is None else candidate.camera
+        return map_pose_of(pose, candidate.pose, camera_to_base(vcfg.camera_to_base, keyframe_camera),
+                           camera_to_base(vcfg.camera_to_base, camera_index), vcfg.monocular_baseline_m)
 
     def _rerank(self, stores: dict, desc: Descriptors, cands: list[Candidate]) -> list[Candidate]:
         n = min(len(cands), max(1, int(self.config.localizer.rerank_k)))
@@ -285,7 +305,9 @@ def _candidate(kf: Keyframe, similarity: float, source: int = PREBUILT) -> Candi
     pose = None
     if kf.position is not None:
         pose = Pose(tuple(kf.position), tuple(kf.orientation) if kf.orientation else (0.0, 0.0, 0.0, 1.0))
-    return Candidate(kf.id, kf.stamp_ns, kf.frame_id, kf.source, pose, similarity, source=source)
+    camera = kf.extra.get("camera") if isinstance(kf.extra, dict) else None
+    return Candidate(kf.id, kf.stamp_ns, kf.frame_id, kf.source, pose, similarity, source=source,
+                     camera=camera if isinstance(camera, int) else None)
 
 
 __all__ = ["PREBUILT", "RUN", "Candidate", "Localizer", "QueryResult", "scale_keypoints"]
