@@ -69,12 +69,17 @@ def pose_errors(record, truth) -> tuple[float, float, np.ndarray]:
     return float(np.linalg.norm(delta[:3])), float(np.degrees(np.linalg.norm(rotation))), delta
 
 
+def revisit(env, posed, kind: str, capsys):  # noqa: F811
+    """img_1 against the ``kind`` map: (position error, rotation error, [dp, dtheta], covariance) of its
+    map_pose, after checking that map_pose and relative_pose agree on being metric."""
+    best = query_map_pose(env, posed, posed[kind], capsys)
+    record = best["map_pose"]
+    assert record["metric"] is best["relative_pose"]["metric"] is (kind == "metric")
+    return (*pose_errors(record, posed["vicon"][1][1]), np.reshape(record["covariance"], (6, 6)))
+
+
 def test_stereo_map_gives_the_revisits_metric_pose_in_the_map(env, posed, capsys):  # noqa: F811
-    best = query_map_pose(env, posed, posed["metric"], capsys)
-    record, truth = best["map_pose"], posed["vicon"][1][1]
-    assert record["metric"] is True and best["relative_pose"]["metric"] is True
-    position, rotation, delta = pose_errors(record, truth)
-    covariance = np.reshape(record["covariance"], (6, 6))
+    position, rotation, delta, covariance = revisit(env, posed, "metric", capsys)
     mahalanobis = float(delta @ np.linalg.solve(covariance, delta))
     with capsys.disabled():
         print(f"map pose, stereo map: position error {100 * position:.1f} cm, rotation {rotation:.2f} deg, "
@@ -82,16 +87,12 @@ def test_stereo_map_gives_the_revisits_metric_pose_in_the_map(env, posed, capsys
     assert position < MAX_POSITION_ERROR_M and rotation < MAX_ROTATION_DEG
     assert mahalanobis < CHI2_6DOF_999 and np.all(np.linalg.eigvalsh(covariance) > 0)
     # the keyframe's own pose is far from the query's: the composition moved it
-    keyframe = posed["vicon"][0][1]
+    keyframe, truth = posed["vicon"][0][1], posed["vicon"][1][1]
     assert np.linalg.norm(keyframe[:3, 3] - truth[:3, 3]) > 3 * MAX_POSITION_ERROR_M
 
 
 def test_monocular_map_gives_the_orientation_and_a_bounded_position(env, posed, capsys):  # noqa: F811
-    best = query_map_pose(env, posed, posed["mono"], capsys)
-    record, truth = best["map_pose"], posed["vicon"][1][1]
-    assert record["metric"] is False and best["relative_pose"]["metric"] is False
-    position, rotation, delta = pose_errors(record, truth)
-    covariance = np.reshape(record["covariance"], (6, 6))
+    position, rotation, delta, covariance = revisit(env, posed, "mono", capsys)
     inside = float(delta[:3] @ np.linalg.solve(covariance[:3, :3], delta[:3]))
     with capsys.disabled():
         print(f"map pose, monocular map: rotation {rotation:.2f} deg, position error {100 * position:.1f} cm "

@@ -133,3 +133,50 @@ def test_extrinsic_parameters_are_checked(rclpy_context):  # noqa: F811
     finally:
         node.stop()
         node.destroy_node()
+
+
+def test_camera_to_base_from_tf_replaces_the_parameter_once_every_camera_is_known(rclpy_context, monkeypatch):  # noqa: F811
+    """With camera_to_base_from_tf the node looks base_frame <- each image's frame_id up (here a stand-in
+    tf2_ros module: the real one comes with a ROS install) once per camera; until every camera's is
+    known ~/pose waits, then the transforms replace camera_to_base in the detector's configuration."""
+    import sys
+    import types
+
+    from geometry_msgs.msg import Transform
+
+    class TransformException(Exception):
+        pass
+
+    class Buffer:
+        transforms: dict = {}
+        lookups: list = []
+
+        def lookup_transform(self, target, source, _time):
+            self.lookups.append((target, source))
+            if (target, source) not in self.transforms:
+                raise TransformException(f"{source} does not exist")
+            return types.SimpleNamespace(transform=self.transforms[target, source])
+
+    fake = types.SimpleNamespace(Buffer=Buffer, TransformException=TransformException,
+                                 TransformListener=lambda buffer, node: types.SimpleNamespace())
+    monkeypatch.setitem(sys.modules, "tf2_ros", fake)
+    detectors = []
+    node = _bare_node({"image_topics": ["/cam0/image_raw", "/cam1/image_raw"], "camera_to_base_from_tf": True,
+                       "base_frame": "body"}, factory=lambda cfg, *a: detectors.append(FakeDetector(cfg)) or detectors[-1])
+    try:
+        assert node.trigger_configure().name == "SUCCESS"
+        tf = node._tf
+        assert "no TF body <- 'cam0_optical' yet" in tf.lookup(0, "cam0_optical") and tf.camera_to_base() is None
+        for camera, z in ((0, 0.5), (1, -0.25)):
+            transform = Transform()
+            transform.translation.z, transform.rotation.w = z, 1.0
+            Buffer.transforms["body", f"cam{camera}_optical"] = transform
+            assert tf.lookup(camera, f"cam{camera}_optical") is None
+        count = len(Buffer.lookups)
+        assert tf.lookup(0, "cam0_optical") is None and len(Buffer.lookups) == count  # looked up once
+        assert tf.camera_to_base() == [0, 0, 0.5, 0, 0, 0, 1, 0, 0, -0.25, 0, 0, 0, 1]
+        node._apply_frame_params(detectors[0])
+        assert detectors[0].config.verification.camera_to_base == tf.camera_to_base()
+    finally:
+        node.stop()
+        node.destroy_node()

@@ -40,6 +40,12 @@ class TfExtrinsics:
         self.values[camera] = [t.x, t.y, t.z, q.x, q.y, q.z, q.w]
         return None
 
+    def close(self) -> None:
+        """Stop listening (a new configure makes a new listener)."""
+        unregister = getattr(self.listener, "unregister", None)
+        if unregister is not None:
+            unregister()
+
     def camera_to_base(self) -> list[float] | None:
         """The flattened ``camera_to_base`` once every camera's extrinsic is known, else None."""
         if len(self.values) < self.cameras:

@@ -167,6 +167,8 @@ class VladLocalizationNode(LifecycleNode):
         from vlad_localization.verification.map_pose import InitialPoseGate
 
         self._initialpose = InitialPoseGate()
+        if self._tf is not None:
+            self._tf.close()
         self._tf = TfExtrinsics(self, self.param("base_frame"), len(topics)) \
             if self.param("camera_to_base_from_tf") else None
         return super().on_configure(state)
