@@ -191,8 +191,6 @@ class VerificationConfig:
     monocular_baseline_m: float = 2.0
 
     def validate(self) -> None:
-        from vlad_localization.verification.map_pose import extrinsics_problem
-
         _one_of("verification.refine", self.refine, REFINEMENTS)
         problem = extrinsics_problem(self.camera_to_base)
         if problem:
@@ -235,6 +233,20 @@ class Config:
         self.loop_closure.validate()
         self.verification.validate()
         return self
+
+
+def extrinsics_problem(values) -> str | None:
+    """Why ``verification.camera_to_base`` is not a list of extrinsics (None when it is)."""
+    values = list(values or ())
+    if len(values) % 7:
+        return f"needs 7 numbers [x, y, z, qx, qy, qz, qw] per camera, got {len(values)}"
+    if not all(math.isfinite(v) for v in values):
+        return "has a NaN or infinite value"
+    for i in range(0, len(values), 7):
+        norm = math.sqrt(sum(v * v for v in values[i + 3:i + 7]))
+        if abs(norm - 1.0) > 1e-2:
+            return f"camera {i // 7}: the quaternion (qx, qy, qz, qw) has norm {norm:.4f}, not 1"
+    return None
 
 
 def _one_of(key: str, value: Any, table: Mapping[str, str]) -> None:

@@ -17,7 +17,9 @@ Keypoints are (x, y) pixels of the *network input* (``QueryResult.network_size``
 
 :meth:`Localizer.verify` turns a re-ranked candidate into a relative pose
 (:mod:`vlad_localization.verification`) with the keyframe's stored view (camera model, image,
-depth) when its map has one, else from the patch keypoints alone.
+depth) when its map has one, else from the patch keypoints alone; against a prebuilt map keyframe
+with a pose, the pose carries the robot's pose in the map (``map_pose``,
+:mod:`vlad_localization.verification.map_pose`).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlad_localization.choices import MATCHERS, MODES, names
-from vlad_localization.config import LoopClosureConfig
+from vlad_localization.config import LoopClosureConfig, extrinsics_problem
 from vlad_localization.images.stamp_match import DEFAULT_TOLERANCE_S
 
 _LC = LoopClosureConfig()  # the node's loop-closure defaults are the library's
@@ -40,8 +40,6 @@ class Param:
                 isinstance(value, (list, tuple)) and all(_is_a(v, self.item) for v in value)):
             return f"{self.name} must be a list of {'numbers' if self.item is float else 'strings'}, got {value!r}"
         if self.config == "verification.camera_to_base" and value:
-            from vlad_localization.verification.map_pose import extrinsics_problem
-
             problem = extrinsics_problem(value)
             return f"{self.name} {problem}" if problem else None
         if self.choices and str(value).lower() not in self.choices and not (value == "" and self.default == ""):

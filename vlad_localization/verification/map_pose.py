@@ -70,20 +70,6 @@ def camera_to_base(values, camera: int) -> np.ndarray:
     return pose_matrix((x, y, z), q)
 
 
-def extrinsics_problem(values) -> str | None:
-    """Why ``verification.camera_to_base`` is not a list of extrinsics (None when it is)."""
-    values = list(values or ())
-    if len(values) % EXTRINSIC_SIZE:
-        return f"needs 7 numbers [x, y, z, qx, qy, qz, qw] per camera, got {len(values)}"
-    if not np.all(np.isfinite(np.asarray(values, np.float64))):
-        return "has a NaN or infinite value"
-    for i in range(0, len(values), EXTRINSIC_SIZE):
-        norm = float(np.linalg.norm(values[i + 3:i + EXTRINSIC_SIZE]))
-        if abs(norm - 1.0) > 1e-2:
-            return f"camera {i // EXTRINSIC_SIZE}: the quaternion (qx, qy, qz, qw) has norm {norm:.4f}, not 1"
-    return None
-
-
 def _skew(v) -> np.ndarray:
     return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
 
