@@ -2,7 +2,8 @@
 
 :func:`start_node` / :func:`stop_node` run the real node as a subprocess; :class:`NodeClient` is a
 small rclpy node that publishes camera images and collects ``~/candidates``,
-``~/loop_closure``, ``~/loop_closure_edges``, ``~/pose``, ``~/initialpose_out`` and ``/diagnostics`` with their receive times.
+``~/loop_closure``, ``~/loop_closure_edges``, ``~/pose``, ``~/initialpose_out`` and ``/diagnostics``
+with their receive times.
 """
 from __future__ import annotations
 

@@ -423,7 +423,8 @@ class VladLocalizationNode(LifecycleNode):
         pose = self._pose_at(stamp_ns)
         depth = None if self._depth is None else self._depth.depth_for(camera, pending_depth, rgb)
         if self._tf is not None and (why := self._tf.lookup(camera, msg.header.frame_id)):
-            self.get_logger().warning(f"camera {camera}: {why}; no ~/pose until then", throttle_duration_sec=WARN_PERIOD_S)
+            self.get_logger().warning(f"camera {camera}: {why}; no ~/pose until then",
+                                      throttle_duration_sec=WARN_PERIOD_S)
         with self._det_lock:
             detector = self._detector
             if detector is None:
