@@ -110,6 +110,8 @@ class FrameResult:
             "decision": self.decision.to_json(),
             "keyframe": self.keyframe,
             "relative_pose": None if self.relative_pose is None else self.relative_pose.to_json(),
+            "map_pose": None if getattr(self.relative_pose, "map_pose", None) is None
+            else self.relative_pose.map_pose.to_json(),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
@@ -238,7 +240,7 @@ class LoopClosureDetector:
         if closure is not None and camera_model is not None:
             vcfg = cfg.verification
             relative_pose = self.localizer.verify(result, closure.candidate, image, camera_model,
-                                                  frame_depth.at(vcfg.depth_scale, vcfg.max_depth_m))
+                                                  frame_depth.at(vcfg.depth_scale, vcfg.max_depth_m), camera)
         t3 = time.perf_counter()
         keyframe = self._insert(stamp_ns, image, pose, camera, desc, travel, camera_model, frame_depth) \
             if lc.searches_run else None

@@ -17,7 +17,9 @@ Keypoints are (x, y) pixels of the *network input* (``QueryResult.network_size``
 
 :meth:`Localizer.verify` turns a re-ranked candidate into a relative pose
 (:mod:`vlad_localization.verification`) with the keyframe's stored view (camera model, image,
-depth) when its map has one, else from the patch keypoints alone.
+depth) when its map has one, else from the patch keypoints alone; against a prebuilt map keyframe
+with a pose, the pose carries the robot's pose in the map (``map_pose``,
+:mod:`vlad_localization.verification.map_pose`).
 """
 from __future__ import annotations
 
@@ -60,6 +62,7 @@ class Candidate:
     run: int = 0  # the keyframe's run in its map (with frame_id: the sequence it belongs to)
     sequence_similarity: float = math.nan  # sequence scoring's S (vlad_localization.sequence); NaN when off
     evidence: dict[str, float] = field(default_factory=dict)  # fused: each matcher's absolute score (spatial, ransac)
+    camera: int | None = None  # the camera index that took the keyframe, when its map records it (a saved run's)
 
     @property
     def reranked(self) -> bool:
@@ -200,11 +203,15 @@ class Localizer:
             timings["rerank_ms"] = (time.perf_counter() - t2) * 1e3
         return QueryResult(cands, timings, rgb_size, network_size, db, run)
 
-    def verify(self, result: QueryResult, candidate: Candidate, image: np.ndarray, camera, depth=None):
+    def verify(self, result: QueryResult, candidate: Candidate, image: np.ndarray, camera, depth=None,
+               camera_index: int = 0):
         """The relative pose of a re-ranked ``candidate`` of ``result`` (query ``image`` RGB of
         ``camera``, a ``verification.PinholeCamera``; ``depth`` the query's depth source, raw pixels
         -> metres, used when the keyframe has none): a
-        :class:`~vlad_localization.verification.RelativePose` or its rejection.
+        :class:`~vlad_localization.verification.RelativePose` or its rejection. A verified candidate of
+        the prebuilt map whose keyframe has a pose also gets ``map_pose``: the robot's pose in the map
+        (:func:`map_pose <vlad_localization.verification.map_pose.map_pose_of>`, with the
+        ``verification.camera_to_base`` extrinsic of ``camera_index`` and of the keyframe's camera).
 
         With the keyframe's stored view (format version 3 maps, this run's keyframes), its image
         (SIFT refinement, ``verification.refine``), camera model and depth (metric PnP); a keyframe
@@ -227,7 +234,22 @@ class Localizer:
         pose = verify_correspondences(*candidate.matches, result.network_size, query, match, vcfg,
                                       self.encoder.geometry.stride, refine=refine)
         pose.match_camera = "query" if stored is None else "map"
+        if candidate.source == PREBUILT:  # this run's keyframes have poses in this run's odometry frame
+            pose.map_pose = self.map_pose(pose, candidate, camera_index)
         return pose
+
+    def map_pose(self, pose, candidate: Candidate, camera_index: int = 0):
+        """The robot's pose in the map from a verified relative ``pose`` to ``candidate`` (None when
+        rejected or the keyframe has no pose); the keyframe's camera is ``candidate.camera`` when its
+        map records it, else the query's (one robot, one camera rig)."""
+        from vlad_localization.verification.map_pose import camera_to_base, map_pose_of
+
+        if pose is None or not pose.ok or candidate.pose is None:
+            return None
+        vcfg = self.config.verification
+        keyframe_camera = camera_index if candidate.camera is None else candidate.camera
+        return map_pose_of(pose, candidate.pose, camera_to_base(vcfg.camera_to_base, keyframe_camera),
+                           camera_to_base(vcfg.camera_to_base, camera_index), vcfg.monocular_baseline_m)
 
     def _rerank(self, stores: dict, desc: Descriptors, cands: list[Candidate]) -> list[Candidate]:
         n = min(len(cands), max(1, int(self.config.localizer.rerank_k)))
@@ -300,7 +322,9 @@ def _candidate(kf: Keyframe, similarity: float, source: int = PREBUILT) -> Candi
     pose = None
     if kf.position is not None:
         pose = Pose(tuple(kf.position), tuple(kf.orientation) if kf.orientation else (0.0, 0.0, 0.0, 1.0))
-    return Candidate(kf.id, kf.stamp_ns, kf.frame_id, kf.source, pose, similarity, source=source, run=kf.run)
+    camera = kf.extra.get("camera") if isinstance(kf.extra, dict) else None
+    return Candidate(kf.id, kf.stamp_ns, kf.frame_id, kf.source, pose, similarity, source=source, run=kf.run,
+                     camera=camera if isinstance(camera, int) else None)
 
 
 __all__ = ["PREBUILT", "RUN", "Candidate", "Localizer", "QueryResult", "scale_keypoints"]

@@ -40,6 +40,9 @@ Output (JSON Lines, one object per frame):
   keyframe            id of the keyframe this frame became in the run's store, or null
   relative_pose       with --verify, the loop closure's verification (match --help: R, t, metric,
                       inliers, covariance, status, refine, match_camera), or null
+  map_pose            with --verify, the robot's pose in the map from a closure verified against a
+                      prebuilt map keyframe with a pose (query --help: position, orientation,
+                      covariance, metric), or null
   timings             encode_ms, search_ms (sequence_ms included), sequence_ms, rerank_ms, decide_ms,
                       verify_ms, insert_ms, total_ms
 

@@ -31,6 +31,8 @@ class NodeStats:
         self.rejected = Counter()  # reason -> bad frames
         self.verified = Counter()  # verification status (ok or a rejection reason) -> loop closures
         self.edges = Counter()  # "metric" | "monocular" -> ~/loop_closure_edges published
+        self.map_poses = Counter()  # "metric" | "monocular" -> ~/pose published
+        self.initialpose = Counter()  # InitialPoseGate outcome (published, rate_limited, low_score, ...) -> count
         self.depth = Counter()  # (camera index, one of DEPTH_EVENTS) -> count
         self.decisions = Counter()  # loop_closure.DECISIONS status -> frames (inconsistent: held back)
         self.processed = 0
@@ -81,8 +83,9 @@ class NodeStats:
                 values[f"decisions[{status}]"] = str(n)
             for status, n in sorted(self.verified.items()):
                 values[f"verified[{status}]"] = str(n)
-            for kind, n in sorted(self.edges.items()):
-                values[f"edges[{kind}]"] = str(n)
+            for name in ("edges", "map_poses", "initialpose"):
+                for kind, n in sorted(getattr(self, name).items()):
+                    values[f"{name}[{kind}]"] = str(n)
             for key, window in self._latency.items():
                 if window:
                     values[f"latency_{key}"] = f"{sum(window) / len(window):.1f}"
