@@ -1,0 +1,339 @@
+"""Batched RANSAC homographies (Fischler & Bolles, 1981): every re-ranked candidate and patch size of a
+frame, every hypothesis, in one vectorised torch computation on the descriptors' device.
+
+It reproduces the semantics of OpenCV's ``findHomography(..., RANSAC)`` (the official re-ranking's fit,
+:func:`.ransac.fit_homography`) rather than its random stream:
+
+* hypotheses: minimal samples of 4 distinct correspondences; a sample with three collinear points
+  (in either image) or whose four triangles change orientation between the images is degenerate
+  and is drawn again (it costs no iteration, as in OpenCV); the homography of a sample is solved in
+  closed form (projective basis, Hartley-normalised coordinates, float64);
+* inliers: squared reprojection distance from H * candidate to the query point <= threshold ** 2;
+* iterations: at most 2000, fewer as the best inlier ratio grows (confidence 0.995), updated after
+  every hypothesis that beats the best strictly, exactly OpenCV's adaptive stopping rule;
+* result (at least 4 inliers, else no fit): the homography refitted to the best hypothesis's inliers
+  (normalised DLT) and the inliers of that refitted homography, repeated until the set is stable
+  (at most ``REFITS`` times). The OpenCV 5 build in use returns exactly such a set: its mask is
+  the inlier set of its refined H and a fixed point of refitting (measured: test_batched_ransac),
+  which is why its counts barely vary between runs. OpenCV's Levenberg-Marquardt polish of H is
+  not reproduced.
+
+Randomness is counter-based (a hash of seed, problem and draw), so the samples, and hence the
+results, do not depend on the device, on how many hypotheses are evaluated at once, or on threads.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from vlad_localization.matching.ransac import MIN_MATCHES, HomographyFit, no_fit
+
+MAX_ITERS = 2000  # OpenCV's findHomography defaults
+CONFIDENCE = 0.995
+MAX_ATTEMPTS = 10000  # degenerate draws in a row after which a problem stops (OpenCV's getSubset)
+OVERSAMPLE = 4  # samples drawn per hypothesis scored in a round (most random samples are degenerate)
+MIN_ROUND = 16
+REFITS = 4  # final refit rounds (refit to the inliers, take the refit's inliers) until stable
+# Upper bound on the (problems, hypotheses, 3 * matches) float32 block scored at once
+_MAX_BLOCK_BYTES = {"cpu": 8 * 1024 * 1024, "other": 512 * 1024 * 1024}
+_MASK32 = 0xFFFFFFFF
+_TRIANGLES = ((0, 1, 2), (1, 2, 3), (0, 2, 3), (0, 1, 3))  # every triple of a minimal sample
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """An integer hash of int64 values in [0, 2**32) (multipliers < 2**31, so no int64 overflow)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x68E31DA5) & _MASK32
+    return x ^ (x >> 16)
+
+
+def _sample_indices(streams: torch.Tensor, counts: torch.Tensor, first: torch.Tensor, draws: int) -> torch.Tensor:
+    """(B, draws, 4) distinct indices < counts[b], uniformly distributed: problem b's draws
+    ``first[b] ...`` of its stream."""
+    device = streams.device
+    draw = first.view(-1, 1) + torch.arange(draws, device=device, dtype=torch.int64).view(1, -1)
+    keys = (streams.view(-1, 1, 1) + draw.unsqueeze(-1) * 4 + torch.arange(4, device=device).view(1, 1, 4)) & _MASK32
+    rand = _hash32(keys)
+    ranges = counts.view(-1, 1, 1) - torch.arange(4, device=device).view(1, 1, 4)  # n, n-1, n-2, n-3
+    picks = (rand * ranges.clamp(min=1)) >> 32  # uniform in [0, n - t)
+    chosen = [picks[..., 0]]
+    for t in range(1, 4):
+        x = picks[..., t]
+        for previous in torch.sort(torch.stack(chosen, dim=-1), dim=-1).values.unbind(-1):
+            x = x + (x >= previous).to(x.dtype)  # skip the already chosen indices, in ascending order
+        chosen.append(x)
+    return torch.stack(chosen, dim=-1)
+
+
+def _normalisation(points: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) Hartley similarity per problem: centroid to 0, mean distance sqrt(2) (float64)."""
+    weight = valid.to(points.dtype).unsqueeze(-1)
+    num = weight.sum(dim=1).clamp(min=1)
+    centre = (points * weight).sum(dim=1) / num
+    spread = ((points - centre.unsqueeze(1)).norm(dim=-1) * weight.squeeze(-1)).sum(dim=1) / num.squeeze(-1)
+    scale = torch.where(spread > 0, math.sqrt(2.0) / spread.clamp(min=1e-300), torch.ones_like(spread))
+    t = torch.zeros(points.shape[0], 3, 3, dtype=points.dtype, device=points.device)
+    t[:, 0, 0] = t[:, 1, 1] = scale
+    t[:, :2, 2] = -centre * scale.unsqueeze(-1)
+    t[:, 2, 2] = 1.0
+    return t
+
+
+def _homogeneous(points: torch.Tensor) -> torch.Tensor:
+    return torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)
+
+
+def _adjugate(m: torch.Tensor) -> torch.Tensor:
+    """Adjugate of (..., 3, 3) matrices (the inverse times the determinant, defined when singular)."""
+    c = torch.linalg.cross  # rows of the adjugate's transpose are cross products of the columns
+    cols = m.unbind(-1)
+    return torch.stack([c(cols[1], cols[2]), c(cols[2], cols[0]), c(cols[0], cols[1])], dim=-2)
+
+
+def _basis(quad: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) projective map taking e1, e2, e3, (1, 1, 1) to the four homogeneous points ``quad`` (..., 4, 3)."""
+    m = quad[..., :3, :].transpose(-1, -2)  # columns p0, p1, p2
+    weights = (_adjugate(m) @ quad[..., 3, :].unsqueeze(-1)).squeeze(-1)
+    return m * weights.unsqueeze(-2)
+
+
+def _orientations(quad: torch.Tensor) -> torch.Tensor:
+    """(..., 4) signed doubled areas of the sample's four triangles (points (..., 4, 2))."""
+    out = []
+    for a, b, c in _TRIANGLES:
+        u, v = quad[..., b, :] - quad[..., a, :], quad[..., c, :] - quad[..., a, :]
+        out.append(u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0])
+    return torch.stack(out, dim=-1)
+
+
+def _collinear(quad: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
+    """(...,) True where a triangle's area is zero relative to its sides (float32 rounding; exact
+    for the integer pixel keypoints of the patches)."""
+    sides = []
+    for a, b, c in _TRIANGLES:
+        sides.append((quad[..., b, :] - quad[..., a, :]).abs().sum(-1) * (quad[..., c, :] - quad[..., a, :]).abs().sum(-1))
+    return (areas.abs() <= 1e-6 * torch.stack(sides, dim=-1)).any(dim=-1)
+
+
+def _non_degenerate(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """(B, R) True where the samples ``src``/``dst`` (B, R, 4, 2) pass OpenCV's checks: no three
+    collinear points, the same orientation of all four triangles in both images."""
+    area_src, area_dst = _orientations(src), _orientations(dst)
+    flips = ((area_src * area_dst) < 0).sum(dim=-1)
+    return ~_collinear(src, area_src) & ~_collinear(dst, area_dst) & ((flips == 0) | (flips == 4))
+
+
+def _hypotheses(src: torch.Tensor, dst: torch.Tensor, t_src: torch.Tensor, t_dst: torch.Tensor, t_dst_inv: torch.Tensor):
+    """Pixel homographies (B, R, 3, 3) (unit Frobenius norm) of the samples ``src``/``dst``
+    (B, R, 4, 2) (float64) and (B, R) True where the homography is finite and non-zero."""
+    n_src = _homogeneous(src) @ t_src[:, None].transpose(-1, -2)
+    n_dst = _homogeneous(dst) @ t_dst[:, None].transpose(-1, -2)
+    h = _basis(n_dst) @ _adjugate(_basis(n_src))
+    h = t_dst_inv[:, None] @ h @ t_src[:, None]
+    norm = torch.linalg.matrix_norm(h)
+    valid = torch.isfinite(norm) & (norm > 0)
+    return h / torch.where(valid, norm, torch.ones_like(norm))[..., None, None], valid
+
+
+def _residual_rows(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """(B, 9, 3 * M) float32: h . column = (u - x w, v - y w, w) for each match (DLT rows), so one
+    batched product scores every hypothesis on every match."""
+    x, y = dst[..., 0], dst[..., 1]
+    big_x, big_y, one = src[..., 0], src[..., 1], torch.ones_like(src[..., 0])
+    zero = torch.zeros_like(one)
+    rows_u = [big_x, big_y, one, zero, zero, zero, -x * big_x, -x * big_y, -x]
+    rows_v = [zero, zero, zero, big_x, big_y, one, -y * big_x, -y * big_y, -y]
+    rows_w = [zero, zero, zero, zero, zero, zero, big_x, big_y, one]
+    return torch.cat([torch.stack(r, dim=1) for r in (rows_u, rows_v, rows_w)], dim=2).float()
+
+
+def _required_iterations(best: torch.Tensor, counts: torch.Tensor, max_iters: int, confidence: float) -> torch.Tensor:
+    """OpenCV's RANSACUpdateNumIters for the best inlier count so far (max_iters before a model)."""
+    ratio = best.double() / counts.double().clamp(min=1)
+    denom = 1.0 - ratio.clamp(0.0, 1.0) ** MIN_MATCHES
+    num = math.log(max(1.0 - confidence, 1e-300))
+    log_denom = torch.log(denom.clamp(min=1e-300))
+    iters = torch.where(
+        (log_denom >= 0) | (-num >= max_iters * -log_denom), torch.full_like(ratio, max_iters), torch.round(num / log_denom)
+    )
+    iters = torch.where(denom < 2.2250738585072014e-308, torch.zeros_like(iters), iters)
+    return torch.where(best >= MIN_MATCHES, iters, torch.full_like(iters, max_iters))
+
+
+def _refit(src: torch.Tensor, dst: torch.Tensor, inliers: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) normalised DLT homographies of the inliers (float64), h33 = 1 where possible."""
+    t_src, t_dst = _normalisation(src, inliers), _normalisation(dst, inliers)
+    s = _homogeneous(src) @ t_src.transpose(-1, -2)
+    d = _homogeneous(dst) @ t_dst.transpose(-1, -2)
+    zero = torch.zeros_like(s)
+    rows_u = torch.cat([s, zero, -d[..., :1] * s], dim=-1)  # (B, M, 9)
+    rows_v = torch.cat([zero, s, -d[..., 1:2] * s], dim=-1)
+    weight = inliers.to(s.dtype).unsqueeze(-1)
+    normal = (rows_u * weight).transpose(1, 2) @ rows_u + (rows_v * weight).transpose(1, 2) @ rows_v
+    _, vectors = torch.linalg.eigh(normal)
+    h = torch.linalg.inv(t_dst) @ vectors[..., 0].reshape(-1, 3, 3) @ t_src
+    scale = h[:, 2, 2]
+    h = h / torch.where(scale.abs() > 1e-12, scale, h.flatten(1).norm(dim=1))[:, None, None]
+    return h
+
+
+def _inliers_of(h: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, valid: torch.Tensor, thr2: torch.Tensor):
+    """(B, M) matches whose squared reprojection distance under ``h`` (B, 3, 3) is <= ``thr2``."""
+    proj = _homogeneous(src) @ h.transpose(1, 2)
+    err = (proj[..., :2] - dst * proj[..., 2:]).square().sum(-1)
+    return (err <= thr2.view(-1, 1) * proj[..., 2].square()) & valid
+
+
+def _polish(src, dst, valid, inliers, found, thr2):
+    """The final refit, as findHomography does: the homography refitted to the best hypothesis's
+    inliers and its inlier set, repeated until the set is stable (at most ``REFITS`` times).
+    Returns ((B, 3, 3) homographies, (B, M) inliers of those homographies)."""
+    mask = inliers & found.unsqueeze(1)
+    h = _refit(src, dst, mask)
+    for _ in range(REFITS):
+        refreshed = _inliers_of(h, src, dst, valid, thr2)
+        usable = found & (refreshed.sum(dim=1) >= MIN_MATCHES)
+        refreshed = torch.where(usable.unsqueeze(1), refreshed, mask)
+        if bool((refreshed == mask).all()):
+            break
+        mask = refreshed
+        h = torch.where(usable[:, None, None], _refit(src, dst, mask), h)
+    return h, _inliers_of(h, src, dst, valid, thr2) & found.unsqueeze(1)
+
+
+def batched_homographies(
+    query_keypoints: list[np.ndarray],
+    candidate_keypoints: list[np.ndarray],
+    thresholds,
+    seed: int | None = 0,
+    device: torch.device | str = "cpu",
+    max_iters: int = MAX_ITERS,
+    confidence: float = CONFIDENCE,
+) -> list[HomographyFit]:
+    """RANSAC homographies (candidate -> query pixels) of B problems at once.
+
+    ``query_keypoints[b]`` and ``candidate_keypoints[b]``: (M_b, 2) pixel arrays matched row by row;
+    ``thresholds``: B reprojection thresholds in pixels (or one for all); ``seed``: the draws'
+    seed (None: a fresh one). Returns one :class:`HomographyFit` per problem, as
+    :func:`.ransac.fit_homography` does.
+    """
+    num = len(query_keypoints)
+    if len(candidate_keypoints) != num:
+        raise ValueError("query and candidate keypoints must list the same problems")
+    sizes = []
+    for q, c in zip(query_keypoints, candidate_keypoints):
+        if len(q) != len(c):
+            raise ValueError("query and candidate keypoints must be matched row by row")
+        sizes.append(len(q))
+    fits = [no_fit() for _ in range(num)]
+    solvable = [b for b in range(num) if sizes[b] >= MIN_MATCHES]
+    if not solvable:
+        return fits
+    device = torch.device(device)
+    thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (num,))[solvable]
+    width = max(sizes[b] for b in solvable)
+    src = np.zeros((len(solvable), width, 2))
+    dst = np.zeros((len(solvable), width, 2))
+    for i, b in enumerate(solvable):
+        src[i, : sizes[b]] = candidate_keypoints[b]
+        dst[i, : sizes[b]] = query_keypoints[b]
+    counts_cpu = torch.tensor([sizes[b] for b in solvable], dtype=torch.int64)
+    src_t = torch.from_numpy(src).to(device)
+    dst_t = torch.from_numpy(dst).to(device)
+    counts = counts_cpu.to(device)
+    valid_pts = torch.arange(width, device=device).unsqueeze(0) < counts.unsqueeze(1)
+    if seed is None:
+        seed = int(torch.randint(0, 2**32, (1,)).item())
+    base = _hash32(torch.tensor(int(seed) & _MASK32, dtype=torch.int64))
+    streams = _hash32((base ^ _hash32(torch.tensor(solvable, dtype=torch.int64))) & _MASK32).to(device)
+    inliers, found = _run(src_t, dst_t, valid_pts, counts, torch.from_numpy(thr ** 2).to(device), streams,
+                          max_iters, confidence)
+    homographies, inliers = _polish(src_t, dst_t, valid_pts, inliers, found, torch.from_numpy(thr ** 2).to(device))
+    homographies = homographies.cpu().numpy()
+    inliers, found = inliers.cpu().numpy(), found.cpu().numpy()
+    for i, b in enumerate(solvable):
+        if found[i]:
+            keep = inliers[i, : sizes[b]]
+            fits[b] = HomographyFit(
+                np.asarray(query_keypoints[b], dtype=np.float64)[keep],
+                np.asarray(candidate_keypoints[b], dtype=np.float64)[keep],
+                homographies[i],
+            )
+    return fits
+
+
+def _run(src, dst, valid_pts, counts, thr2, streams, max_iters: int, confidence: float):
+    """The RANSAC loop over rounds: (B, M) inlier mask of each best model, (B,) whether one was found.
+
+    Each round draws ``OVERSAMPLE`` times as many samples as it scores, per active problem from
+    that problem's own draw counter; the first non-degenerate ones are scored (degenerate draws
+    cost no iteration), so the sequence of hypotheses does not depend on the round size.
+    """
+    num, width = valid_pts.shape
+    device = src.device
+    t_src, t_dst = _normalisation(src, valid_pts), _normalisation(dst, valid_pts)
+    t_dst_inv = torch.linalg.inv(t_dst)
+    rows = _residual_rows(src, dst)
+    budget = _MAX_BLOCK_BYTES["cpu" if device.type == "cpu" else "other"]
+    best = torch.full((num,), -1, dtype=torch.int64, device=device)
+    best_mask = torch.zeros((num, width), dtype=torch.bool, device=device)
+    iterations = torch.zeros(num, dtype=torch.int64, device=device)  # hypotheses evaluated
+    drawn = torch.zeros(num, dtype=torch.int64, device=device)  # samples drawn
+    idle = torch.zeros(num, dtype=torch.int64, device=device)  # draws since the last scored hypothesis
+    active = torch.ones(num, dtype=torch.bool, device=device)
+    while True:
+        live = torch.nonzero(active).squeeze(1)
+        if live.numel() == 0:
+            break
+        lives = live.numel()
+        per_round = int(max(MIN_ROUND, min(max_iters, budget // max(1, lives * width * 12))))
+        draws = per_round * OVERSAMPLE
+        offsets = drawn[live]
+        idx = _sample_indices(streams[live], counts[live], offsets, draws)  # (L, D, 4)
+        flat = idx.reshape(lives, -1, 1)
+        q_src = torch.gather(src[live], 1, flat.expand(-1, -1, 2)).reshape(lives, draws, 4, 2)
+        q_dst = torch.gather(dst[live], 1, flat.expand(-1, -1, 2)).reshape(lives, draws, 4, 2)
+        usable = _non_degenerate(q_src.float(), q_dst.float())
+        rank = torch.cumsum(usable, dim=1) - 1
+        take = usable & (rank < per_round)
+        rows_l, cols_d = torch.nonzero(take, as_tuple=True)
+        slot = torch.full((lives, per_round), -1, dtype=torch.int64, device=device)
+        slot[rows_l, rank[rows_l, cols_d]] = cols_d
+        ok = slot >= 0
+        pick = slot.clamp(min=0)
+        s_src = torch.gather(q_src, 1, pick[..., None, None].expand(-1, -1, 4, 2))
+        s_dst = torch.gather(q_dst, 1, pick[..., None, None].expand(-1, -1, 4, 2))
+        h, finite = _hypotheses(s_src, s_dst, t_src[live], t_dst[live], t_dst_inv[live])
+        out = (h.reshape(lives, per_round, 9).float() @ rows[live]).reshape(lives, per_round, 3, width)
+        sq = out.square()
+        is_inlier = (sq[:, :, 0] + sq[:, :, 1] <= thr2[live].float().view(-1, 1, 1) * sq[:, :, 2])
+        is_inlier &= valid_pts[live].unsqueeze(1)
+        # a non-finite hypothesis is an iteration that scores nothing (OpenCV: runKernel fails)
+        score = torch.where(ok & finite, is_inlier.sum(dim=-1), torch.full_like(slot, -1))
+        # OpenCV's sequential loop: hypothesis v runs while v < niters(best before it)
+        prior = best[live].unsqueeze(1)
+        before = torch.cat([prior, torch.maximum(prior, torch.cummax(score, dim=1).values)[:, :-1]], dim=1)
+        accepted = torch.where(before >= MIN_MATCHES, before, torch.zeros_like(before))
+        needed = _required_iterations(accepted, counts[live].unsqueeze(1), max_iters, confidence)
+        index = iterations[live].unsqueeze(1) + torch.arange(per_round, device=device).unsqueeze(0)
+        over = ok & (index >= needed)
+        ran = torch.cumprod((~over).to(torch.int64), dim=1).bool() & ok
+        round_best, where = torch.where(ran, score, torch.full_like(score, -1)).max(dim=1)  # first maximum
+        better = (round_best > best[live]) & (round_best >= MIN_MATCHES)
+        chosen = is_inlier[torch.arange(lives, device=device), where]
+        best_mask[live] = torch.where(better.unsqueeze(1), chosen, best_mask[live])
+        best[live] = torch.where(better, round_best, best[live])
+        iterations[live] += ran.sum(dim=1)
+        # draws consumed: up to the last scored sample, or all of them when fewer were usable
+        scored = ok.sum(dim=1)
+        last = torch.where(scored > 0, slot.gather(1, (scored - 1).clamp(min=0).unsqueeze(1)).squeeze(1), -1)
+        full = scored == per_round
+        drawn[live] += torch.where(full, last + 1, torch.full_like(last, draws))
+        idle[live] = torch.where(scored > 0, torch.where(full, torch.zeros_like(last), draws - 1 - last),
+                                 idle[live] + draws)
+        active[live] = ~over.any(dim=1) & (iterations[live] < max_iters) & (idle[live] < MAX_ATTEMPTS)
+    return best_mask, best >= MIN_MATCHES
