@@ -23,8 +23,8 @@ from vlad_localization.matching.mutual import mutual_nearest_neighbours
 from vlad_localization.matching.ransac import fit_homography
 from vlad_localization.model.geometry import VGG16_CONV5_3
 
-QUERIES = [q for q, _ in REVISITS] + GARDENS_DAY[:3]
-RUNS = 5  # OpenCV runs (input orders) that measure RANSAC's own spread
+QUERIES = [q for q, _ in REVISITS[:3]] + GARDENS_DAY[:1]
+RUNS = 4  # OpenCV runs (input orders) that measure RANSAC's own spread
 
 
 def _matcher(grid, backend: str, fusion: str = "absolute") -> PatchMatcher:
@@ -69,7 +69,7 @@ def _batched_counts(problems, seed: int, device="cpu") -> np.ndarray:
 
 def test_inlier_counts_agree_with_opencv_within_its_own_spread(problems):
     opencv = np.stack([_opencv_counts(problems, None)] + [_opencv_counts(problems, s) for s in range(1, RUNS)])
-    ours = np.stack([_batched_counts(problems, s) for s in range(3)])
+    ours = np.stack([_batched_counts(problems, s) for s in range(2)])
     fitted = opencv.max(axis=0) >= 8  # problems with a homography worth the name
     assert fitted.sum() >= 50
     # RANSAC's own spread: how far OpenCV runs land from OpenCV's first run

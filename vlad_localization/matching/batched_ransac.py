@@ -36,8 +36,8 @@ MAX_ATTEMPTS = 10000  # degenerate draws in a row after which a problem stops (O
 OVERSAMPLE = 4  # samples drawn per hypothesis scored in a round (most random samples are degenerate)
 MIN_ROUND = 16
 REFITS = 4  # final refit rounds (refit to the inliers, take the refit's inliers) until stable
-# Upper bound on the (problems, hypotheses, 3 * matches) float32 block scored at once
-_MAX_BLOCK_BYTES = {"cpu": 8 * 1024 * 1024, "other": 512 * 1024 * 1024}
+# Upper bound on the (problems, hypotheses, matches) block scored at once
+_MAX_BLOCK_BYTES = {"cpu": 32 * 1024 * 1024, "other": 512 * 1024 * 1024}
 _MASK32 = 0xFFFFFFFF
 _TRIANGLES = ((0, 1, 2), (1, 2, 3), (0, 2, 3), (0, 1, 3))  # every triple of a minimal sample
 
@@ -52,21 +52,13 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
 
 
 def _sample_indices(streams: torch.Tensor, counts: torch.Tensor, first: torch.Tensor, draws: int) -> torch.Tensor:
-    """(B, draws, 4) distinct indices < counts[b], uniformly distributed: problem b's draws
-    ``first[b] ...`` of its stream."""
+    """(B, draws, 4) indices < counts[b], uniform and independent: problem b's draws ``first[b] ...``
+    of its stream. A sample that repeats an index is degenerate (its points coincide) and is
+    rejected like any other, which leaves uniform samples of 4 distinct matches (OpenCV redraws)."""
     device = streams.device
     draw = first.view(-1, 1) + torch.arange(draws, device=device, dtype=torch.int64).view(1, -1)
     keys = (streams.view(-1, 1, 1) + draw.unsqueeze(-1) * 4 + torch.arange(4, device=device).view(1, 1, 4)) & _MASK32
-    rand = _hash32(keys)
-    ranges = counts.view(-1, 1, 1) - torch.arange(4, device=device).view(1, 1, 4)  # n, n-1, n-2, n-3
-    picks = (rand * ranges.clamp(min=1)) >> 32  # uniform in [0, n - t)
-    chosen = [picks[..., 0]]
-    for t in range(1, 4):
-        x = picks[..., t]
-        for previous in torch.sort(torch.stack(chosen, dim=-1), dim=-1).values.unbind(-1):
-            x = x + (x >= previous).to(x.dtype)  # skip the already chosen indices, in ascending order
-        chosen.append(x)
-    return torch.stack(chosen, dim=-1)
+    return (_hash32(keys) * counts.view(-1, 1, 1)) >> 32  # uniform in [0, n)
 
 
 def _normalisation(points: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -101,54 +93,63 @@ def _basis(quad: torch.Tensor) -> torch.Tensor:
     return m * weights.unsqueeze(-2)
 
 
-def _orientations(quad: torch.Tensor) -> torch.Tensor:
-    """(..., 4) signed doubled areas of the sample's four triangles (points (..., 4, 2))."""
-    out = []
-    for a, b, c in _TRIANGLES:
-        u, v = quad[..., b, :] - quad[..., a, :], quad[..., c, :] - quad[..., a, :]
-        out.append(u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0])
-    return torch.stack(out, dim=-1)
-
-
-def _collinear(quad: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
-    """(...,) True where a triangle's area is zero relative to its sides (float32 rounding; exact
-    for the integer pixel keypoints of the patches)."""
-    sides = []
-    for a, b, c in _TRIANGLES:
-        sides.append((quad[..., b, :] - quad[..., a, :]).abs().sum(-1) * (quad[..., c, :] - quad[..., a, :]).abs().sum(-1))
-    return (areas.abs() <= 1e-6 * torch.stack(sides, dim=-1)).any(dim=-1)
+_CORNERS = torch.tensor(_TRIANGLES)  # (4 triangles, 3 corners)
 
 
 def _non_degenerate(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     """(B, R) True where the samples ``src``/``dst`` (B, R, 4, 2) pass OpenCV's checks: no three
-    collinear points, the same orientation of all four triangles in both images."""
-    area_src, area_dst = _orientations(src), _orientations(dst)
-    flips = ((area_src * area_dst) < 0).sum(dim=-1)
-    return ~_collinear(src, area_src) & ~_collinear(dst, area_dst) & ((flips == 0) | (flips == 4))
+    points collinear (nor two equal) in either image, and all four triangles keep or all flip
+    their orientation between the images. Collinear: a triangle's doubled area is <= 1e-6 times
+    the product of its two sides' L1 lengths (float32; exact for integer pixel keypoints)."""
+    corners = _CORNERS.to(src.device)
+    pts = torch.stack([src, dst], dim=2)  # (B, R, 2 images, 4, 2)
+    a, b, c = (pts[..., corners[:, i], :] for i in range(3))  # (B, R, 2, 4 triangles, 2)
+    u, v = b - a, c - a
+    area = u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]  # (B, R, 2, 4)
+    sides = u.abs().sum(-1) * v.abs().sum(-1)
+    collinear = (area.abs() <= 1e-6 * sides).flatten(2).any(dim=-1)
+    flips = ((area[..., 0, :] * area[..., 1, :]) < 0).sum(dim=-1)
+    return ~collinear & ((flips == 0) | (flips == 4))
 
 
-def _hypotheses(src: torch.Tensor, dst: torch.Tensor, t_src: torch.Tensor, t_dst: torch.Tensor, t_dst_inv: torch.Tensor):
-    """Pixel homographies (B, R, 3, 3) (unit Frobenius norm) of the samples ``src``/``dst``
-    (B, R, 4, 2) (float64) and (B, R) True where the homography is finite and non-zero."""
-    n_src = _homogeneous(src) @ t_src[:, None].transpose(-1, -2)
-    n_dst = _homogeneous(dst) @ t_dst[:, None].transpose(-1, -2)
-    h = _basis(n_dst) @ _adjugate(_basis(n_src))
-    h = t_dst_inv[:, None] @ h @ t_src[:, None]
+def _hypotheses(src: torch.Tensor, dst: torch.Tensor):
+    """Homographies (B, R, 3, 3) (unit Frobenius norm) of the minimal samples ``src``/``dst``
+    (B, R, 4, 2) (normalised coordinates, float64) and (B, R) True where one is finite and non-zero."""
+    h = _basis(_homogeneous(dst)) @ _adjugate(_basis(_homogeneous(src)))
     norm = torch.linalg.matrix_norm(h)
     valid = torch.isfinite(norm) & (norm > 0)
     return h / torch.where(valid, norm, torch.ones_like(norm))[..., None, None], valid
 
 
-def _residual_rows(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """(B, 9, 3 * M) float32: h . column = (u - x w, v - y w, w) for each match (DLT rows), so one
-    batched product scores every hypothesis on every match."""
+_UPPER = torch.triu_indices(9, 9)  # the 45 products h_j h_k (j <= k) of a homography's entries
+
+
+def _inlier_forms(src: torch.Tensor, dst: torch.Tensor, valid: torch.Tensor, thr2: torch.Tensor) -> torch.Tensor:
+    """(B, 45, M) float32 coefficients of one quadratic form per match, so that for a homography h
+    (normalised coordinates) ``monomials(h) @ forms <= 0`` exactly when the match is an inlier:
+    (u - x w)^2 + (v - y w)^2 <= t^2 w^2 with (u, v, w) = h (X, Y, 1), i.e. OpenCV's squared
+    reprojection distance <= t^2 (w != 0). One product then scores every hypothesis on every
+    match. Padded matches get ||h||^2 (= 1 > 0): never inliers."""
+    big_x, big_y = src[..., 0], src[..., 1]
     x, y = dst[..., 0], dst[..., 1]
-    big_x, big_y, one = src[..., 0], src[..., 1], torch.ones_like(src[..., 0])
-    zero = torch.zeros_like(one)
-    rows_u = [big_x, big_y, one, zero, zero, zero, -x * big_x, -x * big_y, -x]
-    rows_v = [zero, zero, zero, big_x, big_y, one, -y * big_x, -y * big_y, -y]
-    rows_w = [zero, zero, zero, zero, zero, zero, big_x, big_y, one]
-    return torch.cat([torch.stack(r, dim=1) for r in (rows_u, rows_v, rows_w)], dim=2).float()
+    one, zero = torch.ones_like(x), torch.zeros_like(x)
+    row_u = torch.stack([big_x, big_y, one, zero, zero, zero, -x * big_x, -x * big_y, -x], dim=-1)
+    row_v = torch.stack([zero, zero, zero, big_x, big_y, one, -y * big_x, -y * big_y, -y], dim=-1)
+    row_w = torch.stack([zero, zero, zero, zero, zero, zero, big_x, big_y, one], dim=-1)
+    j, k = _UPPER.to(src.device)
+    forms = (row_u[..., j] * row_u[..., k] + row_v[..., j] * row_v[..., k]
+             - thr2.view(-1, 1, 1) * row_w[..., j] * row_w[..., k])
+    forms = forms * torch.where(j == k, 1.0, 2.0).to(forms.dtype)  # off-diagonal terms appear twice
+    padding = (j == k).to(forms.dtype).expand_as(forms)
+    forms = torch.where(valid.unsqueeze(-1), forms, padding)
+    return forms.transpose(1, 2).float().contiguous()
+
+
+def _monomials(h: torch.Tensor) -> torch.Tensor:
+    """(..., 45) products h_j h_k (j <= k) of (..., 3, 3) homographies."""
+    flat = h.flatten(-2)
+    j, k = _UPPER.to(h.device)
+    return flat[..., j] * flat[..., k]
 
 
 def _required_iterations(best: torch.Tensor, counts: torch.Tensor, max_iters: int, confidence: float) -> torch.Tensor:
@@ -276,8 +277,10 @@ def _run(src, dst, valid_pts, counts, thr2, streams, max_iters: int, confidence:
     num, width = valid_pts.shape
     device = src.device
     t_src, t_dst = _normalisation(src, valid_pts), _normalisation(dst, valid_pts)
-    t_dst_inv = torch.linalg.inv(t_dst)
-    rows = _residual_rows(src, dst)
+    n_src = (_homogeneous(src) @ t_src.transpose(1, 2))[..., :2]  # Hartley-normalised matches
+    n_dst = (_homogeneous(dst) @ t_dst.transpose(1, 2))[..., :2]
+    src32, dst32 = src.float(), dst.float()  # pixel matches for the degeneracy checks
+    forms = _inlier_forms(n_src, n_dst, valid_pts, thr2 * t_dst[:, 0, 0].square())  # isotropic: t scales
     budget = _MAX_BLOCK_BYTES["cpu" if device.type == "cpu" else "other"]
     best = torch.full((num,), -1, dtype=torch.int64, device=device)
     best_mask = torch.zeros((num, width), dtype=torch.bool, device=device)
@@ -290,28 +293,25 @@ def _run(src, dst, valid_pts, counts, thr2, streams, max_iters: int, confidence:
         if live.numel() == 0:
             break
         lives = live.numel()
-        per_round = int(max(MIN_ROUND, min(max_iters, budget // max(1, lives * width * 12))))
+        per_round = int(max(MIN_ROUND, min(max_iters, budget // max(1, lives * width * 6))))
         draws = per_round * OVERSAMPLE
         offsets = drawn[live]
         idx = _sample_indices(streams[live], counts[live], offsets, draws)  # (L, D, 4)
         flat = idx.reshape(lives, -1, 1)
-        q_src = torch.gather(src[live], 1, flat.expand(-1, -1, 2)).reshape(lives, draws, 4, 2)
-        q_dst = torch.gather(dst[live], 1, flat.expand(-1, -1, 2)).reshape(lives, draws, 4, 2)
-        usable = _non_degenerate(q_src.float(), q_dst.float())
+        q_src = torch.gather(src32[live], 1, flat.expand(-1, -1, 2)).reshape(lives, draws, 4, 2)
+        q_dst = torch.gather(dst32[live], 1, flat.expand(-1, -1, 2)).reshape(lives, draws, 4, 2)
+        usable = _non_degenerate(q_src, q_dst)
         rank = torch.cumsum(usable, dim=1) - 1
         take = usable & (rank < per_round)
         rows_l, cols_d = torch.nonzero(take, as_tuple=True)
         slot = torch.full((lives, per_round), -1, dtype=torch.int64, device=device)
         slot[rows_l, rank[rows_l, cols_d]] = cols_d
         ok = slot >= 0
-        pick = slot.clamp(min=0)
-        s_src = torch.gather(q_src, 1, pick[..., None, None].expand(-1, -1, 4, 2))
-        s_dst = torch.gather(q_dst, 1, pick[..., None, None].expand(-1, -1, 4, 2))
-        h, finite = _hypotheses(s_src, s_dst, t_src[live], t_dst[live], t_dst_inv[live])
-        out = (h.reshape(lives, per_round, 9).float() @ rows[live]).reshape(lives, per_round, 3, width)
-        sq = out.square()
-        is_inlier = (sq[:, :, 0] + sq[:, :, 1] <= thr2[live].float().view(-1, 1, 1) * sq[:, :, 2])
-        is_inlier &= valid_pts[live].unsqueeze(1)
+        chosen_idx = torch.gather(idx, 1, slot.clamp(min=0).unsqueeze(-1).expand(-1, -1, 4)).reshape(lives, -1, 1)
+        s_src = torch.gather(n_src[live], 1, chosen_idx.expand(-1, -1, 2)).reshape(lives, per_round, 4, 2)
+        s_dst = torch.gather(n_dst[live], 1, chosen_idx.expand(-1, -1, 2)).reshape(lives, per_round, 4, 2)
+        h, finite = _hypotheses(s_src, s_dst)
+        is_inlier = torch.bmm(_monomials(h).float(), forms[live]) <= 0  # (L, R, M)
         # a non-finite hypothesis is an iteration that scores nothing (OpenCV: runKernel fails)
         score = torch.where(ok & finite, is_inlier.sum(dim=-1), torch.full_like(slot, -1))
         # OpenCV's sequential loop: hypothesis v runs while v < niters(best before it)
