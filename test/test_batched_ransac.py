@@ -172,14 +172,14 @@ def test_recovers_a_planar_homography_among_outliers():
         np.array([[10.0, 10.0], [50.0, 20.0], [30.0, 80.0]]),  # fewer than four matches
         np.array([[float(i), 0.0] for i in range(0, 100, 10)]),  # a horizontal line
         np.array([[float(i), 2.0 * i + 3.0] for i in range(0, 100, 7)]),  # a diagonal line
-        np.array([[float(i), float(i)] for i in range(4)]),  # exactly four, collinear
+        np.array([[float(i), 5.0] for i in range(4)]),  # exactly four without spread along y
         np.full((12, 2), 7.0),  # all identical
     ],
 )
 def test_degenerate_inputs_give_no_fit(points):
-    fits = batched_homographies([points + 5.0, points[:4] + 1.0], [points, points[:4]], 24.0, seed=0)
-    for fit in fits:
-        assert fit.inliers == 0 and fit.homography is None
+    fit = batched_homographies([points + 5.0], [points], 24.0, seed=0)[0]
+    assert fit.inliers == 0 and fit.homography is None
+    assert fit_homography(points + 5.0, points, 24.0).inliers == 0  # as OpenCV
 
 
 def test_four_matches_in_general_position_are_all_inliers():
@@ -187,6 +187,23 @@ def test_four_matches_in_general_position_are_all_inliers():
     fit = batched_homographies([square * 1.2 + 3.0], [square], 24.0, seed=0)[0]
     assert fit.inliers == 4
     np.testing.assert_allclose(fit.homography / fit.homography[2, 2], [[1.2, 0, 3], [0, 1.2, 3], [0, 0, 1]], atol=1e-9)
+
+
+@pytest.mark.parametrize("shift", [0.0, 7.0])
+def test_exactly_four_matches_count_as_findhomography_counts_them(shift):
+    """findHomography takes four matches as the model without RANSAC (all four inliers) unless a
+    point set has no spread along x or y; four collinear points on a diagonal thus count 4, with
+    no crash, as on the official path."""
+    cases = [
+        np.array([[10.0, 10.0], [60.0, 15.0], [70.0, 90.0], [5.0, 70.0]]),
+        np.array([[float(i), float(i)] for i in range(0, 40, 10)]),  # collinear, diagonal
+        np.array([[float(i), 3.0] for i in range(4)]),  # collinear, horizontal: no y spread
+        np.full((4, 2), 2.0),  # identical
+    ]
+    ours = batched_homographies([c + shift for c in cases], cases, 24.0, seed=0)
+    for case, fit in zip(cases, ours):
+        assert fit.inliers == fit_homography(case + shift, case, 24.0).inliers
+    assert [f.inliers for f in ours] == [4, 4, 0, 0]
 
 
 def test_mixed_batch_solves_each_problem_alone():

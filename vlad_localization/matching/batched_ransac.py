@@ -11,12 +11,15 @@ It reproduces the semantics of OpenCV's ``findHomography(..., RANSAC)`` (the off
 * inliers: squared reprojection distance from H * candidate to the query point <= threshold ** 2;
 * iterations: at most 2000, fewer as the best inlier ratio grows (confidence 0.995), updated after
   every hypothesis that beats the best strictly, exactly OpenCV's adaptive stopping rule;
-* result (at least 4 inliers, else no fit): the homography refitted to the best hypothesis's inliers
-  (normalised DLT) and the inliers of that refitted homography, repeated until the set is stable
-  (at most ``REFITS`` times). The OpenCV 5 build in use returns exactly such a set: its mask is
-  the inlier set of its refined H and a fixed point of refitting (measured: test_batched_ransac),
-  which is why its counts barely vary between runs. OpenCV's Levenberg-Marquardt polish of H is
-  not reproduced.
+* result (at least 4 inliers, else no fit): the best hypothesis's inliers, grown by a final refit
+  (DLT on the inliers; its inlier set replaces them while it is larger, at most ``REFITS``
+  times), and the DLT homography of those inliers. findHomography refits (DLT + Levenberg-
+  Marquardt) too, and the masks of the OpenCV 5 build in use are the inlier sets of its refined H
+  and barely vary between runs: without this refit the counts fall short of OpenCV's, with it they
+  agree within OpenCV's own run-to-run spread (test_batched_ransac). The LM polish is not
+  reproduced;
+* exactly four matches: findHomography fits them without RANSAC and calls all four inliers (unless
+  a point set has no spread along x or y); so does this.
 
 Randomness is counter-based (a hash of seed, problem and draw), so the samples, and hence the
 results, do not depend on the device, on how many hypotheses are evaluated at once, or on threads.
@@ -190,20 +193,25 @@ def _inliers_of(h: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, valid: to
 
 
 def _polish(src, dst, valid, inliers, found, thr2):
-    """The final refit, as findHomography does: the homography refitted to the best hypothesis's
-    inliers and its inlier set, repeated until the set is stable (at most ``REFITS`` times).
-    Returns ((B, 3, 3) homographies, (B, M) inliers of those homographies)."""
+    """The final refit (local optimisation): refit the homography to the inliers by DLT and take
+    the refit's inlier set when it is larger, until it stops growing (at most ``REFITS`` times).
+    Returns ((B, 3, 3) DLT homographies of the final inliers, (B, M) those inliers)."""
     mask = inliers & found.unsqueeze(1)
-    h = _refit(src, dst, mask)
     for _ in range(REFITS):
-        refreshed = _inliers_of(h, src, dst, valid, thr2)
-        usable = found & (refreshed.sum(dim=1) >= MIN_MATCHES)
-        refreshed = torch.where(usable.unsqueeze(1), refreshed, mask)
-        if bool((refreshed == mask).all()):
+        refreshed = _inliers_of(_refit(src, dst, mask), src, dst, valid, thr2)
+        grows = found & (refreshed.sum(dim=1) > mask.sum(dim=1))
+        if not bool(grows.any()):
             break
-        mask = refreshed
-        h = torch.where(usable[:, None, None], _refit(src, dst, mask), h)
-    return h, _inliers_of(h, src, dst, valid, thr2) & found.unsqueeze(1)
+        mask = torch.where(grows.unsqueeze(1), refreshed, mask)
+    return _refit(src, dst, mask), mask
+
+
+def _exact_fits(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """(B,) True where a problem of exactly four matches has a homography: findHomography then
+    takes the four as the model and all of them as inliers, unless a point set has no spread
+    along x or y (its DLT normalisation fails); no RANSAC, no degeneracy checks."""
+    spread = lambda p: (p - p.mean(dim=1, keepdim=True)).abs().sum(dim=1)  # noqa: E731  (B, 2)
+    return (spread(src) > 0).all(dim=1) & (spread(dst) > 0).all(dim=1)
 
 
 def batched_homographies(
@@ -253,6 +261,10 @@ def batched_homographies(
     streams = _hash32((base ^ _hash32(torch.tensor(solvable, dtype=torch.int64))) & _MASK32).to(device)
     inliers, found = _run(src_t, dst_t, valid_pts, counts, torch.from_numpy(thr ** 2).to(device), streams,
                           max_iters, confidence)
+    exact = counts_cpu.to(device) == MIN_MATCHES
+    exact_ok = exact & _exact_fits(src_t[:, :MIN_MATCHES], dst_t[:, :MIN_MATCHES])
+    inliers = torch.where(exact.unsqueeze(1), exact_ok.unsqueeze(1) & valid_pts, inliers)
+    found = torch.where(exact, exact_ok, found)
     homographies, inliers = _polish(src_t, dst_t, valid_pts, inliers, found, torch.from_numpy(thr ** 2).to(device))
     homographies = homographies.cpu().numpy()
     inliers, found = inliers.cpu().numpy(), found.cpu().numpy()
