@@ -284,3 +284,17 @@ def test_contrast_lifts_the_place_that_stands_out_over_a_uniformly_similar_condi
     row[20] = 0.85
     usable = np.ones(80, bool)
     assert np.argmax(row) >= 40 and np.argmax(run_contrast(row, usable, 5)) == 20
+
+
+def test_fast_acceptance_metrics_equal_the_reported_curve():
+    from vlad_localization.evaluation import precision_recall
+    from vlad_localization.fusion_fit import acceptance_metrics
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 60))
+        scores, correct = np.round(rng.random(n), 2), rng.random(n) > 0.5
+        positives = int(correct.sum() + rng.integers(1, 3))
+        curve = precision_recall(scores, correct, positives)
+        assert acceptance_metrics(scores, correct, positives) == pytest.approx(
+            (curve["recall_at_100_precision"], curve["auc"]), abs=1e-12)
