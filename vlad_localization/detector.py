@@ -358,7 +358,7 @@ class LoopClosureDetector:
                 members = members[members < len(row)]
                 values = row[members]
                 z = run_contrast(np.nan_to_num(values), ~np.isnan(values), window)
-                top = np.argsort(-z)[:k]
+                top = np.argpartition(-z, k)[:k] if len(z) > k else np.arange(len(z))
                 scored += [(float(z[i]), int(members[i])) for i in top if np.isfinite(z[i])]
             for _, map_id in sorted(scored, reverse=True)[:k]:
                 if (source, map_id) not in had:
