@@ -22,6 +22,7 @@ import importlib.util
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -120,7 +121,8 @@ def main() -> None:
     cfg = ff.set_config(HW)
     t0 = time.perf_counter()
     report = train(base, runs, args.work / "trained.pth.tar", cfg.model, PlaceCriteria(),
-                   TrainOptions(epochs=args.epochs, lr=args.lr, val_fraction=0.1), device="cpu", progress=False)
+                   TrainOptions(epochs=args.epochs, lr=args.lr, val_fraction=0.1), device="cpu", progress=False,
+                   echo=lambda line: print(line, file=sys.stderr))
     train_s = time.perf_counter() - t0
 
     test = [names[i] for i in range(cut, n, 10)]

@@ -81,7 +81,7 @@ def test_hard_negatives_are_far_and_violate_the_margin():
 
 
 # ------------------------------------------------------------------------------------------ real data
-def nordland_runs(datasets_dir: Path, places=range(0, 1200, 20)) -> list[Run]:
+def nordland_runs(datasets_dir: Path, places=range(0, 1200, 30)) -> list[Run]:
     names = [p.name for p in list_images(datasets_dir / "nordland_64x32" / "summer")]
     return [Run(season, [Frame(i * NS_PER_S, season, str(datasets_dir / "nordland_64x32" / season / names[i]),
                                Pose((i * 10.0, 0.0, 0.0)),
@@ -129,7 +129,9 @@ def test_short_training_lowers_validation_loss_and_keeps_recall(trained):
 
 
 def test_resume_continues_exactly(trained, small, datasets_dir):
-    """One epoch, then --resume to two: the same checkpoint and report as two epochs at once."""
+    """One epoch, then --resume to two: the same checkpoint and report as two epochs at once (to float
+    round-off: the BLAS's summation order may depend on memory alignment), without recomputing the
+    conv features; a resume with other options is refused before any work."""
     from vlad_localization.model.checkpoint import read_checkpoint
 
     out = small["work"] / "resumed" / "trained.pth.tar"
@@ -137,12 +139,18 @@ def test_resume_continues_exactly(trained, small, datasets_dir):
     quiet = {"device": "cpu", "progress": False, "echo": lambda _: None}
     train(small["base"], runs, out, small["model_cfg"], PlaceCriteria(), TrainOptions(**{**OPTIONS.__dict__, "epochs": 1}),
           **quiet)
+    features = out.parent / "trained.pth.tar.train" / "features.pt"
+    written = features.stat().st_mtime_ns
     report = train(small["base"], runs, out, small["model_cfg"], PlaceCriteria(), OPTIONS, resume=True, **quiet)
+    assert features.stat().st_mtime_ns == written
     full, resumed = read_checkpoint(trained[0]), read_checkpoint(out)
     for key, value in full.pool_state.items():
-        torch.testing.assert_close(resumed.pool_state[key], value, rtol=0, atol=0)
-    torch.testing.assert_close(resumed.wpca_weight, full.wpca_weight, rtol=0, atol=0)
-    assert [e["loss"] for e in report["epochs"]] == [e["loss"] for e in trained[1]["epochs"]]
+        torch.testing.assert_close(resumed.pool_state[key], value, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(resumed.wpca_weight, full.wpca_weight, rtol=1e-3, atol=1e-4)
+    for got, want in zip(report["epochs"], trained[1]["epochs"], strict=True):
+        assert got["triplets"] == want["triplets"] and got["recall"] == want["recall"]
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    assert report["best_epoch"] == trained[1]["best_epoch"]
     with pytest.raises(TrainingDataError, match="other seed"):
         train(small["base"], runs, out, small["model_cfg"], PlaceCriteria(),
               TrainOptions(**{**OPTIONS.__dict__, "seed": 1}), resume=True, **quiet)
@@ -164,7 +172,7 @@ def test_trained_checkpoint_loads_everywhere(trained, small, datasets_dir, tmp_p
     images = [str(summer / n) for n in ("images-00010.png", "images-00500.png")]
     assert main(["encode", "--checkpoint", str(out), "--config", str(small["config"]), "--out",
                  str(tmp_path / "d.npz")] + images) == 0
-    assert np.load(tmp_path / "d.npz")["global_desc"].shape == (2, 32)
+    assert np.load(tmp_path / "d.npz")["global"].shape == (2, 32)
     folder = tmp_path / "imgs"
     folder.mkdir()
     for p in images:
@@ -194,7 +202,7 @@ def test_bad_input_is_a_one_line_error(small, datasets_dir, tmp_path, capsys):
     common = ["train", "--checkpoint", str(small["base"]), "--config", str(small["config"]), "--out",
               str(tmp_path / "o.pth.tar"), "--no-progress"]
     cases = [
-        (["--images", str(folder), "--poses", str(csv)], "1 of 3 frames have no pose: give --poses CSV"),
+        (["--images", str(folder), "--poses", str(csv)], "1 of 3 frames have no pose"),
         (["--images", str(folder)], "1 --images but 0 --poses"),
         (["--images", str(folder), "--poses", str(csv), "--train-layers", "layer3"],
          "does not fit the checkpoint's vgg16 backbone: use --train-layers conv5 or none"),

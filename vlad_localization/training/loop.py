@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -45,6 +46,7 @@ from .mining import PlaceCriteria, PlacePairs, Triplet, mine_triplets, place_pai
 
 log = logging.getLogger(__name__)
 STATE_FILE = "last.pth.tar"
+FEATURES_FILE = "features.pt"  # the trunk's conv features, kept for --resume
 RECALL_KS = (1, 5, 10)
 
 
@@ -183,13 +185,11 @@ def train(checkpoint: str | Path, runs: Sequence[Run], out: str | Path, model_cf
          f"with a positive), {len(val_split.data)} validation ({len(val_split.queries)} with a positive)")
 
     image_size = (encoder.cfg.image_height, encoder.cfg.image_width)
-    for split in (train_split, val_split):
-        if len(split.data):
-            split.feats = cache_features(trunk, split.data.frames, image_size, dev, progress=progress)
-
-    fingerprint = {"checkpoint_sha256": file_sha256(contents.path), "frames": len(data), "seed": options.seed,
+    fingerprint = {"checkpoint_sha256": file_sha256(contents.path), "frames": _frames_digest(data), "seed": options.seed,
                    "train_layers": options.train_layers, "criteria": dataclasses.asdict(criteria),
-                   "batch_size": options.batch_size, "lr": options.lr}
+                   "batch_size": options.batch_size, "lr": options.lr, "image_size": list(image_size)}
+    saved_state = _read_state(work / STATE_FILE, fingerprint) if resume else None
+    _cached_features(work / FEATURES_FILE, fingerprint, trunk, (train_split, val_split), image_size, dev, progress)
     params = model.parameters()
     for p in params:
         p.requires_grad_(True)
@@ -200,8 +200,8 @@ def train(checkpoint: str | Path, runs: Sequence[Run], out: str | Path, model_cf
     report["before"]["recall_wpca"] = validation_metrics(model, val_split, criteria, options, start_wpca)["recall"]
     best = {"epoch": 0, "key": _score(report["before"]), "state": model.state()}
     first = 1
-    if resume:
-        first, best, hard_cache = _resume(work / STATE_FILE, fingerprint, model, optimizer, report)
+    if saved_state is not None:
+        first, best, hard_cache = _resume(saved_state, model, optimizer, report)
     _print_metrics(echo, "before", report["before"])
 
     for epoch in range(first, options.epochs + 1):
@@ -265,6 +265,38 @@ def train(checkpoint: str | Path, runs: Sequence[Run], out: str | Path, model_cf
     return report
 
 
+def _frames_digest(data: TrainingFrames) -> str:
+    """What identifies the training frames: sources, stamps and positions (sha256)."""
+    digest = hashlib.sha256()
+    for f in data.frames:
+        digest.update(f"{f.source}|{f.stamp_ns};".encode())
+    digest.update(np.ascontiguousarray(data.position).tobytes())
+    return digest.hexdigest()
+
+
+def _cached_features(path: Path, fingerprint: dict, trunk, splits: Sequence[Split], image_size, dev, progress) -> None:
+    """Fill each split's ``feats``: from ``path`` when it was written for the same frames, checkpoint,
+    split and input size, else computed once (:func:`cache_features`) and saved there."""
+    key = json.dumps({k: fingerprint[k] for k in ("checkpoint_sha256", "frames", "seed", "train_layers", "criteria",
+                                                   "image_size")}, sort_keys=True)
+    if path.is_file():
+        try:
+            saved = load_torch_file(path)
+            if saved.get("key") == key:
+                for i, split in enumerate(splits):
+                    split.feats = saved["features"][i] if len(split.data) else None
+                return
+        except CheckpointError as exc:
+            log.warning("recomputing the conv features: %s", exc)
+    for split in splits:
+        if len(split.data):
+            split.feats = cache_features(trunk, split.data.frames, image_size, dev, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"key": key, "features": [s.feats if s.feats is not None else torch.zeros(0) for s in splits]}, tmp)
+    tmp.replace(path)
+
+
 def _score(metrics: dict) -> tuple:
     """Best-epoch key: validation recall@1, then recall@5, then the lower loss."""
     r = metrics["recall"]
@@ -307,7 +339,8 @@ def _save_state(path: Path, model: Model, optimizer, epoch: int, best: dict, har
                     extra={"training": training})
 
 
-def _resume(path: Path, fingerprint: dict, model: Model, optimizer, report: dict):
+def _read_state(path: Path, fingerprint: dict) -> tuple[Path, dict]:
+    """The training state at ``path`` for ``--resume``, checked to come from the same checkpoint, runs and options."""
     if not path.is_file():
         raise TrainingDataError(f"--resume: no training state at {path}: train without --resume first")
     raw = load_torch_file(path)
@@ -315,10 +348,17 @@ def _resume(path: Path, fingerprint: dict, model: Model, optimizer, report: dict
     if not isinstance(training, dict):
         raise CheckpointError(path, "not a training state written by `vlad-localization train`")
     saved = json.loads(training["fingerprint"])
-    if saved != json.loads(json.dumps(fingerprint, sort_keys=True)):
-        diff = sorted(k for k in fingerprint if saved.get(k) != json.loads(json.dumps(fingerprint[k])))
+    now = json.loads(json.dumps(fingerprint, sort_keys=True))
+    if saved != now:
+        diff = sorted(k for k in now if saved.get(k) != now[k])
         raise TrainingDataError(f"--resume: {path} was trained with other {', '.join(diff)}: give the same "
                                 "checkpoint, runs and options, or start again without --resume")
+    return path, training
+
+
+def _resume(saved_state: tuple[Path, dict], model: Model, optimizer, report: dict):
+    """Load the model, optimizer, report, best epoch and hard-negative cache; the next epoch."""
+    path, training = saved_state
     contents = read_checkpoint(path)
     load_module_state(model.encoder.backbone, contents.backbone_state, path, "backbone")
     load_module_state(model.pooling, contents.pool_state, path, "NetVLAD")
