@@ -211,3 +211,37 @@ def test_bad_input_is_a_one_line_error(small, datasets_dir, tmp_path, capsys):
         assert main(common + extra) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_calibrate_writes_a_config_whose_threshold_gives_the_printed_precision(trained, small, datasets_dir, tmp_path,
+                                                                               capsys):
+    """calibrate on 25 Nordland places (summer map, winter queries): the config loads, and `evaluate`
+    with it on the same queries gives the precision and recall calibrate printed."""
+    from vlad_localization.cli.main import main
+    from vlad_localization.config import load_config
+
+    out = trained[0]
+    names = [p.name for p in list_images(datasets_dir / "nordland_64x32" / "summer")][0:1200:48]
+    for season in ("summer", "winter"):
+        (tmp_path / season).mkdir()
+        for n in names:
+            (tmp_path / season / n).symlink_to(datasets_dir / "nordland_64x32" / season / n)
+    common = ["--checkpoint", str(out), "--config", str(small["config"]), "--no-progress"]
+    assert main(["build-map", *common, "--images", str(tmp_path / "summer"), "--out", str(tmp_path / "map")]) == 0
+    capsys.readouterr()
+    queries = ["--map", str(tmp_path / "map"), "--queries", str(tmp_path / "winter"), "--same-name", *common]
+    assert main(["calibrate", *queries, "--precision", "0.75", "--out", str(tmp_path / "cal.yaml"),
+                 "--json", str(tmp_path / "cal.json")]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((tmp_path / "cal.json").read_text())
+    assert f"precision {result['precision']:.4f}, recall {result['recall']:.4f}" in printed
+    assert result["precision"] >= 0.75 and result["recall"] > 0
+    cfg = load_config(str(tmp_path / "cal.yaml"))
+    assert cfg.loop_closure.score_threshold == result["score_threshold"]
+    assert cfg.matching.fusion_model == result["fusion_model"]
+    assert cfg.model.image_height == HW[0]  # the --config YAML it started from is kept
+    queries[queries.index("--config") + 1] = str(tmp_path / "cal.yaml")
+    assert main(["evaluate", *queries, "--json", str(tmp_path / "eval.json")]) == 0
+    curve = json.loads((tmp_path / "eval.json").read_text())["loop_closure"]["curve"]
+    row = next(r for r in curve if r[0] == cfg.loop_closure.score_threshold)
+    assert row[1:] == [result["precision"], result["recall"]]
