@@ -1,9 +1,10 @@
 """Calibrating the loop-closure acceptance on the user's own revisits (``vlad-localization calibrate``).
 
 From evaluation records (:mod:`vlad_localization.evaluation`: one pass over held-out queries with
-ground truth) it chooses ``loop_closure.score_threshold``: the lowest threshold on the fused
-top-1 score whose accepted proposals reach the stated precision (so the most recall at that
-precision), and writes it with ``matching.fusion_model`` as a config YAML on top of the preset.
+ground truth) it refits the fused score's coefficients (:mod:`vlad_localization.fusion_fit`), chooses
+``loop_closure.score_threshold``: the lowest threshold on the fused top-1 score whose accepted
+proposals reach the stated precision (so the most recall at that precision), and writes both as a
+config YAML on top of the preset.
 """
 from __future__ import annotations
 
@@ -43,23 +44,21 @@ def acceptance(records: Sequence[ev.QueryRecord], model: Mapping[str, float], th
     return (tp / n if n else 1.0), (tp / num_positive if num_positive else 0.0), n
 
 
-def choose_threshold(records: Sequence[ev.QueryRecord], model: Mapping[str, float], precision: float) -> float | None:
-    """The lowest threshold (the most recall) at which the accepted top-1s reach ``precision``."""
-    curve = ev.precision_recall(*ev.top1_scores(records, model))["curve"]
-    rows = [row for row in curve if row[1] >= precision and row[2] > 0]
-    if not rows:
-        return None
-    return float(max(rows, key=lambda row: (row[2], -row[0]))[0])
+def calibrate(records: Sequence[ev.QueryRecord], model: Mapping[str, float], precision: float,
+              refit: bool = True) -> Calibration:
+    """The fused model refitted on ``records`` (:func:`vlad_localization.fusion_fit.fit`; ``refit=False``
+    keeps ``model``), the threshold for ``precision`` (:func:`~vlad_localization.fusion_fit.threshold_at_precision`)
+    and what that threshold gives on ``records``."""
+    from vlad_localization import fusion_fit
 
-
-def calibrate(records: Sequence[ev.QueryRecord], model: Mapping[str, float], precision: float) -> Calibration:
-    """The threshold for ``precision`` with the fused ``model`` as it is, and what it keeps."""
     if not 0 < precision <= 1:
         raise ValueError(f"--precision must be in (0, 1], got {precision}")
-    threshold = choose_threshold(records, model, precision)
+    if refit:
+        model = fusion_fit.fit({"calibration": records})
+    threshold, _ = fusion_fit.threshold_at_precision({"calibration": records}, model, precision)
     got, recall, accepted = acceptance(records, model, threshold) if threshold is not None else (1.0, 0.0, 0)
     return Calibration(dict(model), threshold, got, recall, accepted, len(records),
-                       sum(bool(r.positives) for r in records), refit=False)
+                       sum(bool(r.positives) for r in records), refit=refit)
 
 
 def config_yaml(config: str, calibration: Calibration, note: str) -> str:
