@@ -80,16 +80,15 @@ def evaluate(checkpoint: Path, ref, query, truth, hw, work: Path, ff, records_ou
 
 def calibration_check(records, model, precision: float = 0.99) -> dict:
     """``calibrate``'s threshold chosen on the first half of the unseen places, applied to the second."""
-    from vlad_localization.calibration import acceptance, calibrate
+    from vlad_localization.calibration import acceptance_curve, at_threshold, calibrate
 
     half = len(records) // 2
     chosen = calibrate(records[:half], model, precision)
-    out = {"precision_target": precision, "threshold": chosen.score_threshold,
+    out = {"precision_target": precision, "threshold": chosen.score_threshold, "fusion_model": chosen.fusion_model,
            "calibration_half": {"precision": chosen.precision, "recall": chosen.recall, "n_queries": half}}
     if chosen.score_threshold is not None:
-        p, r, n = acceptance(records[half:], model, chosen.score_threshold)
-        out["test_half"] = {"precision": round(p, 4), "recall": round(r, 4), "accepted": n,
-                            "n_queries": len(records) - half}
+        p, r = at_threshold(acceptance_curve(records[half:], chosen.fusion_model), chosen.score_threshold)
+        out["test_half"] = {"precision": round(p, 4), "recall": round(r, 4), "n_queries": len(records) - half}
     return out
 
 
@@ -100,6 +99,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--work", type=Path, default=Path("/tmp/vlad_train_bench"))
     parser.add_argument("--sets", nargs="*", default=["gardenspoint_10", "campus_loop_72"])
+    parser.add_argument("--reuse", action="store_true",
+                        help="evaluate the baseline/trained checkpoints already in --work (no init-model, no training)")
     args = parser.parse_args()
 
     from vlad_localization import evaluation as ev
@@ -112,25 +113,30 @@ def main() -> None:
     cut = int(0.6 * n)
     runs, names = nordland_runs(range(0, cut, args.train_step))
     args.work.mkdir(parents=True, exist_ok=True)
-    base = args.work / "baseline.pth.tar"
-    t0 = time.perf_counter()
-    build_offtheshelf_checkpoint(WEIGHTS, [Path(f.source) for f in runs[0].frames], base, num_clusters=16,
-                                 num_pcs=128, patch_sizes=(5,), strides=(1,), image_size=HW, device="cpu", seed=0,
-                                 max_pca_samples=5000, kmeans_iterations=25, progress=False)
-    init_s = time.perf_counter() - t0
+    base, trained = args.work / "baseline.pth.tar", args.work / "trained.pth.tar"
+    init_s = train_s = None
+    if not (args.reuse and base.is_file()):
+        t0 = time.perf_counter()
+        build_offtheshelf_checkpoint(WEIGHTS, [Path(f.source) for f in runs[0].frames], base, num_clusters=16,
+                                     num_pcs=128, patch_sizes=(5,), strides=(1,), image_size=HW, device="cpu", seed=0,
+                                     max_pca_samples=5000, kmeans_iterations=25, progress=False)
+        init_s = round(time.perf_counter() - t0, 1)
     cfg = ff.set_config(HW)
-    t0 = time.perf_counter()
-    report = train(base, runs, args.work / "trained.pth.tar", cfg.model, PlaceCriteria(),
-                   TrainOptions(epochs=args.epochs, lr=args.lr, val_fraction=0.1), device="cpu", progress=False,
-                   echo=lambda line: print(line, file=sys.stderr))
-    train_s = time.perf_counter() - t0
+    if args.reuse and trained.is_file():
+        report = json.loads((args.work / "trained.pth.tar.train" / "report.json").read_text())
+    else:
+        t0 = time.perf_counter()
+        report = train(base, runs, trained, cfg.model, PlaceCriteria(),
+                       TrainOptions(epochs=args.epochs, lr=args.lr, val_fraction=0.1), device="cpu", progress=False,
+                       echo=lambda line: print(line, file=sys.stderr))
+        train_s = round(time.perf_counter() - t0, 1)
 
     test = [names[i] for i in range(cut, n, 10)]
     ref, query = [NORDLAND / "summer" / m for m in test], [NORDLAND / "winter" / m for m in test]
     truth = ev.truth_same_index(len(test), len(test))
     result = {"nordland_unseen": {"n_queries": len(test)}}
     records = {"before": [], "after": []}
-    for label, ckpt in (("before", base), ("after", args.work / "trained.pth.tar")):
+    for label, ckpt in (("before", base), ("after", trained)):
         result["nordland_unseen"][label] = evaluate(ckpt, ref, query, truth, HW, args.work / f"nordland_{label}", ff,
                                                     records[label])
     result["calibrate"] = calibration_check(records["after"], cfg.matching.fusion_model)
@@ -140,11 +146,11 @@ def main() -> None:
     for name in args.sets:
         ref, query, truth, hw = ff.dataset(name)
         result[name] = {label: evaluate(ckpt, ref, query, truth, hw, args.work / f"{name}_{label}", ff)
-                        for label, ckpt in (("before", base), ("after", args.work / "trained.pth.tar"))}
+                        for label, ckpt in (("before", base), ("after", trained))}
     result.update(
         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine=f"{platform.machine()}, {os.cpu_count()} CPUs "
         "(shared with other jobs)", device="cpu", train_places=len(runs[0].frames), train_frames=2 * len(runs[0].frames),
-        epochs=args.epochs, init_model_s=round(init_s, 1), train_wall_s=round(train_s, 1),
+        epochs=len(report["epochs"]), init_model_s=init_s, train_wall_s=train_s,
         training={k: report[k] for k in ("before", "after", "best_epoch", "epochs", "n_train_queries", "n_val_queries")},
     )
     print(json.dumps(result, indent=1))

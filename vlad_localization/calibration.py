@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
 import yaml
 
 from vlad_localization import evaluation as ev
@@ -26,7 +25,6 @@ class Calibration:
     score_threshold: float | None
     precision: float
     recall: float
-    accepted: int
     n_queries: int
     n_queries_with_match: int
     refit: bool
@@ -35,30 +33,33 @@ class Calibration:
         return dict(self.__dict__)
 
 
-def acceptance(records: Sequence[ev.QueryRecord], model: Mapping[str, float], threshold: float) -> tuple[float, float, int]:
-    """(precision, recall, accepted) of accepting each query's fused top-1 when its score >= threshold."""
-    scores, correct, num_positive = ev.top1_scores(records, model)
-    accepted = scores >= threshold
-    n = int(accepted.sum())
-    tp = int(np.sum(accepted & correct))
-    return (tp / n if n else 1.0), (tp / num_positive if num_positive else 0.0), n
+def acceptance_curve(records: Sequence[ev.QueryRecord], model: Mapping[str, float], lc=None, keyframes=None) -> list:
+    """[threshold, precision, recall] rows of the node's acceptance rule over the queries
+    (:func:`vlad_localization.evaluation.loop_closure_report`, what ``evaluate`` reports)."""
+    return ev.loop_closure_report(records, model, lc, keyframes)["curve"]
 
 
-def calibrate(records: Sequence[ev.QueryRecord], model: Mapping[str, float], precision: float,
-              refit: bool = True) -> Calibration:
+def at_threshold(curve: Sequence[Sequence[float]], threshold: float) -> tuple[float, float]:
+    """(precision, recall) of accepting at ``threshold``: the curve's row of the lowest score >= it."""
+    rows = [row for row in curve if row[0] >= threshold]
+    return (rows[0][1], rows[0][2]) if rows else (1.0, 0.0)
+
+
+def calibrate(records: Sequence[ev.QueryRecord], model: Mapping[str, float], precision: float, lc=None,
+              keyframes=None, refit: bool = True) -> Calibration:
     """The fused model refitted on ``records`` (:func:`vlad_localization.fusion_fit.fit`; ``refit=False``
-    keeps ``model``), the threshold for ``precision`` (:func:`~vlad_localization.fusion_fit.threshold_at_precision`)
-    and what that threshold gives on ``records``."""
+    keeps ``model``) and the lowest threshold whose acceptances (the node's rule with ``lc``'s
+    consistency) reach ``precision`` on them: the most recall at that precision."""
     from vlad_localization import fusion_fit
 
     if not 0 < precision <= 1:
         raise ValueError(f"--precision must be in (0, 1], got {precision}")
     if refit:
         model = fusion_fit.fit({"calibration": records})
-    threshold, _ = fusion_fit.threshold_at_precision({"calibration": records}, model, precision)
-    got, recall, accepted = acceptance(records, model, threshold) if threshold is not None else (1.0, 0.0, 0)
-    return Calibration(dict(model), threshold, got, recall, accepted, len(records),
-                       sum(bool(r.positives) for r in records), refit=refit)
+    rows = [row for row in acceptance_curve(records, model, lc, keyframes) if row[1] >= precision and row[2] > 0]
+    threshold, got, recall = max(rows, key=lambda row: (row[2], -row[0])) if rows else (None, 1.0, 0.0)
+    return Calibration(dict(model), threshold, got, recall, len(records), sum(bool(r.positives) for r in records),
+                       refit=refit)
 
 
 def config_yaml(config: str, calibration: Calibration, note: str) -> str:

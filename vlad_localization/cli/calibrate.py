@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlad_localization.cli.common import add_acceptance_args
 from vlad_localization.cli.evaluate import add_query_args, evaluate_pass
 from vlad_localization.cli.main import UserError
 
@@ -16,9 +17,9 @@ Give held-out revisits of your own runs: a map (build-map) and query images of t
 with ground truth (the options of `evaluate`). One evaluate pass scores every query's candidates;
 the fused score's coefficients are refitted on them (the two-step fit of fusion_fit: the ranking,
 then the acceptance; --keep-model keeps the config's), and the threshold written is the lowest
-(rounded down to 0.001) whose accepted fused top-1 proposals reach --precision on them (the most
-recall at that precision; per query, without the node's --consistency rule). Use queries not used
-to train the checkpoint (train's validation places or another run).
+whose acceptances reach --precision on them (the most recall at that precision), by the node's rule
+as `evaluate` applies it (the config's loop_closure.consistency, or --consistency). Use queries not
+used to train the checkpoint (train's validation places or another run).
 
 Writes --out, a config YAML that every command and the node take (--config OUT.yaml /
 config_file:=OUT.yaml):
@@ -42,6 +43,7 @@ def add_parser(sub) -> None:
     p.add_argument("--precision", type=float, default=0.99, help="precision to reach (default 0.99)")
     p.add_argument("--keep-model", action="store_true",
                    help="keep the config's matching.fusion_model (default: refit it on these queries)")
+    add_acceptance_args(p.add_argument_group("loop-closure acceptance (as evaluate)"), sequence=False)
     p.add_argument("--out", required=True, type=Path, metavar="OUT.yaml", help="the calibrated config to write")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="also write the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -53,10 +55,11 @@ def run(args) -> int:
 
     if not 0 < args.precision <= 1:
         raise UserError(f"--precision must be in (0, 1], got {args.precision}")
-    cfg, loc, records, _ = evaluate_pass(args)
+    cfg, loc, records, keyframes = evaluate_pass(args)
     loc.release()
     try:
-        result = calibrate(records, cfg.matching.fusion_model, args.precision, refit=not args.keep_model)
+        result = calibrate(records, cfg.matching.fusion_model, args.precision, cfg.loop_closure, keyframes,
+                           refit=not args.keep_model)
     except (ValueError, np.linalg.LinAlgError) as exc:
         raise UserError(f"cannot refit the fused model on these {len(records)} queries ({exc}): give more revisits, "
                         "or --keep-model to keep the config's matching.fusion_model") from None
@@ -70,8 +73,8 @@ def run(args) -> int:
     args.out.write_text(config_yaml(args.config, result, note))
     if args.json:
         args.json.write_text(json.dumps({**result.as_dict(), "config": str(args.out)}, indent=1) + "\n")
-    print(f"loop_closure.score_threshold {result.score_threshold:g}: precision {result.precision:.4f}, recall "
-          f"{result.recall:.4f} ({result.accepted} of {result.n_queries} queries accepted, "
-          f"{result.n_queries_with_match} with a true match)")
+    print(f"loop_closure.score_threshold {result.score_threshold}: precision {result.precision:.4f}, recall "
+          f"{result.recall:.4f} on {result.n_queries} queries ({result.n_queries_with_match} with a true match)"
+          + ("" if result.refit else ", fused model kept"))
     print(f"wrote {args.out} (use --config {args.out})")
     return 0
