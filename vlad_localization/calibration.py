@@ -16,6 +16,8 @@ import yaml
 
 from vlad_localization import evaluation as ev
 
+CONSISTENCY_KEYS = ("consistency", "consistency_window_s", "consistency_window_m")  # what the threshold assumes
+
 
 @dataclass
 class Calibration:
@@ -62,9 +64,10 @@ def calibrate(records: Sequence[ev.QueryRecord], model: Mapping[str, float], pre
                        refit=refit)
 
 
-def config_yaml(config: str, calibration: Calibration, note: str) -> str:
+def config_yaml(config: str, calibration: Calibration, note: str, lc=None) -> str:
     """A config YAML: ``config`` (a preset as ``base:``, or a YAML file's own content) with
-    ``matching.fusion_model`` and ``loop_closure.score_threshold`` from ``calibration``."""
+    ``matching.fusion_model`` and ``loop_closure.score_threshold`` from ``calibration`` (and ``lc``'s
+    consistency settings, which the threshold was chosen with)."""
     from vlad_localization.config import PRESETS
 
     if config in PRESETS:
@@ -72,5 +75,8 @@ def config_yaml(config: str, calibration: Calibration, note: str) -> str:
     else:
         data = yaml.safe_load(Path(config).read_text()) or {}
     data.setdefault("matching", {})["fusion_model"] = {k: float(v) for k, v in calibration.fusion_model.items()}
-    data.setdefault("loop_closure", {})["score_threshold"] = float(calibration.score_threshold)
+    closure = data.setdefault("loop_closure", {})
+    closure["score_threshold"] = float(calibration.score_threshold)
+    if lc is not None:
+        closure.update({key: getattr(lc, key) for key in CONSISTENCY_KEYS})
     return f"# {note}\n" + yaml.safe_dump(data, sort_keys=False)

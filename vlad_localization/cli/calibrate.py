@@ -70,7 +70,7 @@ def run(args) -> int:
     note = (f"calibrated by vlad-localization calibrate: precision {result.precision:.4f}, recall {result.recall:.4f} "
             f"on {result.n_queries} queries of {args.queries} (map {args.map}, checkpoint {args.checkpoint})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(config_yaml(args.config, result, note))
+    args.out.write_text(config_yaml(args.config, result, note, cfg.loop_closure))
     if args.json:
         args.json.write_text(json.dumps({**result.as_dict(), "config": str(args.out)}, indent=1) + "\n")
     print(f"loop_closure.score_threshold {result.score_threshold}: precision {result.precision:.4f}, recall "
