@@ -245,3 +245,19 @@ def test_calibrate_writes_a_config_whose_threshold_gives_the_printed_precision(t
     curve = json.loads((tmp_path / "eval.json").read_text())["loop_closure"]["curve"]
     row = next(r for r in curve if r[0] == cfg.loop_closure.score_threshold)
     assert row[1:] == [result["precision"], result["recall"]]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (fp16 autocast path)"))])
+def test_train_layers_conv5_trains_the_last_block_only(small, datasets_dir, device):
+    """--train-layers conv5: conv5_1..conv5_3 change, the cached trunk (conv1..conv4) does not; the
+    result loads as an ordinary checkpoint."""
+    from vlad_localization.model.checkpoint import read_checkpoint
+
+    out = small["work"] / f"conv5_{device}" / "trained.pth.tar"
+    train(small["base"], nordland_runs(datasets_dir, range(0, 1200, 60)), out, small["model_cfg"], PlaceCriteria(),
+          TrainOptions(epochs=1, batch_size=8, val_fraction=0.25, max_pca_samples=200, train_layers="conv5"),
+          device=device, progress=False, echo=lambda _: None)
+    base, trained = read_checkpoint(small["base"]).backbone_state, read_checkpoint(out).backbone_state
+    torch.testing.assert_close(trained["21.weight"], base["21.weight"], rtol=0, atol=0)  # conv4_3
+    assert not torch.equal(trained["28.weight"], base["28.weight"])  # conv5_3

@@ -30,7 +30,8 @@ def split_backbone(backbone: nn.Module, backbone_name: str, train_layers: str) -
         raise TrainingDataError(f"--train-layers {train_layers} does not fit the checkpoint's {backbone_name} "
                                 f"backbone: use --train-layers {want} or none")
     if isinstance(backbone, VGG16Conv5):
-        return backbone[:VGG16_CONV5_START], backbone[VGG16_CONV5_START:]
+        layers = list(backbone)  # the same modules: training the head trains the backbone
+        return nn.Sequential(*layers[:VGG16_CONV5_START]), nn.Sequential(*layers[VGG16_CONV5_START:])
     trunk = nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool, backbone.layer1,
                           backbone.layer2)
     return trunk, backbone.layer3
