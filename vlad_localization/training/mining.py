@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
-from scipy.spatial import cKDTree
 
 from .data import TrainingDataError, TrainingFrames
 
@@ -63,9 +63,8 @@ class PlacePairs:
 
 def place_pairs(data: TrainingFrames, criteria: PlaceCriteria) -> PlacePairs:
     """The positives and near frames of every frame of ``data`` (within ``data`` only)."""
-    tree = cKDTree(data.position)
-    within_pos = tree.query_ball_point(data.position, r=criteria.positive_m)
-    within_neg = tree.query_ball_point(data.position, r=criteria.negative_m)
+    within_pos = _within(data.position, criteria.positive_m)
+    within_neg = _within(data.position, criteria.negative_m)
     positives = []
     for i, cand in enumerate(within_pos):
         cand = np.array(sorted(cand), np.int64)
@@ -78,6 +77,16 @@ def place_pairs(data: TrainingFrames, criteria: PlaceCriteria) -> PlacePairs:
         positives.append(cand[keep])
     near = [np.array(sorted(c), np.int64) for c in within_neg]
     return PlacePairs(positives, near)
+
+
+def _within(positions: np.ndarray, radius: float) -> list[np.ndarray]:
+    """Per position, the indices of the positions within ``radius`` (itself included): an exact
+    faiss range search (positions re-centred so float32 keeps centimetres on long routes)."""
+    x = np.ascontiguousarray(positions - positions.mean(axis=0), dtype=np.float32)
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(x)
+    lims, _, ids = index.range_search(x, float(radius) ** 2 * (1 + 1e-6))
+    return [ids[lims[i]:lims[i + 1]] for i in range(len(x))]
 
 
 def require_positives(pairs: PlacePairs, criteria: PlaceCriteria, what: str) -> np.ndarray:
