@@ -65,7 +65,7 @@ class FakeLocalizer:
     def __init__(self, owner):
         self.owner = owner
 
-    def reload_map(self, path=None):
+    def reload_map(self, path=None, verify=None):
         return self.owner.map
 
 

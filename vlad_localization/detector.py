@@ -27,6 +27,7 @@ frame is inserted. The loop closure itself is :func:`vlad_localization.loop_clos
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -88,6 +89,25 @@ class FrameResult:
     timings: dict[str, float]
     query: QueryResult | None = field(default=None, repr=False)
     relative_pose: Any = None  # verification.RelativePose of the loop closure (when verification is enabled)
+
+    def match_thumbnail(self):
+        """The best candidate's thumbnail (RGB) from the map that was queried (even if
+        ``~/reload_map`` swapped another in since), or None without a candidate."""
+        if not self.candidates or self.query is None:
+            return None
+        best = self.candidates[0]
+        return self.query.store(best).thumbnail(best.map_id)
+
+    def detached(self) -> "FrameResult":
+        """A copy to send to another process: without ``query`` (it holds the maps) nor the
+        candidates' patch correspondences (kept for verification); every other field as is."""
+        copies = {id(c): dataclasses.replace(c, matches=None) if getattr(c, "matches", None) is not None else c
+                  for c in self.candidates}
+        closure = self.loop_closure
+        if closure is not None and id(closure.candidate) in copies:
+            closure = dataclasses.replace(closure, candidate=copies[id(closure.candidate)])
+        return dataclasses.replace(self, query=None, candidates=[copies[id(c)] for c in self.candidates],
+                                   loop_closure=closure)
 
     def to_record(self) -> dict[str, Any]:
         """The JSON object of ``replay`` (one line per frame)."""
@@ -157,6 +177,11 @@ class LoopClosureDetector:
     @property
     def map(self):
         return self.localizer.map
+
+    @property
+    def device(self) -> str:
+        """The torch device the encoder runs on (``cpu``, ``cuda:0``, ...)."""
+        return str(self.localizer.encoder.device)
 
     def stats(self) -> dict[str, int]:
         """Run-store figures for diagnostics: keyframes, bytes, evicted, refused, full (0/1)."""
