@@ -9,8 +9,8 @@ inference process) copies the arrays out. A seqlock keeps frames whole: the writ
 sequence odd while it writes and even when done; the reader keeps a copy only when the sequence
 was the frame's before and after copying, else the frame was superseded (a newer one is on its
 way) and is dropped, never torn. A frame larger than the block gets a new, larger block (new name;
-the old one is unlinked: a reader still holding it keeps a valid mapping, a reader attaching late
-finds it gone and drops the frame). The writer never waits for the reader, so a reader that dies
+the old one is left odd and unlinked: a reader still holding it, or attaching late, drops the
+frame). The writer never waits for the reader, so a reader that dies
 mid-copy blocks nothing.
 
 The sequence number is read and written as one aligned 8-byte word (x86-64 and aarch64 store it
@@ -94,8 +94,10 @@ class FrameSlots:
         if block is not None and block.size >= nbytes:
             return block
         new = shared_memory.SharedMemory(create=True, size=int(nbytes * GROWTH) if block is not None else nbytes)
-        if block is not None:  # its sequence continues, so a reference to the old block never matches
-            _sequence(new)[0] = int(_sequence(block)[0]) + 2
+        if block is not None:  # its sequence continues; the old block stays odd: a reader holding it drops its frame
+            last = int(_sequence(block)[0])
+            _sequence(new)[0] = last + 2
+            _sequence(block)[0] = last + 1
             self._unlink(block)
             self.reallocations += 1
         self._blocks[camera] = new
