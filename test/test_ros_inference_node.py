@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -66,6 +67,9 @@ def test_a_killed_inference_process_is_restarted_and_a_crash_loop_ends_in_error(
             assert answered(client, campus_map.image(5), 5 * S)
             pid = next_inference_pid(client, name, ())
             assert pid in [p.pid for p in inference_children(proc)]
+            maps = Path(f"/proc/{pid}/maps")
+            if maps.exists():  # Linux: the inference process never loaded rclpy's libraries (nor the node's script)
+                assert "rclpy" not in maps.read_text()
 
             os.kill(pid, signal.SIGKILL)  # what the OOM killer does
             died = status_of(client, name, lambda s: "SIGKILL" in s.message)

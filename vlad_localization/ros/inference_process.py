@@ -272,6 +272,7 @@ class InferenceProcess:
         self.info: dict[str, Any] = {}
         self._conn, child_conn = multiprocessing.Pipe(duplex=True)
         self._send_lock = threading.Lock()
+        self._slots_lock = threading.Lock()
         self._replies: dict[int, list] = {}  # call id -> [Event, ok, value]
         self._ids = itertools.count()
         self._stopping = False
@@ -336,9 +337,10 @@ class InferenceProcess:
     def submit(self, camera: int, arrays: dict, meta: FrameMeta) -> bool:
         """Write the frame into the camera's slot and send its reference; False when the process is
         gone (the frame is not processed)."""
-        if self._stopping:
-            return False
-        ref = self.slots.write(camera, arrays)
+        with self._slots_lock:  # not while stop() unlinks the slots
+            if self._stopping:
+                return False
+            ref = self.slots.write(camera, arrays)
         self._in_flight[camera] += 1
         if not self._send(("frame", ref, meta)):
             self._in_flight[camera] -= 1
@@ -368,7 +370,8 @@ class InferenceProcess:
     def stop(self, timeout: float = STOP_GRACE_S) -> bool:
         """Stop the process (ask, then SIGTERM, then SIGKILL; a thread is abandoned after
         ``timeout``) and unlink the slots. True when it is gone."""
-        self._stopping = True
+        with self._slots_lock:
+            self._stopping = True
         self._send(("stop",))
         gone = True
         started = self._worker.pid is not None if self.isolate else self._worker.ident is not None

@@ -155,6 +155,11 @@ class VladLocalizationNode(LifecycleNode):
                     f"{self._cfg.loop_closure.mode!r}; mode loop_closure needs no map)")
                 return TransitionCallbackReturn.FAILURE
             self._paths = {"map": self.param("map_path"), "checkpoint": self.param("checkpoint")}
+            # the counters of these cameras from now on: /diagnostics has their keys while the model loads
+            self.stats = NodeStats(topics, depth_cameras=sources)
+            self._depth = DepthInput(sources, self.param("depth_tolerance_s"), self.stats, self._report_input,
+                                     self._cfg.localizer.max_image_pixels, self._cfg.verification.max_depth_m) \
+                if sources else None
             self._load(len(topics))
         except Exception as exc:  # noqa: BLE001 - reported as a failed transition
             self._last_error = f"configure failed: {_describe(exc)}"
@@ -162,10 +167,6 @@ class VladLocalizationNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._last_error = ""
         self._topics = topics
-        self.stats = NodeStats(self._topics, depth_cameras=sources)
-        self._depth = DepthInput(sources, self.param("depth_tolerance_s"), self.stats, self._report_input,
-                                 self._cfg.localizer.max_image_pixels, self._cfg.verification.max_depth_m) \
-            if sources else None
         pub = self.create_lifecycle_publisher
         self._pubs = {
             "candidates": pub(Float64MultiArray, "~/candidates", 10),
@@ -575,7 +576,7 @@ class VladLocalizationNode(LifecycleNode):
         if self._cfg is not None and self._cfg.verification.enabled:  # whether verification has intrinsics
             values.update({f"camera_info[{t}]": "yes" if i in self._cameras else "no" for i, t in enumerate(self._topics)})
         if self._depth is not None:
-            values.update(self._depth.diagnostics(self._topics))
+            values.update(self._depth.diagnostics(self.stats.cameras))
         recent = int(values["rejected_last_period"])
         values["last_error"] = self._last_error
         level = DiagnosticStatus.OK if loaded else DiagnosticStatus.WARN
