@@ -101,6 +101,9 @@ class FakeDetector:
     def save_map(self, path, sources=()):
         raise ValueError("the fake keeps no keyframes")
 
+    def reload_map(self, path, verify=None):
+        return self.localizer.reload_map(path, verify)
+
     def release(self):
         self.released = True
 

@@ -198,6 +198,10 @@ class LoopClosureDetector:
                            "(use mode loop_closure or both)")
         return self.run_map.save(path, sources=sources, index=self.config.map.index)
 
+    def reload_map(self, path: str | Path, verify: bool | None = None):
+        """Swap in the prebuilt map at ``path`` (:meth:`Localizer.reload_map`): the opened map."""
+        return self.localizer.reload_map(path, verify)
+
     def release(self) -> None:
         self.localizer.release()
 

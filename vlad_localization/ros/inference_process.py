@@ -183,7 +183,7 @@ class _Server:
             if name == "save_map":
                 value = self.detector.save_map(*args).keyframes
             elif name == "reload_map":
-                value = self.detector.localizer.reload_map(*args).size
+                value = self.detector.reload_map(*args).size
             else:
                 raise ValueError(f"unknown request {name!r}")
             self.conn.send(("reply", call_id, True, value))
