@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -47,10 +45,11 @@ from pathlib import Path
 import numpy as np
 
 from vlad_localization import evaluation as ev
+from vlad_localization import fusion_fit
 from vlad_localization.choices import FUSED_FEATURES
 from vlad_localization.config import apply_overrides, load_config, preset_path
 from vlad_localization.images import iter_folder, list_images
-from vlad_localization.matching.fusion import fused_features
+from vlad_localization.matching.fusion import rank_weights
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VLAD_SHARED", REPO.parent / "shared"))
@@ -59,13 +58,7 @@ WEIGHTS = SHARED / "weights" / "vgg16_imagenet_conv5_3.pth"
 SMALL = (240, 320)
 RADIUS_M = 6.0
 THRESHOLD_NOTE = "fused top-1 threshold for 99 % precision on the shared datasets (benchmarks/fit_fusion.py)"
-PLACEHOLDER = {"bias": 0.0, **{name: 1.0 for name in FUSED_FEATURES}}  # noqa: E501  # records do not depend on it
-FEATURES = list(FUSED_FEATURES)
-SCORES = ("global_similarity", "spatial", "ransac")  # the ranked scores; each has a ``*_gap`` twin
-ABSOLUTE = [FEATURES.index(name) for name in SCORES]
-GAP = [FEATURES.index(name.replace("_similarity", "") + "_gap") for name in SCORES]
-RANKING_L2 = 1.0  # chosen on these sets: 0.1 and weaker miss Gardens Point in-sample, 0.2 to 10 meet the target
-CALIBRATION_L2 = 0.1
+PLACEHOLDER = {"bias": 0.0, **{name: 1.0 for name in FUSED_FEATURES}}  # records do not depend on it
 
 
 def _pairs(folder: str, names: list[tuple[str, str]]):
@@ -147,127 +140,6 @@ def run_set(name: str, cache: Path, refresh: bool) -> list[ev.QueryRecord]:
     return records
 
 
-def head_evidence(record: ev.QueryRecord) -> tuple[np.ndarray, np.ndarray]:
-    """(global, spatial and RANSAC scores (n, 3), same place (n,)) of a query's n re-ranked candidates."""
-    n = len(record.spatial)
-    scores = np.stack([record.global_similarity[:n], record.spatial, record.ransac], axis=1)
-    return scores, np.array([int(i) in record.positives for i in record.map_ids[:n]], bool)
-
-
-def candidate_table(records) -> tuple[np.ndarray, np.ndarray]:
-    """(features (N, F), labels (N,)) of every re-ranked candidate of ``records``."""
-    feats, labels = zip(*((fused_features(*scores.T), y) for scores, y in map(head_evidence, records)))
-    return np.concatenate(feats), np.concatenate(labels).astype(np.float64)
-
-
-def equal_per_set(counts) -> np.ndarray:
-    """Weights of the items of sets of ``counts`` items: each set weighs the same, the weights sum to
-    the number of items."""
-    w = np.concatenate([np.full(c, 1.0 / c) for c in counts if c])
-    return w * len(w) / w.sum()
-
-
-def minimise_on_faces(loss, faces, nonnegative) -> np.ndarray:
-    """argmin of a convex ``loss(phi) -> (value, gradient, Hessian)`` subject to phi[nonnegative] >= 0:
-    Newton's method within each face (phi = T @ theta, one matrix T per set of active constraints),
-    then the lowest value whose phi is feasible (the exact constrained optimum when ``faces`` hold the
-    polytope's faces)."""
-    best_value, best = np.inf, None
-    for t in faces:
-        theta = np.zeros(t.shape[1])
-        for _ in range(100):
-            _, grad, hess = loss(t @ theta)
-            step = np.linalg.solve(t.T @ hess @ t + 1e-9 * np.eye(t.shape[1]), t.T @ grad)
-            theta -= step
-            if np.abs(step).max() < 1e-10:
-                break
-        phi = t @ theta
-        value = loss(phi)[0]
-        if np.all(phi[nonnegative] >= -1e-12) and value < best_value:
-            best_value, best = value, phi
-    if best is None:
-        raise ValueError("no face holds a feasible optimum")
-    best[nonnegative] = np.maximum(best[nonnegative], 0.0)
-    return best
-
-
-def query_groups(per_set: dict[str, list]) -> list[tuple[np.ndarray, np.ndarray, float]]:
-    """(scores (n, 3), true match (n,), weight) of every query whose re-ranked head holds a true and a
-    wrong match (:func:`equal_per_set`)."""
-    per_query = [[(x, y) for x, y in map(head_evidence, records) if y.any() and not y.all()]
-                 for records in per_set.values()]
-    weights = equal_per_set([len(rows) for rows in per_query])
-    return [(x, y, w) for (x, y), w in zip([row for rows in per_query for row in rows], weights)]
-
-
-def conditional_logit(groups, l2: float):
-    """Loss of ranking weights phi: minus the log-probability that the softmax of phi . scores over a
-    query's re-ranked candidates picks its true match (mean over several), weighted, + l2/2 |phi|^2."""
-    def loss(phi):
-        value, grad, hess = 0.5 * l2 * phi @ phi, l2 * phi, l2 * np.eye(len(phi))
-        for x, y, w in groups:
-            z = x @ phi
-            e = np.exp(z - z.max())
-            p = e / e.sum()
-            mean = x.T @ p
-            value += w * (z.max() + np.log(e.sum()) - z[y].mean())
-            grad += w * (mean - x[y].mean(axis=0))
-            hess += w * ((x.T * p) @ x - np.outer(mean, mean))
-        return value, grad, hess
-    return loss
-
-
-def ranking_direction(per_set: dict[str, list], l2: float = RANKING_L2) -> np.ndarray:
-    """Non-negative weights of :data:`SCORES` that rank each query's true match first: McFadden's
-    conditional logit over the query's re-ranked candidates (a ranking objective, not a per-pair one)."""
-    n = len(SCORES)
-    faces = [np.eye(n)[:, list(c)] for k in range(1, n + 1) for c in itertools.combinations(range(n), k)]
-    return minimise_on_faces(conditional_logit(query_groups(per_set), l2), faces, np.arange(n))
-
-
-def logistic(a: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float):
-    """Loss of phi = (bias, weights): the weighted logistic loss of design ``a`` (a column of ones
-    first) + l2/2 |weights|^2."""
-    reg = np.diag([0.0] + [l2] * (a.shape[1] - 1))  # the bias is not shrunk
-
-    def loss(phi):
-        z = a @ phi
-        p = 0.5 * (1.0 + np.tanh(0.5 * z))
-        value = np.sum(w * (np.logaddexp(0.0, z) - y * z)) + 0.5 * phi @ reg @ phi
-        return value, a.T @ (w * (p - y)) + reg @ phi, (a * (w * p * (1 - p))[:, None]).T @ a + reg
-    return loss
-
-
-def calibration_faces(direction: np.ndarray) -> list[np.ndarray]:
-    """Faces of (bias, weights in FUSED_FEATURES order) that rank by ``direction``: each score's
-    absolute and gap weights are >= 0 and sum to lambda * its direction weight; per score the gap
-    weight is 0, the absolute weight is 0, or both are free (theta = bias, lambda, the free shifts)."""
-    faces = []
-    for states in itertools.product(("absolute", "gap", "both"), repeat=len(SCORES)):
-        t = np.zeros((1 + len(FEATURES), 2 + states.count("both")))
-        t[0, 0], column = 1.0, 2
-        for k, state in enumerate(states):
-            absolute, gap = 1 + ABSOLUTE[k], 1 + GAP[k]
-            t[gap if state == "gap" else absolute, 1] = direction[k]
-            if state == "both":  # weight moved from the absolute score to its gap
-                t[absolute, column], t[gap, column] = -1.0, 1.0
-                column += 1
-        faces.append(t)
-    return faces
-
-
-def fit(per_set: dict[str, list]) -> dict:
-    """The ranking direction (:func:`ranking_direction`), then P(same place) calibrated on every
-    re-ranked candidate (logistic loss, :func:`equal_per_set`) with that ranking kept."""
-    direction = ranking_direction(per_set)
-    tables = [candidate_table(records) for records in per_set.values()]
-    a = np.hstack([np.ones((sum(len(y) for _, y in tables), 1)), np.concatenate([x for x, _ in tables])])
-    loss = logistic(a, np.concatenate([y for _, y in tables]), equal_per_set([len(y) for _, y in tables]),
-                    CALIBRATION_L2)
-    phi = minimise_on_faces(loss, calibration_faces(direction), np.arange(1, a.shape[1]))
-    return {"bias": round(float(phi[0]), 4), **{f: round(float(b), 4) for f, b in zip(FEATURES, phi[1:])}}
-
-
 def write_presets(model: dict, threshold: float) -> None:
     """Replace the ``fusion_model:`` and ``score_threshold:`` lines of the three presets."""
     for name in ("performance", "speed", "storage"):
@@ -278,6 +150,16 @@ def write_presets(model: dict, threshold: float) -> None:
         path.write_text(text)
 
 
+def acceptance_table(records, model) -> dict:
+    """Recall at 100 % precision and PR AUC of the proposals (each query's fused top-1) accepted by
+    the fused score and by each of its inputs alone."""
+    x, correct, n = fusion_fit.proposal_table(records, rank_weights(model))
+    scores = {"fused": ev.top1_scores(records, model)[0], **{name: x[:, k] for k, name in enumerate(fusion_fit.SCORES)}}
+    return {name: dict(zip(("recall_at_100_precision", "auc"),
+                           (round(v, 4) for v in fusion_fit.acceptance_metrics(s, correct, n))))
+            for name, s in scores.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
@@ -286,20 +168,20 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="store the coefficients and threshold in config/*.yaml")
     args = parser.parse_args()
     per_set = {name: run_set(name, Path(args.cache), args.refresh) for name in args.sets}
-    model = fit(per_set)
+    model = fusion_fit.fit(per_set)
     table = {}
     for name, records in per_set.items():
-        held_out = fit({k: v for k, v in per_set.items() if k != name}) if len(per_set) > 1 else model
+        held_out = fusion_fit.fit({k: v for k, v in per_set.items() if k != name}) if len(per_set) > 1 else model
         row = {rank: ev.recall_at(records, rank, model, ks=(1,))["1"] for rank in ev.RANKINGS}
         row["fused_leave_one_set_out"] = ev.recall_at(records, "fused", held_out, ks=(1,))["1"]
         row["n_queries_with_match"] = sum(bool(r.positives) for r in records)
         table[name] = row
+    threshold, _ = fusion_fit.threshold_at_precision(per_set, model, 0.99)
     pooled = [r for records in per_set.values() for r in records]
     loop = ev.precision_recall(*ev.top1_scores(pooled, model))
-    threshold = loop["threshold_at_99_precision"]
-    if threshold is not None:  # rounded down: it still accepts the top-1s it was chosen for
-        threshold = math.floor(threshold * 1000) / 1000
-    print(json.dumps({"model": model, "recall_at_1": table, "threshold_at_99_precision": threshold,
+    print(json.dumps({"model": model, "recall_at_1": table,
+                      "acceptance": {name: acceptance_table(records, model) for name, records in per_set.items()},
+                      "threshold_at_99_precision": threshold,
                       "pooled_auc": round(loop["auc"], 4), "pooled_recall_at_100_precision": loop["recall_at_100_precision"],
                       "cache": args.cache}, indent=1))
     if args.write:

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import load_benchmark
 from vlad_localization import evaluation as ev
 from vlad_localization.choices import FUSED_FEATURES
 from vlad_localization.cli.main import main
@@ -117,26 +116,39 @@ def test_fused_order_is_what_the_pipeline_ranks_by(set_records):
             assert np.all(np.diff(p[[list(r.map_ids[:len(p)]).index(i) for i in order]]) <= 0)
 
 
-@pytest.fixture(scope="module")
-def fit_fusion():
-    return load_benchmark("fit_fusion")
+def test_fusion_fit_refitted_on_these_records(set_records):
+    """The fit on this session's records: the ranking weights are the constrained optimum of the
+    conditional logit (KKT), the fitted model ranks by them, every weight is >= 0, the refitted fused
+    ranking is never below the best single ranking on the pair sets, and its acceptance score orders
+    each set's proposals at least as well as each of its inputs alone."""
+    from vlad_localization import fusion_fit
+    from vlad_localization.matching.fusion import rank_weights
 
-
-def test_fit_fusion_refitted_on_these_records(set_records, fit_fusion):
-    """The two-step fit on this session's records: the ranking weights are the constrained optimum of
-    the conditional logit (KKT), the fitted model ranks by them, every weight is >= 0, and the refitted
-    fused ranking is never below the best single ranking on the pair sets."""
     records, _ = set_records
-    direction = fit_fusion.ranking_direction(records)
-    _, grad, _ = fit_fusion.conditional_logit(fit_fusion.query_groups(records), fit_fusion.RANKING_L2)(direction)
+    direction = fusion_fit.ranking_direction(records)
+    _, grad, _ = fusion_fit.conditional_logit(fusion_fit.query_groups(records), fusion_fit.RANKING_L2)(direction)
     assert direction.sum() > 0 and (direction >= 0).all()
     assert np.all(np.abs(grad[direction > 0]) < 1e-6) and np.all(grad[direction == 0] > -1e-6), (direction, grad)
-    model = fit_fusion.fit(records)
+    model = fusion_fit.fit(records)
     assert min(model[name] for name in FUSED_FEATURES) >= 0
-    names = fit_fusion.FEATURES
-    ranked = np.array([model[names[a]] + model[names[g]] for a, g in zip(fit_fusion.ABSOLUTE, fit_fusion.GAP)])
+    ranked = rank_weights(model)
     np.testing.assert_allclose(ranked / ranked.sum(), direction / direction.sum(), atol=1e-3)
     assert_fused_never_below_a_single_ranking(records, model)
+    assert_acceptance_never_below_an_input(records, model)
+
+
+def assert_acceptance_never_below_an_input(records: dict, model) -> None:
+    """Per set, recall at 100 % precision and PR AUC of the proposals (fused top-1) ordered by the
+    fused score >= those of ordering them by the global similarity, spatial or RANSAC score alone."""
+    from vlad_localization import fusion_fit
+    from vlad_localization.matching.fusion import rank_weights
+
+    for name, recs in records.items():
+        x, correct, n = fusion_fit.proposal_table(recs, rank_weights(model))
+        fused = fusion_fit.acceptance_metrics(ev.top1_scores(recs, model)[0], correct, n)
+        for k, score in enumerate(fusion_fit.SCORES):
+            alone = fusion_fit.acceptance_metrics(x[:, k], correct, n)
+            assert fused[0] >= alone[0] - 1e-9 and fused[1] >= alone[1] - 1e-9, (name, score, fused, alone)
 
 
 # ----------------------------------------------------------------------------- the precision-recall curve

@@ -32,9 +32,15 @@ MAX_SCALE_ERROR = 0.08
 
 
 def ground_truth(euroc, query: int, match: int) -> np.ndarray:
-    """T_query_match (4x4) of the left cameras: world_T_body (gt_poses_from_test.txt, w x y z quaternion
-    order) times body_T_camera (T_BS of sensorLeft.yaml)."""
+    """T_query_match (4x4) of the left cameras: world_T_body (:func:`vicon_poses`) times body_T_camera
+    (T_BS of sensorLeft.yaml)."""
     body_T_cam = load_euroc_sensor(euroc / "sensorLeft.yaml").body_T_sensor
+    poses = {i: world_T_body @ body_T_cam for i, (_, world_T_body) in vicon_poses(euroc).items()}
+    return np.linalg.inv(poses[query]) @ poses[match]
+
+
+def vicon_poses(euroc) -> dict[int, tuple[int, np.ndarray]]:
+    """{image index: (EuRoC stamp ns, world_T_body 4x4)} of gt_poses_from_test.txt (w x y z quaternion order)."""
     poses = {}
     for line in (euroc / "gt_poses_from_test.txt").read_text().splitlines():
         if line.startswith("#") or not line.strip():
@@ -49,8 +55,8 @@ def ground_truth(euroc, query: int, match: int) -> np.ndarray:
             [2 * (qx * qy + qz * qw), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qx * qw)],
             [2 * (qx * qz - qy * qw), 2 * (qy * qz + qx * qw), 1 - 2 * (qx * qx + qy * qy)]]
         world_T_body[:3, 3] = x, y, z
-        poses[int(fields[0][-1])] = world_T_body @ body_T_cam
-    return np.linalg.inv(poses[query]) @ poses[match]
+        poses[int(fields[0][-1])] = (int(fields[2]), world_T_body)
+    return poses
 
 
 CHI2_6DOF_999 = 22.46  # 99.9 % quantile of chi-square with 6 degrees of freedom

@@ -143,13 +143,26 @@ class LoopClosureConfig:
     min_travel_m: float = 0.0  # ... and (with poses) closer along the trajectory; 0 disables
     max_keyframes: int = 5000  # this run's store (~1 MB a keyframe at the speed preset, 640x480); then `eviction`
     eviction: str = "oldest"  # oldest | refuse
+    # temporal consistency (loop_closure.LoopClosureRule): a closure needs this many consecutive frames whose
+    # confident proposals agree (1 = each frame on its own); agreeing matches advance by at most the window
+    consistency: int = 1
+    consistency_window_s: float = 10.0
+    consistency_window_m: float = 0.0  # > 0: with keyframe positions, agreeing matches lie within this many metres
+    # sequence scoring (vlad_localization.sequence): candidates ranked by the mean similarity of the last
+    # sequence_length frames along the candidate's run (best of sequence_speeds), 0 = off
+    sequence_length: int = 0
+    sequence_speeds: list[float] = field(default_factory=lambda: [0.5, 0.7, 1.0, 1.4, 2.0])
 
     def validate(self) -> None:
         _one_of("loop_closure.mode", self.mode, MODES)
         _one_of("loop_closure.eviction", self.eviction, EVICTIONS)
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"loop_closure.score_threshold must be in [0, 1], got {self.score_threshold!r}")
-        _at_least("loop_closure", self, min_time_gap_s=0.0, min_travel_m=0.0, max_keyframes=1)
+        _at_least("loop_closure", self, min_time_gap_s=0.0, min_travel_m=0.0, max_keyframes=1, consistency=1,
+                  consistency_window_s=0.0, consistency_window_m=0.0, sequence_length=0)
+        if not self.sequence_speeds or not all(math.isfinite(v) and v > 0 for v in self.sequence_speeds):
+            raise ConfigError(f"loop_closure.sequence_speeds must be a non-empty list of speeds > 0 (relative to "
+                              f"the matched run), got {self.sequence_speeds!r}")
 
     @property
     def searches_map(self) -> bool:
@@ -186,9 +199,18 @@ class VerificationConfig:
     # deviations; translation in metres, or unit-vector units for a monocular direction: 0.1 ~ 6 deg)
     covariance_floor_rotation_deg: float = 1.0
     covariance_floor_translation: float = 0.1
+    # the robot's pose in the map (verification.map_pose): each camera's optical frame in the robot's
+    # base frame, [x, y, z, qx, qy, qz, qw] per camera index, flattened; empty: identity for every camera
+    camera_to_base: list[float] = field(default_factory=list)
+    # a monocular edge has no scale: its map pose puts the query camera at the keyframe camera, with
+    # this bound on their distance (m) as the position's standard deviation on each axis
+    monocular_baseline_m: float = 2.0
 
     def validate(self) -> None:
         _one_of("verification.refine", self.refine, REFINEMENTS)
+        problem = extrinsics_problem(self.camera_to_base)
+        if problem:
+            raise ConfigError(f"verification.camera_to_base {problem}")
         if self.intrinsics is not None:
             if len(self.intrinsics) not in (4, 8):
                 raise ConfigError("verification.intrinsics must be [fx, fy, cx, cy] or [fx, fy, cx, cy, k1, k2, "
@@ -198,7 +220,7 @@ class VerificationConfig:
         if not 0.0 < self.ransac_confidence < 1.0:
             raise ConfigError(f"verification.ransac_confidence must be in (0, 1), got {self.ransac_confidence!r}")
         for name in ("ransac_threshold_px", "pnp_threshold_px", "homography_threshold_px", "min_parallax_px",
-                     "refine_window", "depth_scale", "max_depth_m"):
+                     "refine_window", "depth_scale", "max_depth_m", "monocular_baseline_m"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"verification.{name} must be > 0, got {getattr(self, name)!r}")
         _at_least("verification", self, min_inliers=5, pnp_iterations=1, min_parallax_fraction=0.0,
@@ -227,6 +249,20 @@ class Config:
         self.loop_closure.validate()
         self.verification.validate()
         return self
+
+
+def extrinsics_problem(values) -> str | None:
+    """Why ``verification.camera_to_base`` is not a list of extrinsics (None when it is)."""
+    values = list(values or ())
+    if len(values) % 7:
+        return f"needs 7 numbers [x, y, z, qx, qy, qz, qw] per camera, got {len(values)}"
+    if not all(math.isfinite(v) for v in values):
+        return "has a NaN or infinite value"
+    for i in range(0, len(values), 7):
+        norm = math.sqrt(sum(v * v for v in values[i + 3:i + 7]))
+        if abs(norm - 1.0) > 1e-2:
+            return f"camera {i // 7}: the quaternion (qx, qy, qz, qw) has norm {norm:.4f}, not 1"
+    return None
 
 
 def _one_of(key: str, value: Any, table: Mapping[str, str]) -> None:

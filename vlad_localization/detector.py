@@ -23,7 +23,11 @@ keyframes are verified with the view it stores, or from the patch keypoints alon
 The run's search never returns keyframes taken less than ``loop_closure.min_time_gap_s`` before
 the query, nor, when poses are known, less than ``loop_closure.min_travel_m`` back along the
 trajectory, so the robot never closes a loop with what it just saw. The query runs before the
-frame is inserted. The loop closure itself is :func:`vlad_localization.loop_closure.select_loop_closure`.
+frame is inserted. Which candidate becomes a loop closure (the proposal, its score against
+``score_threshold``, temporal consistency over ``loop_closure.consistency`` frames) is
+:class:`vlad_localization.loop_closure.LoopClosureRule`; each frame's :class:`Decision` says what
+it made of the frame. With ``loop_closure.sequence_length`` L > 0 the candidates are first ranked
+by their sequence similarity over the camera's last L frames (:mod:`vlad_localization.sequence`).
 """
 from __future__ import annotations
 
@@ -38,12 +42,13 @@ import numpy as np
 
 from vlad_localization.config import Config
 from vlad_localization.images.frames import NS_PER_S, Pose
-from vlad_localization.loop_closure import LoopClosure, select_loop_closure
+from vlad_localization.loop_closure import Decision, LoopClosure, LoopClosureRule
 from vlad_localization.mapdb import KeyframeSelector, LiveMap, MapError
 from vlad_localization.mapdb.metadata import Keyframe, encode_thumbnail
 from vlad_localization.mapdb.patch_store import PATCH_DTYPE
 from vlad_localization.mapdb.views import KeyframeView
-from vlad_localization.pipeline import Candidate, Localizer, QueryResult
+from vlad_localization.pipeline import RUN, Candidate, Localizer, QueryResult
+from vlad_localization.sequence import QueryHistory, RunTimeline, sequence_scores
 from vlad_localization.verification.depth_sources import FrameDepth
 
 # One candidate's fields in every serialisation (replay and query JSON, the node's ~/candidates
@@ -67,6 +72,7 @@ def candidate_record(c: Candidate) -> dict[str, Any]:
         "source": int(c.source),
         "fused_score": _finite_or_none(c.fused_score),
         "file": c.file,
+        "sequence_similarity": _finite_or_none(c.sequence_similarity),
     }
 
 
@@ -89,6 +95,7 @@ class FrameResult:
     timings: dict[str, float]
     query: QueryResult | None = field(default=None, repr=False)
     relative_pose: Any = None  # verification.RelativePose of the loop closure (when verification is enabled)
+    decision: Decision = field(default_factory=lambda: Decision("no_candidate"))
 
     def match_thumbnail(self):
         """The best candidate's thumbnail (RGB) from the map that was queried (even if
@@ -120,8 +127,11 @@ class FrameResult:
             "loop_closure_match": None if closure is None else {
                 "map_id": int(closure.candidate.map_id), "source": int(closure.candidate.source),
                 "rank": closure.rank, "score": float(closure.candidate.score)},
+            "decision": self.decision.to_json(),
             "keyframe": self.keyframe,
             "relative_pose": None if self.relative_pose is None else self.relative_pose.to_json(),
+            "map_pose": None if getattr(self.relative_pose, "map_pose", None) is None
+            else self.relative_pose.map_pose.to_json(),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
@@ -134,6 +144,7 @@ class LoopClosureDetector:
 
     def __init__(self, localizer: Localizer, config: Config):
         self.localizer = localizer
+        self.rule = LoopClosureRule.from_config(config.loop_closure)
         self.config = config
         lc = config.loop_closure
         if lc.searches_map and localizer.map is None:
@@ -147,6 +158,9 @@ class LoopClosureDetector:
         self._selectors: dict[int, KeyframeSelector] = {}
         self._travel: dict[int, tuple[float, tuple[float, float, float]]] = {}  # camera -> (metres, last position)
         self.refused = 0  # keyframes not inserted because the store was full (eviction "refuse")
+        self._history = QueryHistory(lc.sequence_length) if lc.sequence_length > 0 else None
+        self._run_timeline = RunTimeline()  # this run's keyframes in time order, per camera
+        self._map_timeline: tuple[object, RunTimeline] | None = None  # (the prebuilt map it describes, its runs)
 
     @classmethod
     def from_config(cls, config: Config, checkpoint: str | Path, map_path: str | Path | None = None,
@@ -170,6 +184,18 @@ class LoopClosureDetector:
             raise
 
     # ------------------------------------------------------------------ state
+    @property
+    def config(self) -> Config:
+        """The configuration; setting it (the node's per-frame parameters) updates the localizer's
+        and the acceptance rule's settings too, so they never drift apart."""
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        self._config = config
+        self.localizer.config = config
+        self.rule.configure(config.loop_closure)
+
     @property
     def run_map(self) -> LiveMap | None:
         return self.localizer.run_map
@@ -224,9 +250,18 @@ class LoopClosureDetector:
         t1 = time.perf_counter()
         travel = self._travelled(camera, pose)
         max_travel = travel - lc.min_travel_m if travel is not None and lc.min_travel_m > 0 else None
-        result = self.localizer.query(desc, max_stamp_ns=stamp_ns - round(lc.min_time_gap_s * NS_PER_S),
-                                      max_travel_m=max_travel)
-        closure = select_loop_closure(stamp_ns, result.candidates, lc.score_threshold, lc.min_time_gap_s)
+        max_stamp = stamp_ns - round(lc.min_time_gap_s * NS_PER_S)
+        rescore, sequence_ms = None, [0.0]
+        if self._history is not None:
+            self._history.push(camera, stamp_ns, desc.global_desc.detach().float().cpu().numpy()[0])
+
+            def rescore(cands):
+                start = time.perf_counter()
+                self._sequence_rescore(cands, camera, max_stamp)
+                sequence_ms[0] = (time.perf_counter() - start) * 1e3
+        result = self.localizer.query(desc, max_stamp_ns=max_stamp, max_travel_m=max_travel, rescore=rescore)
+        t_rule = time.perf_counter()
+        closure, decision = self.rule.decide(stamp_ns, result.candidates, camera)
         t2 = time.perf_counter()
         camera_model = self._camera_model(camera_model)
         frame_depth = FrameDepth(depth)
@@ -234,14 +269,55 @@ class LoopClosureDetector:
         if closure is not None and camera_model is not None:
             vcfg = cfg.verification
             relative_pose = self.localizer.verify(result, closure.candidate, image, camera_model,
-                                                  frame_depth.at(vcfg.depth_scale, vcfg.max_depth_m))
+                                                  frame_depth.at(vcfg.depth_scale, vcfg.max_depth_m), camera)
         t3 = time.perf_counter()
         keyframe = self._insert(stamp_ns, image, pose, camera, desc, travel, camera_model, frame_depth) \
             if lc.searches_run else None
-        timings = dict(result.timings, encode_ms=(t1 - t0) * 1e3, verify_ms=(t3 - t2) * 1e3,
+        timings = dict(result.timings, encode_ms=(t1 - t0) * 1e3, sequence_ms=sequence_ms[0],
+                       decide_ms=(t2 - t_rule) * 1e3, verify_ms=(t3 - t2) * 1e3,
                        insert_ms=(time.perf_counter() - t3) * 1e3, total_ms=(time.perf_counter() - t0) * 1e3)
         result.query_rgb_size = tuple(np.asarray(image).shape[:2])
-        return FrameResult(stamp_ns, camera, result.candidates, closure, keyframe, timings, result, relative_pose)
+        return FrameResult(stamp_ns, camera, result.candidates, closure, keyframe, timings, result, relative_pose,
+                           decision)
+
+    def _sequence_rescore(self, cands: list[Candidate], camera: int, max_stamp_ns: int) -> None:
+        """Set each candidate's ``sequence_similarity`` from the camera's last frames
+        (:func:`~vlad_localization.sequence.sequence_scores`; a candidate outside any run keeps its
+        global similarity as its single term)."""
+        ages, history = self._history.frames(camera)
+        speeds = self.config.loop_closure.sequence_speeds
+        by_group: dict[tuple, list[tuple[Candidate, int]]] = {}
+        for c in cands:
+            timeline, _ = self._timeline(c.source)
+            where = timeline.locate(c.map_id) if c.stamp_ns is not None else None
+            if where is None:
+                c.sequence_similarity = c.global_similarity
+            else:
+                by_group.setdefault((c.source, where[0]), []).append((c, where[1]))
+        for (source, group), members in by_group.items():
+            timeline, store = self._timeline(source)
+            stamps, ids = timeline.group(group)
+            usable = (stamps <= max_stamp_ns) & (ids >= self._run_timeline.first_id) if source == RUN else None
+
+            def similarity(rows, cols, ids=ids, store=store):
+                unique, inverse = np.unique(ids[cols], return_inverse=True)
+                vectors = store.descriptors(unique)
+                return np.einsum("nd,nd->n", history[rows], vectors[inverse])
+
+            scores, _ = sequence_scores(similarity, np.array([pos for _, pos in members]), stamps, ages, speeds,
+                                        usable)
+            for (c, _), value in zip(members, scores):
+                c.sequence_similarity = float(value)
+
+    def _timeline(self, source: int) -> tuple[RunTimeline, Any]:
+        """(the runs of a store in time order, the store) for ``source``; the prebuilt map's is read
+        once per map (again after a reload)."""
+        if source == RUN:
+            return self._run_timeline, self.run_map
+        db = self.map
+        if self._map_timeline is None or self._map_timeline[0] is not db:
+            self._map_timeline = (db, RunTimeline.of(db.all_keyframes()))
+        return self._map_timeline[1], db
 
     def _camera_model(self, given):
         """The camera model verification uses, or None when verification is off or has none."""
@@ -289,6 +365,10 @@ class LoopClosureDetector:
                                   keyframe, thumb, grid=desc.grid, image_size=desc.image_size, view=view)
         if new_id is None:
             self.refused += 1
+        else:
+            self._run_timeline.add(new_id, stamp_ns, (0, keyframe.frame_id))
+            if self.run_map.evicted:
+                self._run_timeline.forget_before(int(self.run_map.live_ids()[0]))
         return new_id
 
 

@@ -18,6 +18,7 @@ a true match in the map (queries without one only add false positives).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from vlad_localization.matching.fusion import descending_order, fused_features, fused_probability
+from vlad_localization.matching.fusion import descending_order, fused_scores
 
 RANKINGS = ("global", "spatial", "ransac", "fused")
 RECALL_AT = (1, 5, 10, 20)
@@ -99,7 +100,7 @@ class QueryRecord:
 
     def probability(self, model: Mapping[str, float]) -> np.ndarray:
         n = len(self.spatial)
-        return fused_probability(fused_features(self.global_similarity[:n], self.spatial, self.ransac), model)
+        return fused_scores(self.global_similarity[:n], self.spatial, self.ransac, model)
 
     def ranking(self, name: str, model: Mapping[str, float] | None = None) -> np.ndarray:
         """Map ids in the order of ranking ``name`` (one of :data:`RANKINGS`)."""
@@ -179,20 +180,22 @@ def top1_scores(records: Sequence[QueryRecord], model) -> tuple[np.ndarray, np.n
 
 
 def precision_recall(scores: np.ndarray, correct: np.ndarray, num_positive: int) -> dict:
-    """The accept-threshold curve (accept when score >= threshold) and what a user picks from it.
-
-    ``curve``: [threshold, precision, recall] for every distinct score, thresholds ascending (recall
-    never increases with the threshold); precision is 1 where nothing is accepted. ``auc``: area
-    under precision(recall), step-wise from recall 0 (precision 1), in [0, 1]. Thresholds are null
-    where no threshold reaches the precision (``recall_at_100_precision`` then 0).
-    """
-    thresholds = np.unique(scores)
+    """The accept-threshold curve of single-frame acceptance (accept when score >= threshold) and
+    what a user picks from it (:func:`curve_summary`)."""
     curve = []
-    for t in thresholds:
+    for t in np.unique(scores):
         accepted = scores >= t
         tp = int(np.sum(accepted & correct))
         n = int(np.sum(accepted))
         curve.append([float(t), tp / n if n else 1.0, tp / num_positive if num_positive else 0.0])
+    return curve_summary(curve)
+
+
+def curve_summary(curve: list[list[float]]) -> dict:
+    """``curve``: [threshold, precision, recall] rows, thresholds ascending (recall never increases
+    with the threshold; precision 1 where nothing is accepted). ``auc``: area under precision(recall),
+    step-wise from recall 0 (precision 1), in [0, 1]. Thresholds are null where no threshold reaches
+    the precision (``recall_at_100_precision`` then 0)."""
     auc, last_recall = 0.0, 0.0
     for _, precision, recall in sorted(curve, key=lambda row: (row[2], -row[0])):
         auc += (recall - last_recall) * precision
@@ -211,16 +214,125 @@ def precision_recall(scores: np.ndarray, correct: np.ndarray, num_positive: int)
             "threshold_at_100_precision": t100, "threshold_at_99_precision": t99, "curve": curve}
 
 
-def summarize(records: Sequence[QueryRecord], model: Mapping[str, float]) -> dict:
-    """The stable JSON report (keys listed in ``vlad-localization evaluate --help``)."""
-    scores, correct, num_positive = top1_scores(records, model)
+# ----------------------------------------------------------------------------- loop closures along a run
+# What a proposal's acceptance can be scored with: the rule's own score (fused, or the patch score),
+# and each of its inputs alone (sequence_similarity: with sequence scoring on)
+ACCEPTANCE_SCORES = ("score", "global_similarity", "spatial", "ransac", "sequence_similarity")
+
+
+@dataclass
+class FrameProposals:
+    """One processed frame of a run: its stamp, camera, final candidates (``pipeline.Candidate``) and
+    the keyframes that show its place, as ``(source, map_id)`` (empty: no true match exists)."""
+
+    stamp_ns: int
+    camera: int
+    candidates: list
+    positives: set[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class _Scored:  # a proposal scored by one acceptance score, as the rule reads it
+    stamp_ns: int
+    source: int
+    frame_id: str
+    pose: object
+    score: float
+
+
+def acceptance_value(candidate, name: str) -> float:
+    """``candidate``'s acceptance score ``name`` (:data:`ACCEPTANCE_SCORES`)."""
+    if name == "score":
+        return float(candidate.score)
+    if name in ("global_similarity", "sequence_similarity"):
+        return float(getattr(candidate, name))
+    return float(candidate.evidence.get(name, np.nan))
+
+
+def closure_curve(frames: Sequence[FrameProposals], rule_settings: Mapping, score: str = "score") -> dict:
+    """The PR curve of what :class:`~vlad_localization.loop_closure.LoopClosureRule` accepts along a
+    run, over every threshold, with the proposals scored by ``score`` (:data:`ACCEPTANCE_SCORES`):
+    :func:`curve_summary` plus ``accepted_right`` (frames whose accepted closure is right, over the
+    frames with a true match) at the lowest threshold. ``rule_settings``: the rule's other
+    arguments (min_time_gap_s, consistency, consistency_window_s, consistency_window_m)."""
+    from vlad_localization.loop_closure import LoopClosureRule, proposal_of
+
+    gap = float(rule_settings.get("min_time_gap_s", 0.0))
+    proposals = []
+    for f in frames:
+        found = proposal_of(f.stamp_ns, f.candidates, gap)
+        if found is None:
+            proposals.append((f, None, False))
+            continue
+        c = found[1]
+        value = acceptance_value(c, score)
+        proposals.append((f, _Scored(c.stamp_ns, c.source, c.frame_id, c.pose, value),
+                          (c.source, c.map_id) in f.positives))
+    num_positive = sum(bool(f.positives) for f in frames)
+    values = sorted({p.score for _, p, _ in proposals if p is not None and np.isfinite(p.score)})
+    curve = []
+    for t in values:
+        rule = LoopClosureRule(t, gap, **{k: v for k, v in rule_settings.items() if k != "min_time_gap_s"})
+        tp = n = 0
+        for f, p, right in proposals:
+            closure, _ = rule.decide(f.stamp_ns, [] if p is None else [p], f.camera)
+            if closure is not None:
+                n += 1
+                tp += right
+        curve.append([float(t), tp / n if n else 1.0, tp / num_positive if num_positive else 0.0])
+    summary = curve_summary(curve)
+    summary["accepted_right"] = curve[0][2] if curve else 0.0
+    summary["n_frames"], summary["n_frames_with_match"] = len(frames), num_positive
+    return summary
+
+
+def proposals_along(records: Sequence[QueryRecord], model: Mapping[str, float], keyframes: Sequence
+                    ) -> list[FrameProposals]:
+    """The queries as one run in their order (query i at i s), each with its candidates in fused order
+    (``pipeline.Candidate`` with the map ``keyframes``' stamps, frame ids and positions, the fused score;
+    the tail not re-ranked): what the node's acceptance rule sees in ``localize`` mode."""
+    from vlad_localization.images.frames import NS_PER_S, Pose
+    from vlad_localization.pipeline import PREBUILT, Candidate
+
+    frames = []
+    for i, r in enumerate(records):
+        p = r.probability(model)
+        order = list(descending_order(p)) + list(range(len(p), len(r.map_ids)))
+        cands = []
+        for j in order:
+            kf = keyframes[int(r.map_ids[j])]
+            pose = None if kf.position is None else Pose(tuple(kf.position))
+            cands.append(Candidate(kf.id, kf.stamp_ns, kf.frame_id, kf.source, pose, float(r.global_similarity[j]),
+                                   fused_score=float(p[j]) if j < len(p) else math.nan, run=kf.run))
+        frames.append(FrameProposals(i * NS_PER_S, 0, cands, {(PREBUILT, m) for m in r.positives}))
+    return frames
+
+
+def loop_closure_report(records: Sequence[QueryRecord], model: Mapping[str, float], lc=None, keyframes=None) -> dict:
+    """The accept-threshold curve of the node's rule (``lc``: a ``LoopClosureConfig``): with
+    ``consistency`` 1 every query's fused top-1 on its own (:func:`precision_recall`); above, the
+    queries as one run through :class:`~vlad_localization.loop_closure.LoopClosureRule`
+    (:func:`closure_curve`; no time gap: the map is another run)."""
+    if lc is None or lc.consistency <= 1:
+        return precision_recall(*top1_scores(records, model))
+    settings = {"min_time_gap_s": 0.0, "consistency": lc.consistency, "consistency_window_s": lc.consistency_window_s,
+                "consistency_window_m": lc.consistency_window_m}
+    summary = closure_curve(proposals_along(records, model, keyframes), settings)
+    return {key: summary[key] for key in ("auc", "recall_at_100_precision", "threshold_at_100_precision",
+                                          "threshold_at_99_precision", "curve")}
+
+
+def summarize(records: Sequence[QueryRecord], model: Mapping[str, float], lc=None, keyframes=None) -> dict:
+    """The stable JSON report (keys listed in ``vlad-localization evaluate --help``); ``lc`` and the
+    map's ``keyframes``: see :func:`loop_closure_report`."""
+    num_positive = sum(bool(r.positives) for r in records)
     timing = {key: float(np.median([r.timings_ms[key] for r in records])) if records else float("nan")
               for key in ("encode", "search", "rerank")}
     return {
         "n_queries": len(records),
         "n_queries_with_match": num_positive,
         "rankings": {name: {"recall": recall_at(records, name, model)} for name in RANKINGS},
-        "loop_closure": precision_recall(scores, correct, num_positive),
+        "loop_closure": loop_closure_report(records, model, lc, keyframes),
         "timing_ms": {**timing, "statistic": "median per query"},
     }
 
@@ -255,6 +367,7 @@ def records_from_json(rows: Sequence[dict]) -> list[QueryRecord]:
             for r in rows]
 
 
-__all__ = ["RANKINGS", "RECALL_AT", "QueryRecord", "evaluate_queries", "evaluation_config", "precision_recall",
+__all__ = ["ACCEPTANCE_SCORES", "RANKINGS", "RECALL_AT", "FrameProposals", "QueryRecord", "acceptance_value",
+           "closure_curve", "curve_summary", "loop_closure_report", "proposals_along", "evaluate_queries", "evaluation_config", "precision_recall",
            "records_from_json", "records_to_json", "recall_at", "summarize", "top1_scores", "truth_same_index",
            "truth_same_name", "truth_vpr_bench", "truth_within_radius", "worst_failures"]

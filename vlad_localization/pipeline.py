@@ -17,7 +17,9 @@ Keypoints are (x, y) pixels of the *network input* (``QueryResult.network_size``
 
 :meth:`Localizer.verify` turns a re-ranked candidate into a relative pose
 (:mod:`vlad_localization.verification`) with the keyframe's stored view (camera model, image,
-depth) when its map has one, else from the patch keypoints alone.
+depth) when its map has one, else from the patch keypoints alone; against a prebuilt map keyframe
+with a pose, the pose carries the robot's pose in the map (``map_pose``,
+:mod:`vlad_localization.verification.map_pose`).
 """
 from __future__ import annotations
 
@@ -57,10 +59,20 @@ class Candidate:
     map_keypoints: np.ndarray | None = None
     source: int = PREBUILT  # which map: PREBUILT (0) or RUN (1, this run's own keyframes)
     matches: tuple | None = None  # (patch sizes, Correspondences per size) of the re-ranking, for verification
+    run: int = 0  # the keyframe's run in its map (with frame_id: the sequence it belongs to)
+    sequence_similarity: float = math.nan  # sequence scoring's S (vlad_localization.sequence); NaN when off
+    evidence: dict[str, float] = field(default_factory=dict)  # fused: each matcher's absolute score (spatial, ransac)
+    camera: int | None = None  # the camera index that took the keyframe, when its map records it (a saved run's)
 
     @property
     def reranked(self) -> bool:
         return not math.isnan(self.patch_score)
+
+    @property
+    def ranking_similarity(self) -> float:
+        """The global evidence the candidate is ranked and fused with: its sequence similarity when
+        sequence scoring computed one, else its global similarity."""
+        return self.global_similarity if math.isnan(self.sequence_similarity) else self.sequence_similarity
 
     @property
     def score(self) -> float:
@@ -149,10 +161,12 @@ class Localizer:
         return self.encoder.encode([image])
 
     def query(self, image_or_descriptors, k: int | None = None, max_stamp_ns: int | None = None,
-              max_travel_m: float | None = None) -> QueryResult:
+              max_travel_m: float | None = None, rescore=None) -> QueryResult:
         """Top-``k`` (default ``localizer.top_k``) keyframes for one image, best first, from the
         prebuilt map and the run's store; ``max_stamp_ns`` / ``max_travel_m`` restrict the run's
-        store to keyframes taken before that time / travelled distance (never its recent ones)."""
+        store to keyframes taken before that time / travelled distance (never its recent ones).
+        ``rescore(candidates)``, when given, sets their ``sequence_similarity`` before they are
+        ordered by :attr:`Candidate.ranking_similarity` and re-ranked (sequence scoring)."""
         db, run = self._map, self.run_map
         timings = {"encode_ms": 0.0, "search_ms": 0.0, "rerank_ms": 0.0}
         t0 = time.perf_counter()
@@ -180,6 +194,9 @@ class Localizer:
             for kf, sim in zip(store.keyframes(ids[0][keep]), sims[0][keep]):
                 cands.append(_candidate(kf, float(sim), source))
         cands = sorted(cands, key=lambda c: -c.global_similarity)[:k]  # stable: the prebuilt map first on ties
+        if rescore is not None and cands:
+            rescore(cands)
+            cands = sorted(cands, key=lambda c: -c.ranking_similarity)
         t2 = time.perf_counter()
         timings["search_ms"] = (t2 - t1) * 1e3
         network_size = tuple(desc.image_size)
@@ -188,11 +205,15 @@ class Localizer:
             timings["rerank_ms"] = (time.perf_counter() - t2) * 1e3
         return QueryResult(cands, timings, rgb_size, network_size, db, run)
 
-    def verify(self, result: QueryResult, candidate: Candidate, image: np.ndarray, camera, depth=None):
+    def verify(self, result: QueryResult, candidate: Candidate, image: np.ndarray, camera, depth=None,
+               camera_index: int = 0):
         """The relative pose of a re-ranked ``candidate`` of ``result`` (query ``image`` RGB of
         ``camera``, a ``verification.PinholeCamera``; ``depth`` the query's depth source, raw pixels
         -> metres, used when the keyframe has none): a
-        :class:`~vlad_localization.verification.RelativePose` or its rejection.
+        :class:`~vlad_localization.verification.RelativePose` or its rejection. A verified candidate of
+        the prebuilt map whose keyframe has a pose also gets ``map_pose``: the robot's pose in the map
+        (:func:`map_pose <vlad_localization.verification.map_pose.map_pose_of>`, with the
+        ``verification.camera_to_base`` extrinsic of ``camera_index`` and of the keyframe's camera).
 
         With the keyframe's stored view (format version 3 maps, this run's keyframes), its image
         (SIFT refinement, ``verification.refine``), camera model and depth (metric PnP); a keyframe
@@ -215,7 +236,22 @@ class Localizer:
         pose = verify_correspondences(*candidate.matches, result.network_size, query, match, vcfg,
                                       self.encoder.geometry.stride, refine=refine)
         pose.match_camera = "query" if stored is None else "map"
+        if candidate.source == PREBUILT:  # this run's keyframes have poses in this run's odometry frame
+            pose.map_pose = self.map_pose(pose, candidate, camera_index)
         return pose
+
+    def map_pose(self, pose, candidate: Candidate, camera_index: int = 0):
+        """The robot's pose in the map from a verified relative ``pose`` to ``candidate`` (None when
+        rejected or the keyframe has no pose); the keyframe's camera is ``candidate.camera`` when its
+        map records it, else the query's (one robot, one camera rig)."""
+        from vlad_localization.verification.map_pose import camera_to_base, map_pose_of
+
+        if pose is None or not pose.ok or candidate.pose is None:
+            return None
+        vcfg = self.config.verification
+        keyframe_camera = camera_index if candidate.camera is None else candidate.camera
+        return map_pose_of(pose, candidate.pose, camera_to_base(vcfg.camera_to_base, keyframe_camera),
+                           camera_to_base(vcfg.camera_to_base, camera_index), vcfg.monocular_baseline_m)
 
     def _rerank(self, stores: dict, desc: Descriptors, cands: list[Candidate]) -> list[Candidate]:
         n = min(len(cands), max(1, int(self.config.localizer.rerank_k)))
@@ -224,6 +260,7 @@ class Localizer:
         for i, c in enumerate(head):
             c.patch_score = float(res.fused[i])
             c.fused_score = math.nan if res.probability is None else float(res.probability[i])
+            c.evidence = {} if res.evidence is None else {name: float(v[i]) for name, v in res.evidence.items()}
             c.per_size = {int(p): float(res.per_size[i, s]) for s, p in enumerate(res.patch_sizes)}
             best = int(np.argmax(res.per_size[i]))
             c.inliers = int(res.inliers[i, best])
@@ -244,7 +281,7 @@ class Localizer:
         stored = _patches_of(stores, cands)
         cand_patches = {p: torch.from_numpy(a.astype(np.float32)).to(device) for p, a in stored.items()}
         query_patches = {p: t[0].float() for p, t in desc.patches.items()}
-        return matcher.score(query_patches, cand_patches, np.array([c.global_similarity for c in cands]))
+        return matcher.score(query_patches, cand_patches, np.array([c.ranking_similarity for c in cands]))
 
     def _matcher_for(self, db: MapDatabase):
         from vlad_localization.matching.matcher import PatchMatcher
@@ -287,7 +324,9 @@ def _candidate(kf: Keyframe, similarity: float, source: int = PREBUILT) -> Candi
     pose = None
     if kf.position is not None:
         pose = Pose(tuple(kf.position), tuple(kf.orientation) if kf.orientation else (0.0, 0.0, 0.0, 1.0))
-    return Candidate(kf.id, kf.stamp_ns, kf.frame_id, kf.source, pose, similarity, source=source)
+    camera = kf.extra.get("camera") if isinstance(kf.extra, dict) else None
+    return Candidate(kf.id, kf.stamp_ns, kf.frame_id, kf.source, pose, similarity, source=source, run=kf.run,
+                     camera=camera if isinstance(camera, int) else None)
 
 
 __all__ = ["PREBUILT", "RUN", "Candidate", "Localizer", "QueryResult", "scale_keypoints"]

@@ -24,6 +24,10 @@ CONFIG_FLAGS: Mapping[str, str] = {
     "min_gap": "loop_closure.min_time_gap_s",
     "min_travel": "loop_closure.min_travel_m",
     "max_keyframes": "loop_closure.max_keyframes",
+    "consistency": "loop_closure.consistency",
+    "consistency_window": "loop_closure.consistency_window_s",
+    "consistency_window_m": "loop_closure.consistency_window_m",
+    "sequence_length": "loop_closure.sequence_length",
     "verify": "verification.enabled",
     "intrinsics": "verification.intrinsics",
 }
@@ -36,6 +40,23 @@ def add_config_args(p: argparse.ArgumentParser, device: bool = True) -> None:
                         f"(default: {DEFAULT_CONFIG})")
     if device:
         p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the config's model.device)")
+
+
+def add_acceptance_args(g, sequence: bool = True) -> None:
+    """The loop-closure acceptance options (temporal consistency, sequence scoring) of replay and
+    evaluate, so both apply the node's rule (see ``vlad_localization.loop_closure``)."""
+    g.add_argument("--consistency", type=int, metavar="K",
+                   help="a loop closure needs K consecutive frames whose confident proposals agree (1 = each "
+                        "frame on its own)")
+    g.add_argument("--consistency-window", type=float, metavar="S",
+                   help="agreeing proposals: matched keyframes at most S seconds apart")
+    g.add_argument("--consistency-window-m", type=float, metavar="M",
+                   help="... or, with keyframe positions, at most M metres apart (0 = by time)")
+    if not sequence:
+        return
+    g.add_argument("--sequence-length", type=int, metavar="L",
+                   help="rank candidates by the mean similarity of the last L frames along each candidate's "
+                        "run (SeqSLAM; 0 = off)")
 
 
 def load_cli_config(args, extra: Mapping[str, Any] | None = None):

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vlad_localization.cli.common import add_config_args, load_cli_config, positive_int
+from vlad_localization.cli.common import add_acceptance_args, add_config_args, load_cli_config, positive_int
 from vlad_localization.cli.main import UserError
 
 EPILOG = """\
@@ -27,7 +27,9 @@ Ground truth (one of):
                     "threshold_at_99_precision", "curve": [[threshold, precision, recall], ...]},
    "timing_ms": {"encode", "search", "rerank", "statistic": "median per query"}}
   recall over the queries that have a true match; loop_closure: accept the fused top-1 when its
-  score >= threshold (precision = true / accepted, recall = true / queries with a match);
+  score >= threshold, and with --consistency K > 1 (or loop_closure.consistency in --config) when
+  the K queries up to it agree as the node requires (precision = true / accepted, recall = true /
+  queries with a match);
   thresholds are null where no threshold reaches that precision. Use threshold_at_99_precision
   as loop_closure.score_threshold.
 
@@ -62,6 +64,9 @@ def add_parser(sub) -> None:
     p.add_argument("--examples", type=positive_int, metavar="N",
                    help="OUT_examples.png beside --plot (else beside --json): the N worst failures "
                         "(query, wrong fused top-1, true match), most confident first")
+    g = p.add_argument_group("loop-closure acceptance (the node's rule; the queries are taken as one run in "
+                             "their order)")
+    add_acceptance_args(g, sequence=False)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -131,7 +136,7 @@ def run(args) -> int:
         truth = ground_truth(args, query_paths, keyframes)
         records = ev.evaluate_queries(loc, query_paths, truth, progress=not args.no_progress)
         model = cfg.matching.fusion_model
-        report = ev.summarize(records, model)
+        report = ev.summarize(records, model, cfg.loop_closure, keyframes)
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
         if args.plot:
             from vlad_localization.evaluation_plots import plot_report

@@ -29,6 +29,12 @@ EPILOG = """\
                        alone, the map stores no image) and match_camera (map: the keyframe's stored
                        camera model; query: none stored, the query's assumed); t is metric when the
                        map stores the keyframe's depth (build-map --depth)
+    map_pose           with --verify, the robot's pose in the map from a verified candidate whose
+                       keyframe has a pose (else null): position [x, y, z] (m), orientation
+                       [qx, qy, qz, qw], covariance (36, x y z and rotation about X Y Z, in the
+                       map frame), metric (false: monocular, the keyframe's position with the
+                       verification.monocular_baseline_m bound); the base frame of the map's poses,
+                       through verification.camera_to_base (README "The robot's pose in the map")
 
 Example:
   vlad-localization query --map maps/run1 --checkpoint model.pth.tar --config speed \\
@@ -71,7 +77,8 @@ def run(args) -> int:
             poses = [loc.verify(res, c, rgb, camera) if camera is not None and c.reranked else None
                      for c in res.candidates]
             if args.json:
-                records = [dict(candidate_record(c), **({"relative_pose": p.to_json()} if p is not None else {}))
+                records = [dict(candidate_record(c), **({} if p is None else {
+                    "relative_pose": p.to_json(), "map_pose": None if p.map_pose is None else p.map_pose.to_json()}))
                            for c, p in zip(res.candidates, poses)]
                 print(json.dumps({"query": str(path), "candidates": records}))
             else:
@@ -109,3 +116,8 @@ def _print_table(path, res, poses) -> None:
             kind = "metric" if pose.metric else "unit t"
             print(f"{'':>8}relative pose: {pose.status} ({pose.inliers} inliers, {kind}, refine {pose.refine}, "
                   f"{pose.match_camera} camera) t={[round(float(v), 3) for v in pose.translation]}")
+        if pose is not None and pose.map_pose is not None:
+            m = pose.map_pose
+            print(f"{'':>8}map pose ({'metric' if m.metric else 'monocular: the keyframe position'}): "
+                  f"position={[round(float(v), 3) for v in m.position]} (std {m.position_std():.3f} m) "
+                  f"orientation={[round(float(v), 4) for v in m.quaternion]} (std {m.rotation_std_deg():.2f} deg)")

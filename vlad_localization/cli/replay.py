@@ -4,13 +4,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from vlad_localization.choices import MODES, names
 from vlad_localization.cli.main import UserError
 from vlad_localization.cli.common import (
-    add_config_args, add_depth_arg, add_intrinsics_arg, add_source_args, load_cli_config, open_depth, open_frames,
+    add_acceptance_args, add_config_args, add_depth_arg, add_intrinsics_arg, add_source_args, load_cli_config,
+    open_depth, open_frames,
 )
+from vlad_localization.loop_closure import DECISIONS
 
 DESCRIPTION = """\
 Run the node's loop-closure detector offline (no DDS) over a bag's image topic or an image folder.
@@ -27,13 +30,21 @@ Output (JSON Lines, one object per frame):
   query_stamp         frame stamp in seconds
   camera              0
   candidates          in rank order: map_id, map_stamp (s), global_similarity, patch_score,
-                      inliers, source (0 = prebuilt map, 1 = this run), fused_score, file
+                      inliers, source (0 = prebuilt map, 1 = this run), fused_score, file,
+                      sequence_similarity (with --sequence-length, else null)
   loop_closure        [t_query, t_match] in seconds, or null
   loop_closure_match  {map_id, source, rank, score} of the accepted candidate, or null
+  decision            {status, rank, consistent_frames}: what the acceptance rule made of the
+                      frame's proposal (its best-ranked candidate outside the time gap), status:
+{decisions}
   keyframe            id of the keyframe this frame became in the run's store, or null
   relative_pose       with --verify, the loop closure's verification (match --help: R, t, metric,
                       inliers, covariance, status, refine, match_camera), or null
-  timings             encode_ms, search_ms, rerank_ms, verify_ms, insert_ms, total_ms
+  map_pose            with --verify, the robot's pose in the map from a closure verified against a
+                      prebuilt map keyframe with a pose (query --help: position, orientation,
+                      covariance, metric), or null
+  timings             encode_ms, search_ms (sequence_ms included), sequence_ms, rerank_ms, decide_ms,
+                      verify_ms, insert_ms, total_ms
 
 Stamps: the bag's header stamps; for --images the --poses CSV's stamp column, else index / --fps.
 
@@ -42,7 +53,7 @@ Examples:
       --checkpoint model.pth.tar --config speed --min-gap 30 --save-map maps/run --out run.jsonl
   vlad-localization replay --bag run2.mcap --image-topic /camera/image_raw --map maps/run1 \\
       --checkpoint model.pth.tar --config speed --score-threshold 0.25 --out run2_closures.jsonl
-"""
+""".replace("{decisions}", "\n".join(f"                        {k:16s}{v}" for k, v in DECISIONS.items()))
 
 
 def add_parser(sub) -> None:
@@ -63,6 +74,7 @@ def add_parser(sub) -> None:
     g.add_argument("--max-keyframes", type=int, metavar="N", help="bound of the run's keyframe store")
     g.add_argument("--min-distance", type=float, metavar="M", help="run keyframes at least M metres apart")
     g.add_argument("--min-descriptor-change", type=float, metavar="C", help="run keyframes: 1 - cosine >= C")
+    add_acceptance_args(g)
     v = p.add_argument_group("geometric verification of each loop closure (relative_pose in the output)")
     v.add_argument("--verify", action="store_true", help="verify each accepted loop closure (needs intrinsics)")
     add_intrinsics_arg(v, "the images (a bag's CameraInfo beside the image topic is used when there is one)")
@@ -85,6 +97,7 @@ def run(args) -> int:
     detector = LoopClosureDetector.from_config(cfg, args.checkpoint, args.map, device=args.device)
     out = open(args.out, "w") if args.out else sys.stdout
     count = closures = 0
+    decisions: Counter = Counter()
     try:
         for frame in frames:
             depth = None if depth_of is None else (lambda f=frame: depth_of(f))  # read only when needed
@@ -92,6 +105,7 @@ def run(args) -> int:
             frame.image = None if getattr(frame, "loader", None) is not None else frame.image  # free pixels
             count += 1
             record = result.to_record()
+            decisions[result.decision.status] += 1
             out.write(json.dumps(record) + "\n")
             if result.loop_closure:
                 closures += 1
@@ -106,6 +120,8 @@ def run(args) -> int:
             out.close()
         detector.release()
     summary = frames.summary() if hasattr(frames, "summary") else f"{count} frames"
+    held = decisions.get("inconsistent", 0)
     print(f"replayed {sources[0]}: {summary}; {closures} loop closure(s)"
+          + (f", {held} confident proposal(s) held back as inconsistent" if held else "")
           + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)
     return 0

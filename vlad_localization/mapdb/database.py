@@ -124,6 +124,14 @@ class MapDatabase:
     def keyframe(self, map_id: int) -> Keyframe:
         return self.table.get([map_id])[0]
 
+    def descriptors(self, ids) -> np.ndarray:
+        """(len(ids), D) float32 global descriptors of ``ids`` (exact, whatever the index type)."""
+        return np.asarray(self.global_desc[np.asarray(ids, np.int64).reshape(-1)], np.float32)
+
+    def all_keyframes(self) -> list[Keyframe]:
+        """Every keyframe's metadata, by id."""
+        return list(self.table.iter_all())
+
     def patches(self, ids) -> dict[int, np.ndarray]:
         """{patch size: (len(ids), patches, D) float16}; reads only those rows."""
         return self.store.get(ids)

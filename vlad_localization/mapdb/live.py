@@ -355,6 +355,15 @@ class LiveMap:
     def keyframe(self, map_id: int) -> Keyframe:
         return self.keyframes([map_id])[0]
 
+    def descriptors(self, ids) -> np.ndarray:
+        """(len(ids), D) float32 global descriptors of searchable ``ids`` (KeyError for an evicted
+        or unknown one)."""
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        with self._lock:
+            if len(ids) and (ids.min() < self._first_id or ids.max() >= self._next_id):
+                raise KeyError(f"keyframe id(s) outside the searchable {self._first_id}..{self._next_id - 1}")
+            return np.array(self._global[self._start + ids - self._first_id], np.float32)
+
     def patches(self, ids) -> dict[int, np.ndarray]:
         """{patch size: (len(ids), patches, D) float16} (copies; {} before the first add)."""
         with self._lock:

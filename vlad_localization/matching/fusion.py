@@ -5,10 +5,12 @@ single query/candidate pair gets a score in [0, 1] that can be thresholded.
 ``reference``: the official re-ranking - z-score each size's official scores over the candidates,
 sum with the patch weights, ascending argsort. Its values only rank candidates of one query.
 ``fused``: a logistic model over the global similarity and both absolute patch scores (spatial and
-RANSAC, from the same mutual matches), each also as its gap to the best of the query's re-ranked
-candidates (``choices.FUSED_FEATURES``), an estimate of the probability that the candidate shows
-the query's place. Its weights are fitted non-negative: more evidence never lowers it. Its coefficients are data (``matching.fusion_model`` in the presets), fitted on real image
-pairs by ``benchmarks/fit_fusion.py``. It keeps the global similarity, which the official
+RANSAC, from the same mutual matches), each also as its gap to the query's best-ranked candidate
+(``choices.FUSED_FEATURES``), an estimate of the probability that the candidate shows the query's
+place. The best-ranked candidate's gaps are 0, so the score loop closures are accepted on depends on
+its absolute scores alone. Its weights are fitted non-negative: more evidence never lowers it. Its
+coefficients are data (``matching.fusion_model`` in the presets), fitted on real image pairs by
+:mod:`vlad_localization.fusion_fit` (``benchmarks/fit_fusion.py``). It keeps the global similarity, which the official
 re-ranking throws away, so the ranking does not lose to global retrieval under big viewpoint changes.
 """
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Mapping
 import numpy as np
 
 from vlad_localization.choices import FUSED_FEATURES
+
+_SCORES = ("global_similarity", "spatial", "ransac")  # the fused model's scores; each has a ``*_gap`` twin
 
 
 def normalised_weights(weights, num_sizes: int) -> np.ndarray:
@@ -62,15 +66,29 @@ def reference_order(official: np.ndarray, weights) -> np.ndarray:
     return np.argsort(reference_fusion(official, weights))
 
 
-def fused_features(global_similarity, spatial, ransac) -> np.ndarray:
+def rank_weights(model: Mapping[str, float]) -> np.ndarray:
+    """(3,) the weights a query's candidates are ranked by under the fused ``model``: each score's
+    absolute + gap weight (global similarity, spatial, RANSAC)."""
+    return np.array([model[name] + model[name.replace("_similarity", "") + "_gap"] for name in _SCORES], np.float64)
+
+
+def fused_features(global_similarity, spatial, ransac, ranking: np.ndarray) -> np.ndarray:
     """(K, F) inputs of the fused model for the K re-ranked candidates of one query, columns in
-    :data:`~vlad_localization.choices.FUSED_FEATURES` order (one candidate: both gaps are 0)."""
+    :data:`~vlad_localization.choices.FUSED_FEATURES` order: each score, and its gap to the query's
+    best-ranked candidate by ``ranking`` (:func:`rank_weights`), so that candidate's gaps are 0 and
+    its probability depends on its absolute scores alone (what loop-closure acceptance compares)."""
+    x = np.stack([np.asarray(v, np.float64).reshape(-1) for v in (global_similarity, spatial, ransac)], axis=1)
+    top = x[int(descending_order(x @ np.asarray(ranking, np.float64))[0])] if len(x) else np.zeros(3)
     columns = {}
-    for name, values in (("global_similarity", global_similarity), ("spatial", spatial), ("ransac", ransac)):
-        x = np.asarray(values, np.float64)
-        columns[name] = x
-        columns[name.replace("_similarity", "") + "_gap"] = x - x.max(initial=-np.inf)
+    for k, name in enumerate(_SCORES):
+        columns[name] = x[:, k]
+        columns[name.replace("_similarity", "") + "_gap"] = x[:, k] - top[k]
     return np.stack([columns[name] for name in FUSED_FEATURES], axis=1).reshape(-1, len(FUSED_FEATURES))
+
+
+def fused_scores(global_similarity, spatial, ransac, model: Mapping[str, float]) -> np.ndarray:
+    """(K,) the fused model's P(same place) of one query's K re-ranked candidates."""
+    return fused_probability(fused_features(global_similarity, spatial, ransac, rank_weights(model)), model)
 
 
 def fused_probability(features: np.ndarray, model: Mapping[str, float]) -> np.ndarray:

@@ -28,8 +28,7 @@ from vlad_localization.config import Config, MatchingConfig
 from vlad_localization.matching.fusion import (
     absolute_fusion,
     descending_order,
-    fused_features,
-    fused_probability,
+    fused_scores,
     normalised_weights,
     reference_order,
 )
@@ -213,8 +212,7 @@ class PatchMatcher:
             if global_similarity is None or np.shape(global_similarity) != (num_cand,):
                 raise ValueError(f"fusion fused needs the {num_cand} candidates' global similarities")
             evidence = {self.cfg.matcher: fused, other: absolute_fusion(other_size, self.cfg.patch_weights)}
-            features = fused_features(global_similarity, evidence["spatial"], evidence["ransac"])
-            probability = fused_probability(features, self.cfg.fusion_model)
+            probability = fused_scores(global_similarity, evidence["spatial"], evidence["ransac"], self.cfg.fusion_model)
             order = descending_order(probability)
         elif self.cfg.fusion == "reference":
             order = reference_order(raw, self.cfg.patch_weights)

@@ -2,7 +2,8 @@
 
 :func:`start_node` / :func:`stop_node` run the real node as a subprocess; :class:`NodeClient` is a
 small rclpy node that publishes camera images and collects ``~/candidates``,
-``~/loop_closure``, ``~/loop_closure_edges`` and ``/diagnostics`` with their receive times.
+``~/loop_closure``, ``~/loop_closure_edges``, ``~/pose``, ``~/initialpose_out`` and ``/diagnostics``
+with their receive times.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def param_text(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(f"'{v}'" for v in value) + "]"
+        return "[" + ",".join(repr(float(v)) if isinstance(v, (int, float)) else f"'{v}'" for v in value) + "]"
     return str(value)
 
 
@@ -92,7 +93,7 @@ class NodeClient:
     def __enter__(self) -> "NodeClient":
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import PoseArray
+        from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CompressedImage, Image
@@ -118,6 +119,8 @@ class NodeClient:
             ("loop_closure", Float64MultiArray, f"{base}/loop_closure"),
             ("loop_closure_edges", Float64MultiArray, f"{base}/loop_closure_edges"),
             ("candidate_poses", PoseArray, f"{base}/candidate_poses"),
+            ("pose", PoseWithCovarianceStamped, f"{base}/pose"),
+            ("initialpose_out", PoseWithCovarianceStamped, f"{base}/initialpose_out"),
             ("diagnostics", DiagnosticArray, "/diagnostics"),
         ):
             self.subscribe(name, msg_type, topic)

@@ -31,7 +31,10 @@ class NodeStats:
         self.rejected = Counter()  # reason -> bad frames
         self.verified = Counter()  # verification status (ok or a rejection reason) -> loop closures
         self.edges = Counter()  # "metric" | "monocular" -> ~/loop_closure_edges published
+        self.map_poses = Counter()  # "metric" | "monocular" -> ~/pose published
+        self.initialpose = Counter()  # InitialPoseGate outcome (published, rate_limited, low_score, ...) -> count
         self.depth = Counter()  # (camera index, one of DEPTH_EVENTS) -> count
+        self.decisions = Counter()  # loop_closure.DECISIONS status -> frames (inconsistent: held back)
         self.processed = 0
         self.loop_closures = 0
         self._latency = {k: deque(maxlen=latency_window) for k in LATENCY_KEYS}
@@ -41,10 +44,13 @@ class NodeStats:
         with self._lock:
             getattr(self, counter)[key] += 1
 
-    def frame_done(self, timings: dict[str, float], loop_closure: bool) -> None:
+    def frame_done(self, timings: dict[str, float], loop_closure: bool, decision: str | None = None) -> None:
+        """One processed frame: its timings, whether it closed a loop and the rule's decision status."""
         with self._lock:
             self.processed += 1
             self.loop_closures += int(loop_closure)
+            if decision is not None:
+                self.decisions[decision] += 1
             for key in LATENCY_KEYS:
                 if key in timings:
                     self._latency[key].append(float(timings[key]))
@@ -73,10 +79,13 @@ class NodeStats:
             for reason, n in sorted(self.rejected.items()):
                 values[f"rejected[{reason}]"] = str(n)
             values["loop_closures"] = str(self.loop_closures)
+            for status, n in sorted(self.decisions.items()):
+                values[f"decisions[{status}]"] = str(n)
             for status, n in sorted(self.verified.items()):
                 values[f"verified[{status}]"] = str(n)
-            for kind, n in sorted(self.edges.items()):
-                values[f"edges[{kind}]"] = str(n)
+            for name in ("edges", "map_poses", "initialpose"):
+                for kind, n in sorted(getattr(self, name).items()):
+                    values[f"{name}[{kind}]"] = str(n)
             for key, window in self._latency.items():
                 if window:
                     values[f"latency_{key}"] = f"{sum(window) / len(window):.1f}"

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import Pose, PoseArray
+from geometry_msgs.msg import Pose, PoseArray, PoseWithCovarianceStamped
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float64MultiArray, Header, MultiArrayDimension
 
@@ -122,6 +122,18 @@ def pose_array_msg(header: Header, candidates: Sequence) -> PoseArray:
         o = pose.orientation
         o.x, o.y, o.z, o.w = (float(v) for v in c.pose.orientation)
         msg.poses.append(pose)
+    return msg
+
+
+def pose_with_covariance_msg(header: Header, map_pose) -> PoseWithCovarianceStamped:
+    """``~/pose``: a :class:`~vlad_localization.verification.map_pose.MapPose` (the robot's base in the
+    map frame; covariance order x, y, z, rotation about X, Y, Z, as the message defines it)."""
+    msg = PoseWithCovarianceStamped(header=header)
+    pose = msg.pose.pose
+    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in map_pose.position)
+    o = pose.orientation
+    o.x, o.y, o.z, o.w = (float(v) for v in map_pose.quaternion)
+    msg.pose.covariance = [float(v) for v in np.asarray(map_pose.covariance, np.float64).ravel()]
     return msg
 
 

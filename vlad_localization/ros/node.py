@@ -22,7 +22,7 @@ import time
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import PoseArray
+from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
@@ -42,6 +42,7 @@ from vlad_localization.ros.depth_input import DepthInput, StereoPair, depth_sour
 from vlad_localization.ros.diagnostics import NodeStats, diagnostic_array
 from vlad_localization.ros.inference_process import (FrameMeta, InferenceError, InferenceEvents, InferenceProcess,
                                                      InferenceSpec, load_detector)
+from vlad_localization.ros.extrinsics import TfExtrinsics, tf2_missing
 from vlad_localization.ros.params import BY_NAME, PARAMETERS, config_overrides
 from vlad_localization.ros.worker import LatestFrameWorker
 
@@ -115,6 +116,8 @@ class VladLocalizationNode(LifecycleNode):
         self._input_loggers: dict[str, object] = {}
         self.stats = NodeStats([])
         self._pubs: dict[str, object] = {}
+        self._tf: TfExtrinsics | None = None  # camera_to_base_from_tf
+        self._initialpose = None  # verification.map_pose.InitialPoseGate of ~/initialpose_out
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.create_service(Trigger, "~/reload_map", self._reload_map,
@@ -154,6 +157,7 @@ class VladLocalizationNode(LifecycleNode):
                     f"set the parameter(s) {missing}, e.g. --ros-args -p map_path:=maps/run1 (mode "
                     f"{self._cfg.loop_closure.mode!r}; mode loop_closure needs no map)")
                 return TransitionCallbackReturn.FAILURE
+            self._check_extrinsics(len(topics))
             self._paths = {"map": self.param("map_path"), "checkpoint": self.param("checkpoint")}
             # the counters of these cameras from now on: /diagnostics has their keys while the model loads
             self.stats = NodeStats(topics, depth_cameras=sources)
@@ -174,8 +178,27 @@ class VladLocalizationNode(LifecycleNode):
             "candidate_poses": pub(PoseArray, "~/candidate_poses", 10),
             "match_image": pub(Image, "~/match_image", 1),
             "loop_closure_edges": pub(Float64MultiArray, "~/loop_closure_edges", 10),
+            "pose": pub(PoseWithCovarianceStamped, "~/pose", 10),
+            "initialpose_out": pub(PoseWithCovarianceStamped, "~/initialpose_out", 1),
         }
+        from vlad_localization.verification.map_pose import InitialPoseGate
+
+        self._initialpose = InitialPoseGate()
+        if self._tf is not None:
+            self._tf.close()
+        self._tf = TfExtrinsics(self, self.param("base_frame"), len(topics)) \
+            if self.param("camera_to_base_from_tf") else None
         return super().on_configure(state)
+
+    def _check_extrinsics(self, cameras: int) -> None:
+        """camera_to_base gives every camera an extrinsic (or none); TF, when asked for, is importable."""
+        given = len(self.param("camera_to_base")) // 7
+        if given not in (0, cameras):
+            raise ValueError(f"camera_to_base holds {given} extrinsic(s) for {cameras} image_topics: give "
+                             "[x, y, z, qx, qy, qz, qw] for every camera, or [] for identity")
+        missing = tf2_missing() if self.param("camera_to_base_from_tf") else None
+        if missing:
+            raise ValueError(missing)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
@@ -483,6 +506,9 @@ class VladLocalizationNode(LifecycleNode):
         stamp_ns = messages.stamp_to_ns(msg.header.stamp)
         pose = self._pose_at(stamp_ns)
         depth = None if self._depth is None else self._depth.depth_for(camera, pending_depth, rgb)
+        if self._tf is not None and (why := self._tf.lookup(camera, msg.header.frame_id)):
+            self.get_logger().warning(f"camera {camera}: {why}; no ~/pose until then",
+                                      throttle_duration_sec=WARN_PERIOD_S)
         inference = self._inference
         if inference is None or not inference.info:  # (re)starting
             self.stats.count("dropped", camera)
@@ -514,12 +540,13 @@ class VladLocalizationNode(LifecycleNode):
                 f"loop closure: camera {camera} t={closure.t_query:.3f} -> {'run' if c.source else 'map'} keyframe "
                 f"{c.map_id} t={closure.t_match:.3f} (score {c.score:.3f})")
             self._publish_edge(closure, result.relative_pose)
+            self._publish_map_pose(header, closure, result.relative_pose)
         if any(c.pose is not None for c in result.candidates):
             self._pubs["candidate_poses"].publish(messages.pose_array_msg(header, result.candidates))
         self._pubs["candidates"].publish(messages.candidates_msg(result.stamp_ns, camera, result.candidates))
         if extras.get("match_image") is not None:
             self._pubs["match_image"].publish(messages.image_msg(Header(stamp=header.stamp), extras["match_image"]))
-        self.stats.frame_done(result.timings, closure is not None)
+        self.stats.frame_done(result.timings, closure is not None, result.decision.status)
         self._warn_if_full(extras.get("stats", {}))
 
     def _publish_edge(self, closure, pose) -> None:
@@ -532,12 +559,34 @@ class VladLocalizationNode(LifecycleNode):
         self.stats.count("edges", "metric" if pose.metric else "monocular")
         c = closure.candidate
         self._pubs["loop_closure_edges"].publish(messages.loop_closure_edge_msg(
-            round(closure.t_query * 1e9), c.stamp_ns, c.map_id, "run" if c.source else "prebuilt", pose, c.score))
+            closure.query_stamp_ns, c.stamp_ns, c.map_id, "run" if c.source else "prebuilt", pose, c.score))
+
+    def _publish_map_pose(self, header: Header, closure, pose) -> None:
+        """``~/pose`` for a closure verified against a prebuilt map keyframe with a pose, and
+        ``~/initialpose_out`` when enabled and the policy accepts it (counted by outcome)."""
+        map_pose = getattr(pose, "map_pose", None)
+        if map_pose is None or (self._tf is not None and self._tf.camera_to_base() is None):
+            return
+        msg = messages.pose_with_covariance_msg(header, map_pose)
+        self._pubs["pose"].publish(msg)
+        self.stats.count("map_poses", "metric" if map_pose.metric else "monocular")
+        if self.param("publish_initialpose"):
+            from vlad_localization.verification.map_pose import InitialPosePolicy
+
+            policy = InitialPosePolicy(*(self.param(f"initialpose_{k}") for k in (
+                "min_score", "max_position_std_m", "max_rotation_std_deg", "min_interval_s")))
+            outcome = self._initialpose.offer(messages.stamp_to_ns(header.stamp), map_pose,
+                                              closure.candidate.score, policy)
+            self.stats.count("initialpose", outcome)
+            if outcome == "published":
+                self._pubs["initialpose_out"].publish(msg)
 
     def _apply_frame_params(self, inference: InferenceProcess) -> None:
         """Parameters read for every frame (score_threshold, min_time_gap_s, ...) to the inference
         process's configuration (``config.apply_overrides``) when they changed."""
         values = config_overrides(self.param, every_frame=True)
+        if self._tf is not None:  # the extrinsics from TF, once known, replace camera_to_base
+            values["verification.camera_to_base"] = self._tf.camera_to_base() or values["verification.camera_to_base"]
         if (inference, values) != self._frame_params:
             inference.apply_overrides(values)
             self._frame_params = (inference, values)

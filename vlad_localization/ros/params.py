@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlad_localization.choices import MATCHERS, MODES, names
-from vlad_localization.config import LoopClosureConfig
+from vlad_localization.config import LoopClosureConfig, extrinsics_problem
 from vlad_localization.images.stamp_match import DEFAULT_TOLERANCE_S
 
 _LC = LoopClosureConfig()  # the node's loop-closure defaults are the library's
@@ -22,6 +22,7 @@ class Param:
     choices: tuple[str, ...] = ()  # for text parameters: the values allowed ('' always allowed when the default)
     config: str | None = None  # the configuration key it sets ("section.field"), if any
     keep: Any = None  # the value that keeps the preset's (0 or '')
+    item: type = str  # the type of a list parameter's items (str or float)
 
     @property
     def dynamic(self) -> bool:
@@ -36,8 +37,11 @@ class Param:
         if isinstance(self.default, float) and value < 0 and value != self.keep:
             return f"{self.name} must be >= 0, got {value!r}"
         if isinstance(self.default, list) and value is not None and not (
-                isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
-            return f"{self.name} must be a list of strings, got {value!r}"
+                isinstance(value, (list, tuple)) and all(_is_a(v, self.item) for v in value)):
+            return f"{self.name} must be a list of {'numbers' if self.item is float else 'strings'}, got {value!r}"
+        if self.config == "verification.camera_to_base" and value:
+            problem = extrinsics_problem(value)
+            return f"{self.name} {problem}" if problem else None
         if self.choices and str(value).lower() not in self.choices and not (value == "" and self.default == ""):
             return f"{self.name} must be one of {' | '.join(self.choices)}, got {value!r}"
         return None
@@ -49,8 +53,14 @@ class Param:
         if self.name == "compressed":
             return str(value).lower()
         if isinstance(self.default, list):  # `[]` in a YAML file or on the command line reads as unset
-            return [] if value is None else list(value)
+            return [] if value is None else [self.item(v) for v in value]
         return value
+
+
+def _is_a(value, item: type) -> bool:
+    if item is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, item)
 
 
 PARAMETERS: tuple[Param, ...] = (
@@ -93,7 +103,7 @@ PARAMETERS: tuple[Param, ...] = (
           choices=tuple(MATCHERS), config="matching.matcher", keep=""),
     Param("score_threshold", -1.0,
           "Minimum candidate score in [0, 1] (fused P(same place) when computed, else the patch score) for a "
-          "~/loop_closure (-1 = the preset's loop_closure.score_threshold, 0.97 in the shipped presets).",
+          "~/loop_closure (-1 = the preset's loop_closure.score_threshold, 0.931 in the shipped presets).",
           config="loop_closure.score_threshold", keep=-1.0),
     Param("min_time_gap_s", _LC.min_time_gap_s,
           "Loop closures and the run's own search skip keyframes less than this many s before the frame.",
@@ -101,6 +111,19 @@ PARAMETERS: tuple[Param, ...] = (
     Param("min_travel_m", _LC.min_travel_m,
           "... and (with odometry) less than this many m back along the trajectory (0 = off).",
           config="loop_closure.min_travel_m"),
+    Param("consistency", 0, "Temporal consistency: a loop closure needs this many consecutive frames whose "
+          "confident proposals agree (1 = each frame on its own; 0 = the preset's loop_closure.consistency). "
+          "Held-back proposals are counted on /diagnostics (decisions[inconsistent]).", True,
+          config="loop_closure.consistency", keep=0),
+    Param("consistency_window_s", -1.0, "Agreeing proposals: the matched keyframe advances by at most this many "
+          "s from one frame to the next (-1 = the preset's loop_closure.consistency_window_s).", True,
+          config="loop_closure.consistency_window_s", keep=-1.0),
+    Param("consistency_window_m", -1.0, "... or, > 0 and with keyframe positions, lies within this many m of the "
+          "previous match (-1 = the preset's loop_closure.consistency_window_m).", True,
+          config="loop_closure.consistency_window_m", keep=-1.0),
+    Param("sequence_length", -1, "Sequence scoring: rank candidates by the mean similarity of the camera's last "
+          "this-many frames along each candidate's run (SeqSLAM; 0 = off, -1 = the preset's "
+          "loop_closure.sequence_length).", True, config="loop_closure.sequence_length", keep=-1),
     Param("keyframe_min_distance_m", 0.0, "This run's keyframes: at least this far apart (with odometry; "
           "0 = the preset's map.min_distance_m).", True, config="map.min_distance_m", keep=0.0),
     Param("keyframe_min_time_gap_s", 0.0, "This run's keyframes: at least this many s apart (0 = the preset's "
@@ -110,8 +133,23 @@ PARAMETERS: tuple[Param, ...] = (
     Param("verify", False, "Verify each loop closure geometrically and publish ~/loop_closure_edges (relative "
           "pose + covariance); intrinsics from the CameraInfo beside each image topic, else the preset's "
           "verification.intrinsics.", True, config="verification.enabled"),
+    Param("camera_to_base", [], "Each camera's optical frame in the robot's base frame, [x, y, z, qx, qy, qz, qw] "
+          "per image_topics entry, flattened (numbers written with a decimal point; [] = the preset's "
+          "verification.camera_to_base, identity unless set): ~/pose is the base's pose.",
+          config="verification.camera_to_base", keep=[], item=float),
+    Param("camera_to_base_from_tf", False, "Read camera_to_base from TF instead (base_frame <- each image's "
+          "header.frame_id; needs tf2_ros, a ROS 2 install).", True),
+    Param("base_frame", "base_link", "The robot's base frame, for camera_to_base_from_tf.", True),
+    Param("publish_initialpose", False, "Republish accepted ~/pose messages on ~/initialpose_out (remap it to "
+          "Nav2's /initialpose), at most one per initialpose_min_interval_s."),
+    Param("initialpose_min_score", 0.97, "~/initialpose_out: minimum loop-closure score in [0, 1]."),
+    Param("initialpose_max_position_std_m", 0.5, "~/initialpose_out: maximum position standard deviation (m, "
+          "least certain direction; a monocular pose has verification.monocular_baseline_m)."),
+    Param("initialpose_max_rotation_std_deg", 5.0, "~/initialpose_out: maximum rotation standard deviation (deg)."),
+    Param("initialpose_min_interval_s", 5.0, "~/initialpose_out: at least this many s (query stamps) apart."),
     Param("save_map_path", "", "Where ~/save_map writes this run's keyframes as a map directory.", True),
-    Param("map_frame", "map", "frame_id of ~/candidate_poses."),
+    Param("map_frame", "map", "frame_id of ~/candidate_poses and ~/pose: the frame of the map's keyframe poses "
+          "(for a map built with odometry, the mapping run's odometry frame)."),
     Param("publish_match_image", True, "Publish ~/match_image (computed only while subscribed)."),
     Param("autostart", True, "Configure and activate on start-up (no lifecycle manager needed).", True),
     Param("verify_map", False, "Check every byte of the map against its manifest's sha256 at configure and "

@@ -64,6 +64,7 @@ class RelativePose:
     status: str = "ok"
     refine: str | None = None  # the correspondences used (choices.REFINEMENTS): sift | none (patch keypoints)
     match_camera: str | None = None  # against a map keyframe: its own camera model ("map") or the query's ("query")
+    map_pose: object = None  # verification.map_pose.MapPose: the robot in the map (prebuilt map keyframes with a pose)
 
     @classmethod
     def rejected(cls, status: str, metric: bool = False, inliers: int = 0) -> "RelativePose":

@@ -1,0 +1,262 @@
+"""Fitting the ``fused`` score (``matching.fusion_model``) and the loop-closure threshold from
+evaluation records (:class:`~vlad_localization.evaluation.QueryRecord`: per query, the global
+top-K and both matchers' absolute scores of the re-ranked head, with ground truth).
+
+The fused model is P(same place) = sigmoid(bias + a . x + g . (x - x_top)) over the candidate's
+three scores x = (global similarity, spatial, RANSAC) (:data:`SCORES`), where ``x_top`` are the scores
+of the query's best-ranked candidate (:func:`~vlad_localization.matching.fusion.fused_features`).
+Two questions, two fits, all weights non-negative (more evidence never lowers the probability):
+
+1. **Ranking** a query's candidates: they are ordered by ``(a + g) . x``. The direction of ``a + g``
+   is the L2-regularised conditional logit that ranks each query's true match first
+   (:func:`ranking_direction`: the softmax over a query's re-ranked candidates should pick its true
+   match; queries with no true or no wrong candidate there carry no information).
+2. **Accepting** a query's proposal (its best-ranked candidate, whose gaps are 0): it is scored by
+   ``sigmoid(bias + a . x_top)``, the score ``loop_closure.score_threshold`` is compared with. The
+   direction of ``a`` is chosen so that this score orders the proposals at least as well as each of
+   its inputs alone - recall at 100 % precision and PR AUC, on every set given (:func:`acceptance_direction`)
+   - then ``bias`` and the scale by logistic regression on the proposals (:func:`calibrate`).
+   ``g = lambda * ranking direction - a`` (``lambda`` as small as keeps ``g >= 0``, then fitted on every
+   candidate) so the ranking of step 1 is kept.
+
+Each set weighs the same in every fit. ``benchmarks/fit_fusion.py`` runs this on the shared data
+sets; ``vlad-localization calibrate`` on a user's runs.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from vlad_localization.choices import FUSED_FEATURES
+from vlad_localization.matching.fusion import descending_order, fused_scores, rank_weights
+
+FEATURES = list(FUSED_FEATURES)
+SCORES = ("global_similarity", "spatial", "ransac")  # the ranked scores; each has a ``*_gap`` twin
+ABSOLUTE = [FEATURES.index(name) for name in SCORES]
+GAP = [FEATURES.index(name.replace("_similarity", "") + "_gap") for name in SCORES]
+RANKING_L2 = 1.0  # chosen on the shared sets: 0.1 and weaker miss Gardens Point in-sample, 0.2 to 10 meet the target
+CALIBRATION_L2 = 0.1
+GRID_STEPS = 40  # the acceptance direction is searched on the simplex in steps of 1/GRID_STEPS
+
+
+# ----------------------------------------------------------------------------- evidence tables
+def head_evidence(record) -> tuple[np.ndarray, np.ndarray]:
+    """(global, spatial and RANSAC scores (n, 3), same place (n,)) of a query's n re-ranked candidates."""
+    n = len(record.spatial)
+    scores = np.stack([record.global_similarity[:n], record.spatial, record.ransac], axis=1)
+    return scores, np.array([int(i) in record.positives for i in record.map_ids[:n]], bool)
+
+
+def proposal_table(records, rank_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(scores (n, 3) of each query's best-ranked candidate, whether it is a true match, queries with
+    a true match): what acceptance is decided on."""
+    rows, correct = [], []
+    for r in records:
+        x, y = head_evidence(r)
+        if not len(x):
+            continue
+        best = int(descending_order(x @ rank_weights)[0])
+        rows.append(x[best])
+        correct.append(bool(y[best]))
+    return (np.array(rows, np.float64).reshape(-1, 3), np.array(correct, bool),
+            sum(bool(r.positives) for r in records))
+
+
+def equal_per_set(counts) -> np.ndarray:
+    """Weights of the items of sets of ``counts`` items: each set weighs the same, the weights sum to
+    the number of items."""
+    w = np.concatenate([np.full(c, 1.0 / c) for c in counts if c])
+    return w * len(w) / w.sum()
+
+
+# ----------------------------------------------------------------------------- constrained convex fits
+def minimise_on_faces(loss, faces, nonnegative) -> np.ndarray:
+    """argmin of a convex ``loss(phi) -> (value, gradient, Hessian)`` subject to phi[nonnegative] >= 0:
+    Newton's method within each face (phi = T @ theta, one matrix T per set of active constraints),
+    then the lowest value whose phi is feasible (the exact constrained optimum when ``faces`` hold the
+    polytope's faces)."""
+    best_value, best = np.inf, None
+    for t in faces:
+        theta = np.zeros(t.shape[1])
+        for _ in range(100):
+            _, grad, hess = loss(t @ theta)
+            step = np.linalg.solve(t.T @ hess @ t + 1e-9 * np.eye(t.shape[1]), t.T @ grad)
+            theta -= step
+            if np.abs(step).max() < 1e-10:
+                break
+        phi = t @ theta
+        value = loss(phi)[0]
+        if np.all(phi[nonnegative] >= -1e-12) and value < best_value:
+            best_value, best = value, phi
+    if best is None:
+        raise ValueError("no face holds a feasible optimum")
+    best[nonnegative] = np.maximum(best[nonnegative], 0.0)
+    return best
+
+
+def query_groups(per_set: Mapping[str, Sequence]) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """(scores (n, 3), true match (n,), weight) of every query whose re-ranked head holds a true and a
+    wrong match (:func:`equal_per_set`)."""
+    per_query = [[(x, y) for x, y in map(head_evidence, records) if y.any() and not y.all()]
+                 for records in per_set.values()]
+    weights = equal_per_set([len(rows) for rows in per_query])
+    return [(x, y, w) for (x, y), w in zip([row for rows in per_query for row in rows], weights)]
+
+
+def conditional_logit(groups, l2: float):
+    """Loss of ranking weights phi: minus the log-probability that the softmax of phi . scores over a
+    query's re-ranked candidates picks its true match (mean over several), weighted, + l2/2 |phi|^2."""
+    def loss(phi):
+        value, grad, hess = 0.5 * l2 * phi @ phi, l2 * phi, l2 * np.eye(len(phi))
+        for x, y, w in groups:
+            z = x @ phi
+            e = np.exp(z - z.max())
+            p = e / e.sum()
+            mean = x.T @ p
+            value += w * (z.max() + np.log(e.sum()) - z[y].mean())
+            grad += w * (mean - x[y].mean(axis=0))
+            hess += w * ((x.T * p) @ x - np.outer(mean, mean))
+        return value, grad, hess
+    return loss
+
+
+def ranking_direction(per_set: Mapping[str, Sequence], l2: float = RANKING_L2) -> np.ndarray:
+    """Non-negative weights of :data:`SCORES` that rank each query's true match first: McFadden's
+    conditional logit over the query's re-ranked candidates (a ranking objective, not a per-pair one)."""
+    n = len(SCORES)
+    faces = [np.eye(n)[:, list(c)] for k in range(1, n + 1) for c in itertools.combinations(range(n), k)]
+    return minimise_on_faces(conditional_logit(query_groups(per_set), l2), faces, np.arange(n))
+
+
+def logistic(a: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float):
+    """Loss of phi = (bias, weights): the weighted logistic loss of design ``a`` (a column of ones
+    first) + l2/2 |weights|^2."""
+    reg = np.diag([0.0] + [l2] * (a.shape[1] - 1))  # the bias is not shrunk
+
+    def loss(phi):
+        z = a @ phi
+        p = 0.5 * (1.0 + np.tanh(0.5 * z))
+        value = np.sum(w * (np.logaddexp(0.0, z) - y * z)) + 0.5 * phi @ reg @ phi
+        return value, a.T @ (w * (p - y)) + reg @ phi, (a * (w * p * (1 - p))[:, None]).T @ a + reg
+    return loss
+
+
+# ----------------------------------------------------------------------------- acceptance
+def acceptance_metrics(scores: np.ndarray, correct: np.ndarray, num_positive: int) -> tuple[float, float]:
+    """(recall at 100 % precision, PR AUC) of accepting the proposals whose score reaches a threshold."""
+    from vlad_localization.evaluation import precision_recall
+
+    pr = precision_recall(np.asarray(scores, np.float64), correct, num_positive)
+    return pr["recall_at_100_precision"], pr["auc"]
+
+
+def dominance_margin(tables, w: np.ndarray) -> float:
+    """The smallest, over the tables and both metrics, of (metric of ordering the proposals by
+    ``x . w``) minus (the best metric of one score alone): >= 0 when ``w`` orders every table's
+    proposals at least as well as each input on its own."""
+    margin = np.inf
+    for x, y, n in tables:
+        if not len(y) or y.all() or not y.any():
+            continue  # nothing to order
+        combined = acceptance_metrics(x @ w, y, n)
+        alone = [acceptance_metrics(x[:, k], y, n) for k in range(x.shape[1])]
+        for m in range(2):
+            margin = min(margin, combined[m] - max(a[m] for a in alone))
+    return float(margin) if np.isfinite(margin) else 0.0
+
+
+def acceptance_direction(tables, steps: int = GRID_STEPS) -> np.ndarray:
+    """Non-negative weights (summing to 1) of the proposal's :data:`SCORES` for acceptance: on the
+    simplex grid, those whose ordering of every table's proposals is no worse than any input alone
+    (:func:`dominance_margin` >= 0; else the largest margin), and among them the best mean AUC."""
+    best_key, best = None, None
+    for i in range(steps + 1):
+        for j in range(steps + 1 - i):
+            w = np.array([i, j, steps - i - j], np.float64) / steps
+            margin = dominance_margin(tables, w)
+            auc = np.mean([acceptance_metrics(x @ w, y, n)[1] for x, y, n in tables if len(y)])
+            key = (min(margin, 0.0), auc)
+            if best_key is None or key > best_key:
+                best_key, best = key, w
+    return best
+
+
+def calibrate(tables, direction: np.ndarray, l2: float = CALIBRATION_L2) -> tuple[float, float]:
+    """(bias, scale >= 0) of P(proposal is right) = sigmoid(bias + scale * x . direction), logistic
+    regression on every table's proposals (each table weighs the same)."""
+    z = np.concatenate([x @ direction for x, _, _ in tables])
+    y = np.concatenate([c for _, c, _ in tables]).astype(np.float64)
+    a = np.stack([np.ones_like(z), z], axis=1)
+    loss = logistic(a, y, equal_per_set([len(c) for _, c, _ in tables]), l2)
+    faces = [np.eye(2), np.eye(2)[:, :1]]
+    bias, scale = minimise_on_faces(loss, faces, np.array([1]))
+    return float(bias), float(scale)
+
+
+def ranking_scale(per_set, model_without_gaps: dict, direction: np.ndarray, minimum: float) -> float:
+    """lambda >= ``minimum`` of ``a + g = lambda * direction``: the logistic loss of every re-ranked
+    candidate's fused probability (each set weighs the same), by a log-spaced search."""
+    tables = [[head_evidence(r) for r in records] for records in per_set.values()]
+    weights = equal_per_set([sum(len(y) for _, y in t) for t in tables])
+    best, best_loss = minimum, np.inf
+    for lam in minimum * np.logspace(0, 2, 41):
+        model = gap_model(model_without_gaps, direction, lam)
+        p = np.concatenate([fused_scores(*x.T, model) for t in tables for x, _ in t])
+        y = np.concatenate([y for t in tables for _, y in t])
+        p = np.clip(p, 1e-12, 1 - 1e-12)
+        loss = -np.sum(weights * (y * np.log(p) + (1 - y) * np.log(1 - p)))
+        if loss < best_loss:
+            best, best_loss = float(lam), loss
+    return best
+
+
+def gap_model(model: Mapping[str, float], direction: np.ndarray, lam: float) -> dict:
+    """``model`` with each gap weight set so that absolute + gap = ``lam`` * ``direction``."""
+    out = dict(model)
+    for k in range(len(SCORES)):
+        out[FEATURES[GAP[k]]] = max(0.0, lam * direction[k] - model[FEATURES[ABSOLUTE[k]]])
+    return out
+
+
+def fit(per_set: Mapping[str, Sequence], extra_tables: Sequence = ()) -> dict:
+    """The fused model of the module doc from ``{set name: records}``; ``extra_tables``: further
+    (proposal scores, correct, queries with a match) tables acceptance must also order well (e.g.
+    the proposals of a run with sequence scoring, see ``benchmarks/loop_closure.py``)."""
+    direction = ranking_direction(per_set)
+    tables = [proposal_table(records, direction) for records in per_set.values()] + list(extra_tables)
+    accept = acceptance_direction(tables)
+    bias, scale = calibrate(tables, accept)
+    absolute = scale * accept
+    model = {"bias": bias, **{FEATURES[ABSOLUTE[k]]: float(absolute[k]) for k in range(len(SCORES))},
+             **{FEATURES[GAP[k]]: 0.0 for k in range(len(SCORES))}}
+    positive = direction > 0
+    minimum = float(np.max(absolute[positive] / direction[positive])) if positive.any() else 1.0
+    if np.any(absolute[~positive] > 0):  # a score acceptance uses but the ranking does not: rank by it a little
+        direction = np.where(positive, direction, 1e-6)
+        minimum = float(np.max(absolute / direction))
+    lam = ranking_scale(per_set, model, direction, max(minimum, 1e-6))
+    model = gap_model(model, direction, lam)
+    return {name: round(float(model[name]), 4) for name in ("bias", *FEATURES)}
+
+
+def threshold_at_precision(per_set: Mapping[str, Sequence], model: Mapping[str, float], precision: float
+                           ) -> tuple[float | None, float]:
+    """(lowest fused threshold reaching ``precision`` on the pooled proposals, rounded down to 0.001;
+    the recall it keeps), or (None, 0.0) when none does."""
+    from vlad_localization.evaluation import precision_recall, top1_scores
+
+    pooled = [r for records in per_set.values() for r in records]
+    pr = precision_recall(*top1_scores(pooled, model))
+    rows = [row for row in pr["curve"] if row[1] >= precision and row[2] > 0]
+    if not rows:
+        return None, 0.0
+    threshold, _, recall = max(rows, key=lambda row: (row[2], -row[0]))
+    return math.floor(threshold * 1000) / 1000, recall
+
+
+__all__ = ["ABSOLUTE", "FEATURES", "GAP", "SCORES", "acceptance_direction", "calibrate", "conditional_logit",
+           "dominance_margin", "fit", "head_evidence", "proposal_table", "query_groups", "rank_weights",
+           "ranking_direction", "threshold_at_precision"]
