@@ -391,7 +391,8 @@ class VladLocalizationNode(LifecycleNode):
             response.success, response.message = False, "nothing to save: the node is not configured"
             return response
         try:
-            keyframes = inference.call("save_map", path, [f"{self.get_fully_qualified_name()}:{t}" for t in self._topics])
+            sources = [f"{self.get_fully_qualified_name()}:{t}" for t in self._topics]
+            keyframes = inference.call("save_map", path, sources)
         except Exception as exc:  # noqa: BLE001 - reported to the caller; the previous map at path stays
             response.success, response.message = False, f"save failed ({exc}); nothing written at {path}"
             return response
