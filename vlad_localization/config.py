@@ -22,7 +22,17 @@ import yaml
 
 import math
 
-from vlad_localization.choices import BACKBONES, EVICTIONS, FUSED_FEATURES, FUSIONS, MATCHERS, MODES, REFINEMENTS, names
+from vlad_localization.choices import (
+    BACKBONES,
+    EVICTIONS,
+    FUSED_FEATURES,
+    FUSIONS,
+    MATCHERS,
+    MODES,
+    RANSAC_BACKENDS,
+    REFINEMENTS,
+    names,
+)
 
 PRESETS = ("performance", "speed", "storage")
 
@@ -72,13 +82,17 @@ class MatchingConfig:
     # fused: logistic coefficients {bias, global_similarity, spatial, ransac} (benchmarks/fit_fusion.py)
     fusion_model: dict[str, float] | None = None
     ransac_threshold_factor: float = 1.5  # reprojection threshold = stride * patch stride * this
-    ransac_seed: int | None = 0  # seeds OpenCV's RNG before each RANSAC for repeatable scores
-    # threads scoring the candidates' matches with RANSAC at once (OpenCV releases the GIL; the scores
-    # do not depend on it); 0 = one per CPU core, at most 8; 1 = in the calling thread
+    ransac_seed: int | None = 0  # seeds the batched RANSAC's draws (OpenCV 5's findHomography draws from a fixed seed)
+    # auto | batched | opencv: where the RANSAC homographies run (choices.RANSAC_BACKENDS)
+    ransac_backend: str = "auto"
+    # threads scoring the candidates' matches with OpenCV's RANSAC at once (it releases the GIL; the
+    # scores do not depend on it; the batched backend needs none); 0 = one per CPU core, at most 8;
+    # 1 = in the calling thread
     workers: int = 0
 
     def validate(self, model: ModelConfig) -> None:
         _one_of("matching.matcher", self.matcher, MATCHERS)
+        _one_of("matching.ransac_backend", self.ransac_backend, RANSAC_BACKENDS)
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
             raise ConfigError(f"matching.workers must be an integer >= 0 (0 = one per CPU core, at most 8), "
                               f"got {self.workers!r}")
@@ -152,6 +166,9 @@ class LoopClosureConfig:
     # sequence_length frames along the candidate's run (best of sequence_speeds), 0 = off
     sequence_length: int = 0
     sequence_speeds: list[float] = field(default_factory=lambda: [0.5, 0.7, 1.0, 1.4, 2.0])
+    # SeqSLAM's local contrast enhancement: similarities relative to this many keyframes either side along
+    # the run (0 = raw similarities); also proposes the keyframes that stand out most for the current frame
+    sequence_contrast_window: int = 10
 
     def validate(self) -> None:
         _one_of("loop_closure.mode", self.mode, MODES)
@@ -159,7 +176,8 @@ class LoopClosureConfig:
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"loop_closure.score_threshold must be in [0, 1], got {self.score_threshold!r}")
         _at_least("loop_closure", self, min_time_gap_s=0.0, min_travel_m=0.0, max_keyframes=1, consistency=1,
-                  consistency_window_s=0.0, consistency_window_m=0.0, sequence_length=0)
+                  consistency_window_s=0.0, consistency_window_m=0.0, sequence_length=0,
+                  sequence_contrast_window=0)
         if not self.sequence_speeds or not all(math.isfinite(v) and v > 0 for v in self.sequence_speeds):
             raise ConfigError(f"loop_closure.sequence_speeds must be a non-empty list of speeds > 0 (relative to "
                               f"the matched run), got {self.sequence_speeds!r}")
