@@ -47,6 +47,7 @@ GAP_S = 30.0
 TOLERANCE = 2  # Nordland places
 CONSISTENCY = (1, 2, 3, 5)
 SEQUENCES = (0, 5, 10, 20)
+CONTRASTS = (0, 10)  # sequence_contrast_window
 CANDIDATE_KEYS = ("map_id", "stamp_ns", "frame_id", "source", "global_similarity", "sequence_similarity",
                   "patch_score", "fused_score")
 
@@ -63,8 +64,8 @@ def _model(out: Path, images, hw) -> Path:
     return checkpoint
 
 
-def _config(hw, sequence_length: int, min_travel: float = 0.0):
-    return apply_overrides(load_config("speed"), {
+def _config(hw, sequence_length: int, min_travel: float = 0.0, contrast: int = 0):
+    return apply_overrides(load_config("speed"), {"loop_closure.sequence_contrast_window": contrast,
         "model.num_clusters": 16, "model.num_pcs": 128, "model.image_height": hw[0], "model.image_width": hw[1],
         "model.device": "cpu", "localizer.rerank_k": 10, "localizer.top_k": 20, "loop_closure.mode": "loop_closure",
         "loop_closure.score_threshold": 0.0, "loop_closure.min_time_gap_s": GAP_S, "loop_closure.consistency": 1,
@@ -172,14 +173,16 @@ def campus_frames():
 
 
 def variants(frames_by_length: dict[int, list]) -> dict:
-    """{variant: {acceptance score: closure_curve summary without the curve}}."""
+    """{variant: {acceptance score: closure_curve summary without the curve}} of ``{(L, contrast
+    window): frames}``."""
     out = {}
-    for length, frames in frames_by_length.items():
+    for (length, contrast), frames in frames_by_length.items():
         for k in CONSISTENCY:
             if length and k not in (1, 3):
                 continue
             name = ("single" if k == 1 else f"consistency_{k}") if not length else \
-                f"sequence_{length}" + ("" if k == 1 else f"_consistency_{k}")
+                f"sequence_{length}" + (f"_contrast_{contrast}" if contrast else "") + \
+                ("" if k == 1 else f"_consistency_{k}")
             scores = [s for s in ev.ACCEPTANCE_SCORES if length or s != "sequence_similarity"]
             settings = {"min_time_gap_s": GAP_S, "consistency": k}
             out[name] = {}
@@ -261,8 +264,8 @@ def main() -> None:
         print(json.dumps(report, indent=1))
         return
     descs = encoded(checkpoint, _config(hw, 0), [f[1] for f in nordland], work / "descriptors.npz")
-    runs = {L: run_detector(checkpoint, _config(hw, L), nordland, work / f"frames_L{L}.json", descs)
-            for L in SEQUENCES}
+    runs = {(L, w): run_detector(checkpoint, _config(hw, L, contrast=w), nordland, work / f"frames_L{L}_w{w}.json",
+                                 descs) for L in SEQUENCES for w in CONTRASTS if L or not w}
     report["nordland"] = variants(runs)
     campus, fit_images = campus_frames()
     cwork = args.cache / "campus"
@@ -270,7 +273,10 @@ def main() -> None:
     cdescs = encoded(cckpt, _config((240, 320), 0), [f[1] for f in campus], cwork / "descriptors.npz")
     cruns = {L: run_detector(cckpt, _config((240, 320), L, 20.0), campus, cwork / f"frames_L{L}.json", cdescs)
              for L in (0, 10)}
-    report["campus"] = {f"L{L}_k{k}": accepted_closures(frames, k) for L, frames in cruns.items() for k in CONSISTENCY}
+    threshold = load_config("speed").loop_closure.score_threshold
+    report["campus"] = {f"L{L}_k{k}": {"threshold_0": accepted_closures(frames, k),
+                                       "shipped_threshold": accepted_closures(frames, k, threshold)}
+                        for L, frames in cruns.items() for k in CONSISTENCY}
     if not args.no_cost:
         report["cost"] = {"nordland_128x256": cost(checkpoint, hw), "speed_480x640": cost(checkpoint, (480, 640))}
     text = json.dumps(report, indent=1)

@@ -128,9 +128,10 @@ def test_the_proposal_is_the_best_ranked_revisit_and_the_time_gap_holds():
 
 
 # ------------------------------------------------------------------ sequence scoring
-def direct_sequence_score(sim, cand, kf_stamps, ages, speeds, usable):
+def direct_sequence_score(sim, cand, kf_stamps, ages, speeds, usable, missing_as_zero=False):
     """S(c) written out with loops: for each speed, the mean over query frames i of
-    sim[i, nearest keyframe to t(c) - v * age_i] (dropping targets before the run and unusable ones)."""
+    sim[i, nearest keyframe to t(c) - v * age_i] (dropping targets before the run and unusable ones,
+    or counting them 0 with ``missing_as_zero``, as contrast-enhanced scores do)."""
     spacing = np.median(np.diff(kf_stamps))
     best = -np.inf
     for v in speeds:
@@ -144,7 +145,7 @@ def direct_sequence_score(sim, cand, kf_stamps, ages, speeds, usable):
                 continue
             terms.append(sim[i, j])
         if terms:
-            best = max(best, float(np.mean(terms)))
+            best = max(best, float(np.sum(terms) / (len(ages) if missing_as_zero else len(terms))))
     return best
 
 
@@ -268,7 +269,7 @@ def test_contrast_enhanced_sequence_scores_equal_a_direct_computation(seed):
     z = np.array([[direct_contrast(sim, i, j, usable, window) for j in range(n)] for i in range(length)])
     candidates = np.flatnonzero(usable)[:12]
     got, _ = sequence_scores(lambda r, c: sim[r, c], candidates, kf_stamps, ages, [0.5, 1.0, 2.0], usable, window)
-    want = [direct_sequence_score(z, c, kf_stamps, ages, [0.5, 1.0, 2.0], usable) for c in candidates]
+    want = [direct_sequence_score(z, c, kf_stamps, ages, [0.5, 1.0, 2.0], usable, True) for c in candidates]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
     np.testing.assert_allclose(run_contrast(sim[0], usable, window)[usable], z[0][usable], rtol=0, atol=1e-9)
 

@@ -112,7 +112,10 @@ def sequence_scores(similarity: SimilarityLookup, candidate_index: np.ndarray, k
     elif valid.any():
         sims[valid] = similarity(rows[valid], idx[valid])
     count = valid.sum(axis=2)
-    mean = np.where(count > 0, sims.sum(axis=2) / np.maximum(count, 1), -np.inf)  # (C, V)
+    # a missing term is no evidence: dropped from a mean of similarities, a neutral 0 among contrasts
+    # (else a path with a single high term, at a run's start, outscores full sequences)
+    divisor = np.maximum(count, 1) if contrast_window <= 0 else idx.shape[2]
+    mean = np.where(count > 0, sims.sum(axis=2) / divisor, -np.inf)  # (C, V)
     best = np.argmax(mean, axis=1)
     return mean[np.arange(len(best)), best], np.asarray(speeds, np.float64)[best]
 

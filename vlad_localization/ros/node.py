@@ -527,7 +527,15 @@ class VladLocalizationNode(LifecycleNode):
             self.stats.count("dropped", camera)
 
     def _on_result(self, camera: int, result, extras: dict) -> None:
-        """A :class:`FrameResult` from the inference process: publish it."""
+        """A :class:`FrameResult` from the inference process: publish it (a result still in flight when
+        SIGINT/SIGTERM shut the context down is dropped, not a traceback)."""
+        try:
+            self._publish_result(camera, result, extras)
+        except Exception:
+            if self.context.ok():
+                raise
+
+    def _publish_result(self, camera: int, result, extras: dict) -> None:
         self._restart_attempts = 0
         self._report_rejections(camera, extras.get("rejections", ()))
         if not self._pubs:  # cleaned up while this frame was being processed
