@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -152,7 +153,9 @@ def replace_block(text: str, block: str, content: str, path: str = "") -> str:
 
 
 def _machine() -> str:
-    parts = [f"{os.cpu_count()} CPU cores", platform.machine(), platform.platform()]
+    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
+                if line.startswith("model name")), platform.machine())
+    parts = [f"{os.cpu_count()} CPU cores ({cpu})", platform.platform()]
     try:
         import torch
         parts.append(f"torch {torch.__version__}")
@@ -161,6 +164,13 @@ def _machine() -> str:
     except ImportError:
         pass
     return ", ".join(parts)
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
 
 
 def _commit() -> str:
@@ -179,7 +189,7 @@ def record(name: str, title: str, command: list[str], conditions: str = "") -> P
     except json.JSONDecodeError as exc:
         raise SystemExit(f"error: {' '.join(command)} did not print one JSON object ({exc}); nothing recorded")
     script = next((c for c in command if c.startswith("benchmarks/")), command[0])
-    rec = {"title": title, "benchmark": script, "command": " ".join(command),
+    rec = {"title": title, "benchmark": script, "command": shlex.join(command),
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "machine": _machine(),
            "commit": _commit(), "source": "the benchmark's JSON output, recorded by benchmarks/results.py",
            "conditions": conditions, "output": output}
@@ -203,12 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("name", help="record file name (benchmarks/results/NAME.json)")
     rec.add_argument("--title", required=True)
     rec.add_argument("--conditions", default="", help="what the machine was doing, input sizes, ...")
-    rec.add_argument("command", nargs=argparse.REMAINDER, help="-- then the benchmark command")
-    args = parser.parse_args(argv)
+    rec.epilog = "then -- and the benchmark command, e.g. -- python benchmarks/encode.py --runs 5"
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[argv.index("--") + 1:] if "--" in argv else []  # record: the benchmark command after --
+    args = parser.parse_args(argv[:len(argv) - len(command) - 1] if "--" in argv else argv)
     if args.action == "record":
-        command = args.command[1:] if args.command[:1] == ["--"] else args.command
         if not command:
-            parser.error("record needs a command after --")
+            parser.error("record needs the benchmark command after --")
         print(record(args.name, args.title, command, args.conditions))
     stale = [path for path, text in generated().items()
              if not path.exists() or path.read_text(encoding="utf-8") != text]
