@@ -33,6 +33,9 @@ class FakeCandidate:
     query_keypoints: np.ndarray | None = None
     map_keypoints: np.ndarray | None = None
     fused_score: float = float("nan")
+    sequence_similarity: float = float("nan")
+    run: int = 0
+    evidence: dict = field(default_factory=dict)
 
     @property
     def score(self) -> float:

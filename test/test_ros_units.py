@@ -18,11 +18,13 @@ from vlad_localization.ros.worker import LatestFrameWorker
 S = 10**9
 
 
-def test_loop_closure_rule_takes_best_confident_revisit():
+def test_loop_closure_rule_judges_the_best_ranked_revisit():
     cands = [FakeCandidate(0, 95 * S, 0.9), FakeCandidate(1, 10 * S, 0.2), FakeCandidate(2, 20 * S, 0.6),
              FakeCandidate(3, None, 0.99)]
-    lc = select_loop_closure(100 * S, cands, score_threshold=0.5, min_time_gap_s=30)
-    assert (lc.rank, lc.t_query, lc.t_match) == (2, 100.0, 20.0)
+    # the proposal is rank 1 (rank 0 is inside the time gap); it is below 0.5, and rank 2 is not asked
+    assert select_loop_closure(100 * S, cands, score_threshold=0.5, min_time_gap_s=30) is None
+    lc = select_loop_closure(100 * S, cands, score_threshold=0.2, min_time_gap_s=30)
+    assert (lc.rank, lc.t_query, lc.t_match) == (1, 100.0, 10.0)
     assert select_loop_closure(100 * S, cands, 0.95, 0) is None  # only the stamp-less one is that good
     assert select_loop_closure(100 * S, cands, 0.5, 0).rank == 0
     assert select_loop_closure(100 * S, [], 0.0, 0) is None
