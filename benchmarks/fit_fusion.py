@@ -160,18 +160,58 @@ def acceptance_table(records, model) -> dict:
             for name, s in scores.items()}
 
 
+def run_acceptance(table, model) -> dict:
+    """Recall at 100 % precision and PR AUC of a run's proposals by the fused score's acceptance part
+    and by each input alone."""
+    x, correct, n = table
+    weights = np.array([model[name] for name in fusion_fit.SCORES])
+    scores = {"fused": x @ weights, **{name: x[:, k] for k, name in enumerate(fusion_fit.SCORES)}}
+    return {name: dict(zip(("recall_at_100_precision", "auc"),
+                           (round(v, 4) for v in fusion_fit.acceptance_metrics(s, correct, n))))
+            for name, s in scores.items()}
+
+
+def run_tables(folder: Path, model) -> dict[str, tuple]:
+    """Proposal tables of the runs ``benchmarks/loop_closure.py`` cached under ``folder`` (one per
+    ``frames_L*.json``: each frame's proposal, single-frame acceptance), with the sequence
+    similarity standing in for the global one where sequence scoring was on."""
+    from loop_closure import GAP_S, _frames_from
+
+    from vlad_localization.loop_closure import proposal_of
+
+    tables = {}
+    for path in sorted(folder.glob("*/frames_L*.json")):
+        frames = _frames_from(json.loads(path.read_text()), model)
+        rows, correct = [], []
+        for f in frames:
+            found = proposal_of(f.stamp_ns, f.candidates, GAP_S)
+            if found is None or not found[1].evidence:
+                continue
+            c = found[1]
+            rows.append([c.ranking_similarity, c.evidence["spatial"], c.evidence["ransac"]])
+            correct.append((c.source, c.map_id) in f.positives)
+        tables[f"{path.parent.name}/{path.stem}"] = (np.array(rows).reshape(-1, 3), np.array(correct, bool),
+                                                     sum(bool(f.positives) for f in frames))
+    return tables
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     parser.add_argument("--cache", default="/tmp/vlad_fit_fusion", help="maps, models and records (default %(default)s)")
     parser.add_argument("--refresh", action="store_true", help="recompute cached records")
     parser.add_argument("--write", action="store_true", help="store the coefficients and threshold in config/*.yaml")
+    parser.add_argument("--runs", type=Path, metavar="DIR",
+                        help="also order well the proposals of the runs benchmarks/loop_closure.py cached in DIR "
+                             "(single frame and sequence scoring)")
     args = parser.parse_args()
     per_set = {name: run_set(name, Path(args.cache), args.refresh) for name in args.sets}
-    model = fusion_fit.fit(per_set)
+    runs = run_tables(args.runs, load_config("speed").matching.fusion_model) if args.runs else {}
+    model = fusion_fit.fit(per_set, list(runs.values()))
     table = {}
     for name, records in per_set.items():
-        held_out = fusion_fit.fit({k: v for k, v in per_set.items() if k != name}) if len(per_set) > 1 else model
+        held_out = fusion_fit.fit({k: v for k, v in per_set.items() if k != name}, list(runs.values())) \
+            if len(per_set) > 1 else model
         row = {rank: ev.recall_at(records, rank, model, ks=(1,))["1"] for rank in ev.RANKINGS}
         row["fused_leave_one_set_out"] = ev.recall_at(records, "fused", held_out, ks=(1,))["1"]
         row["n_queries_with_match"] = sum(bool(r.positives) for r in records)
@@ -181,6 +221,7 @@ def main() -> None:
     loop = ev.precision_recall(*ev.top1_scores(pooled, model))
     print(json.dumps({"model": model, "recall_at_1": table,
                       "acceptance": {name: acceptance_table(records, model) for name, records in per_set.items()},
+                      "acceptance_runs": {name: run_acceptance(table, model) for name, table in runs.items()},
                       "threshold_at_99_precision": threshold,
                       "pooled_auc": round(loop["auc"], 4), "pooled_recall_at_100_precision": loop["recall_at_100_precision"],
                       "cache": args.cache}, indent=1))

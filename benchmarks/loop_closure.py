@@ -104,8 +104,34 @@ def _frames_from(rows, model) -> list[ev.FrameProposals]:
     return out
 
 
-def run_detector(checkpoint, cfg, frames, cache: Path) -> list[ev.FrameProposals]:
-    """Every frame through one detector: (stamp_ns, path, pose, positives); cached as JSON."""
+def encoded(checkpoint, cfg, paths, cache: Path) -> list:
+    """The Descriptors of each image (one encode per image for every variant), cached as .npz."""
+    import torch
+
+    from vlad_localization.model.descriptors import Descriptors
+    from vlad_localization.model.encoder import Encoder
+
+    if not cache.is_file():
+        encoder = Encoder.from_checkpoint(checkpoint, cfg.model, "cpu")
+        arrays = {}
+        for i, path in enumerate(paths):
+            d = encoder.encode([load_rgb(path)])
+            g, patches = d.numpy()
+            arrays[f"g{i}"] = g
+            arrays.update({f"p{i}_{p}": a for p, a in patches.items()})
+            arrays["layout"] = np.array([*d.grid, *d.image_size])
+        encoder.release()
+        np.savez(cache, **arrays)
+    data = np.load(cache)
+    grid, size = tuple(int(v) for v in data["layout"][:2]), tuple(int(v) for v in data["layout"][2:])
+    sizes = sorted({int(k.split("_")[1]) for k in data.files if k.startswith("p0_")})
+    return [Descriptors(torch.from_numpy(data[f"g{i}"]), {p: torch.from_numpy(data[f"p{i}_{p}"]) for p in sizes},
+                        grid, size) for i in range(len(paths))]
+
+
+def run_detector(checkpoint, cfg, frames, cache: Path, descriptors=None) -> list[ev.FrameProposals]:
+    """Every frame through one detector: (stamp_ns, path, pose, positives), with their
+    ``descriptors`` when already encoded; cached as JSON."""
     from vlad_localization.detector import LoopClosureDetector
 
     model = cfg.matching.fusion_model
@@ -114,8 +140,8 @@ def run_detector(checkpoint, cfg, frames, cache: Path) -> list[ev.FrameProposals
     det = LoopClosureDetector.from_config(cfg, checkpoint)
     rows = []
     try:
-        for stamp_ns, path, pose, positives in frames:
-            res = det.process(stamp_ns, load_rgb(path), pose)
+        for i, (stamp_ns, path, pose, positives) in enumerate(frames):
+            res = det.process(stamp_ns, load_rgb(path), pose, descriptors=None if descriptors is None else descriptors[i])
             rows.append({"stamp_ns": stamp_ns, "candidates": [_lite(c) for c in res.candidates],
                          "positives": sorted(positives)})
     finally:
@@ -233,12 +259,15 @@ def main() -> None:
         report["cost"] = {"nordland_128x256": cost(checkpoint, hw), "speed_480x640": cost(checkpoint, (480, 640))}
         print(json.dumps(report, indent=1))
         return
-    runs = {L: run_detector(checkpoint, _config(hw, L), nordland, work / f"frames_L{L}.json") for L in SEQUENCES}
+    descs = encoded(checkpoint, _config(hw, 0), [f[1] for f in nordland], work / "descriptors.npz")
+    runs = {L: run_detector(checkpoint, _config(hw, L), nordland, work / f"frames_L{L}.json", descs)
+            for L in SEQUENCES}
     report["nordland"] = variants(runs)
     campus, fit_images = campus_frames()
     cwork = args.cache / "campus"
     cckpt = _model(cwork, fit_images, (240, 320))
-    cruns = {L: run_detector(cckpt, _config((240, 320), L, 20.0), campus, cwork / f"frames_L{L}.json")
+    cdescs = encoded(cckpt, _config((240, 320), 0), [f[1] for f in campus], cwork / "descriptors.npz")
+    cruns = {L: run_detector(cckpt, _config((240, 320), L, 20.0), campus, cwork / f"frames_L{L}.json", cdescs)
              for L in (0, 10)}
     report["campus"] = {f"L{L}_k{k}": accepted_closures(frames, k) for L, frames in cruns.items() for k in CONSISTENCY}
     if not args.no_cost:

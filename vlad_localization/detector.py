@@ -50,6 +50,8 @@ from vlad_localization.pipeline import RUN, Candidate, Localizer, QueryResult
 from vlad_localization.sequence import QueryHistory, RunTimeline, sequence_scores
 from vlad_localization.verification.depth_sources import FrameDepth
 
+FOLLOWED_RUNS = 3  # sequence scoring follows the previous frame's best this-many sequences
+
 # One candidate's fields in every serialisation (replay and query JSON, the node's ~/candidates
 # columns after query_stamp and camera), in this order; times in seconds.
 CANDIDATE_FIELDS = ("map_id", "map_stamp", "global_similarity", "patch_score", "inliers", "source", "fused_score")
@@ -141,6 +143,7 @@ class LoopClosureDetector:
         self._history = QueryHistory(lc.sequence_length) if lc.sequence_length > 0 else None
         self._run_timeline = RunTimeline()  # this run's keyframes in time order, per camera
         self._map_timeline: tuple[object, RunTimeline] | None = None  # (the prebuilt map it describes, its runs)
+        self._tracks: dict[int, tuple[int, list]] = {}  # camera -> (stamp, best sequences (source, id, speed))
 
     @classmethod
     def from_config(cls, config: Config, checkpoint: str | Path, map_path: str | Path | None = None,
@@ -204,7 +207,7 @@ class LoopClosureDetector:
 
     # ------------------------------------------------------------------ per frame
     def process(self, stamp_ns: int, image: np.ndarray, pose: Pose | None = None, camera: int = 0,
-                camera_model=None, depth=None) -> FrameResult:
+                camera_model=None, depth=None, descriptors=None) -> FrameResult:
         """Query with one camera frame, decide the loop closure, insert it as a keyframe of the run
         when the keyframe policy says so. ``image``: RGB uint8 (H, W, 3); ``pose``: the frame's
         pose (odometry interpolated to ``stamp_ns``) or None; ``camera_model``: this camera's
@@ -212,12 +215,14 @@ class LoopClosureDetector:
         frame's depth image registered to ``image`` (integer: ``verification.depth_scale`` m per
         unit; float: m), or a zero-argument callable computing it (or None), called only when the
         frame becomes a keyframe with a stored view or its loop closure needs the query's depth
-        (the keyframe has none); with verification, a keyframe stored with depth gives metric poses."""
+        (the keyframe has none); with verification, a keyframe stored with depth gives metric poses.
+        ``descriptors``: the image's :class:`Descriptors` when already encoded (with this model), else
+        None (encoded here)."""
         t0 = time.perf_counter()
         cfg = self.config
         lc = cfg.loop_closure
         stamp_ns = int(stamp_ns)
-        desc = self.localizer.encode(image)
+        desc = self.localizer.encode(image) if descriptors is None else descriptors
         t1 = time.perf_counter()
         travel = self._travelled(camera, pose)
         max_travel = travel - lc.min_travel_m if travel is not None and lc.min_travel_m > 0 else None
@@ -228,8 +233,9 @@ class LoopClosureDetector:
 
             def rescore(cands):
                 start = time.perf_counter()
-                self._sequence_rescore(cands, camera, max_stamp)
+                cands = self._sequence_rescore(cands, camera, stamp_ns, max_stamp, max_travel)
                 sequence_ms[0] = (time.perf_counter() - start) * 1e3
+                return cands
         result = self.localizer.query(desc, max_stamp_ns=max_stamp, max_travel_m=max_travel, rescore=rescore)
         t_rule = time.perf_counter()
         closure, decision = self.rule.decide(stamp_ns, result.candidates, camera)
@@ -251,11 +257,15 @@ class LoopClosureDetector:
         return FrameResult(stamp_ns, camera, result.candidates, closure, keyframe, timings, result, relative_pose,
                            decision)
 
-    def _sequence_rescore(self, cands: list[Candidate], camera: int, max_stamp_ns: int) -> None:
-        """Set each candidate's ``sequence_similarity`` from the camera's last frames
-        (:func:`~vlad_localization.sequence.sequence_scores`; a candidate outside any run keeps its
-        global similarity as its single term)."""
+    def _sequence_rescore(self, cands: list[Candidate], camera: int, stamp_ns: int, max_stamp_ns: int,
+                          max_travel_m: float | None = None) -> list[Candidate]:
+        """The candidates with their ``sequence_similarity`` from the camera's last frames
+        (:func:`~vlad_localization.sequence.sequence_scores`), plus the keyframes the previous frame's
+        best sequences lead to at their speeds when the search missed them (a matched run is followed
+        while the global similarity alone does not find it); a candidate outside any run keeps its
+        global similarity as its single term."""
         ages, history = self._history.frames(camera)
+        cands = cands + self._followed(cands, camera, stamp_ns, max_stamp_ns, max_travel_m, history[0])
         speeds = self.config.loop_closure.sequence_speeds
         by_group: dict[tuple, list[tuple[Candidate, int]]] = {}
         for c in cands:
@@ -265,20 +275,61 @@ class LoopClosureDetector:
                 c.sequence_similarity = c.global_similarity
             else:
                 by_group.setdefault((c.source, where[0]), []).append((c, where[1]))
+        best: list[tuple[float, int, int, float]] = []  # (S, source, map id, speed)
         for (source, group), members in by_group.items():
             timeline, store = self._timeline(source)
             stamps, ids = timeline.group(group)
-            usable = (stamps <= max_stamp_ns) & (ids >= self._run_timeline.first_id) if source == RUN else None
+            usable = self._usable(source, stamps, ids, max_stamp_ns)
 
             def similarity(rows, cols, ids=ids, store=store):
                 unique, inverse = np.unique(ids[cols], return_inverse=True)
                 vectors = store.descriptors(unique)
                 return np.einsum("nd,nd->n", history[rows], vectors[inverse])
 
-            scores, _ = sequence_scores(similarity, np.array([pos for _, pos in members]), stamps, ages, speeds,
-                                        usable)
-            for (c, _), value in zip(members, scores):
+            scores, speed = sequence_scores(similarity, np.array([pos for _, pos in members]), stamps, ages, speeds,
+                                            usable)
+            for (c, _), value, v in zip(members, scores, speed):
                 c.sequence_similarity = float(value)
+                best.append((float(value), source, c.map_id, float(v)))
+        best.sort(reverse=True)
+        self._tracks[camera] = (stamp_ns, [b[1:] for b in best[:FOLLOWED_RUNS]])
+        return cands
+
+    def _followed(self, cands: list[Candidate], camera: int, stamp_ns: int, max_stamp_ns: int,
+                  max_travel_m: float | None, query) -> list[Candidate]:
+        """Candidates where the previous frame's best sequences lead now (each run advanced by its
+        speed times the time since), that are not among ``cands`` and that the search could return."""
+        from vlad_localization.pipeline import candidate_from_keyframe
+
+        previous = self._tracks.get(camera)
+        if previous is None:
+            return []
+        had = {(c.source, c.map_id) for c in cands}
+        out = []
+        for source, map_id, speed in previous[1]:
+            timeline, store = self._timeline(source)
+            where = timeline.locate(map_id)
+            if where is None or store is None:
+                continue
+            stamps, ids = timeline.group(where[0])
+            target = stamps[where[1]] + speed * (stamp_ns - previous[0])
+            usable = self._usable(source, stamps, ids, max_stamp_ns)
+            pos = int(np.clip(np.searchsorted(stamps, target), 0, len(stamps) - 1))
+            pos = min((p for p in (pos - 1, pos) if 0 <= p < len(stamps) and (usable is None or usable[p])),
+                      key=lambda p: abs(stamps[p] - target), default=None)
+            if pos is None or (source, int(ids[pos])) in had:
+                continue
+            had.add((source, int(ids[pos])))
+            keyframe = store.keyframes([int(ids[pos])])[0]
+            if source == RUN and max_travel_m is not None and keyframe.extra.get("travel_m", 0.0) > max_travel_m:
+                continue
+            similarity = float(store.descriptors([ids[pos]])[0] @ query)
+            out.append(candidate_from_keyframe(keyframe, similarity, source))
+        return out
+
+    def _usable(self, source: int, stamps: np.ndarray, ids: np.ndarray, max_stamp_ns: int) -> np.ndarray | None:
+        """Which keyframes of a run the search could return now (None: all; this run's: old enough, kept)."""
+        return (stamps <= max_stamp_ns) & (ids >= self._run_timeline.first_id) if source == RUN else None
 
     def _timeline(self, source: int) -> tuple[RunTimeline, Any]:
         """(the runs of a store in time order, the store) for ``source``; the prebuilt map's is read

@@ -163,8 +163,9 @@ class Localizer:
         """Top-``k`` (default ``localizer.top_k``) keyframes for one image, best first, from the
         prebuilt map and the run's store; ``max_stamp_ns`` / ``max_travel_m`` restrict the run's
         store to keyframes taken before that time / travelled distance (never its recent ones).
-        ``rescore(candidates)``, when given, sets their ``sequence_similarity`` before they are
-        ordered by :attr:`Candidate.ranking_similarity` and re-ranked (sequence scoring)."""
+        ``rescore(candidates) -> candidates``, when given, sets their ``sequence_similarity`` (and may
+        add candidates) before they are ordered by :attr:`Candidate.ranking_similarity` and re-ranked
+        (sequence scoring)."""
         db, run = self._map, self.run_map
         timings = {"encode_ms": 0.0, "search_ms": 0.0, "rerank_ms": 0.0}
         t0 = time.perf_counter()
@@ -190,11 +191,10 @@ class Localizer:
             sims, ids = store.search(query, k, **limits)
             keep = ids[0] >= 0
             for kf, sim in zip(store.keyframes(ids[0][keep]), sims[0][keep]):
-                cands.append(_candidate(kf, float(sim), source))
+                cands.append(candidate_from_keyframe(kf, float(sim), source))
         cands = sorted(cands, key=lambda c: -c.global_similarity)[:k]  # stable: the prebuilt map first on ties
         if rescore is not None and cands:
-            rescore(cands)
-            cands = sorted(cands, key=lambda c: -c.ranking_similarity)
+            cands = sorted(rescore(cands), key=lambda c: -c.ranking_similarity)
         t2 = time.perf_counter()
         timings["search_ms"] = (t2 - t1) * 1e3
         network_size = tuple(desc.image_size)
@@ -318,7 +318,7 @@ def _patches_of(stores: dict, cands: list[Candidate]) -> dict[int, np.ndarray]:
     return out
 
 
-def _candidate(kf: Keyframe, similarity: float, source: int = PREBUILT) -> Candidate:
+def candidate_from_keyframe(kf: Keyframe, similarity: float, source: int = PREBUILT) -> Candidate:
     pose = None
     if kf.position is not None:
         pose = Pose(tuple(kf.position), tuple(kf.orientation) if kf.orientation else (0.0, 0.0, 0.0, 1.0))
@@ -327,4 +327,4 @@ def _candidate(kf: Keyframe, similarity: float, source: int = PREBUILT) -> Candi
                      camera=camera if isinstance(camera, int) else None)
 
 
-__all__ = ["PREBUILT", "RUN", "Candidate", "Localizer", "QueryResult", "scale_keypoints"]
+__all__ = ["PREBUILT", "RUN", "Candidate", "Localizer", "QueryResult", "candidate_from_keyframe", "scale_keypoints"]
