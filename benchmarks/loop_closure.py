@@ -213,7 +213,8 @@ def cost(checkpoint, hw, keyframes: int = 10_000, frames: int = 20, consistency:
     from vlad_localization.mapdb.patch_store import PATCH_DTYPE
 
     images = sorted((DATA / "nordland_64x32" / "winter").glob("*.png"))[1000:1000 + frames]
-    cfg = apply_overrides(_config(hw, length), {"loop_closure.consistency": consistency})
+    cfg = apply_overrides(_config(hw, length), {"loop_closure.consistency": consistency,
+                                                "loop_closure.max_keyframes": keyframes})
     det = LoopClosureDetector.from_config(cfg, checkpoint)
     try:
         rgb = [load_rgb(p) for p in images]

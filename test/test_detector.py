@@ -159,3 +159,46 @@ def test_both_mode_tags_each_candidate_with_its_map(tmp_path, datasets_dir, spee
     for r in results:
         assert all(c.source == 0 or r.stamp_ns - c.stamp_ns >= 3 * S for c in r.candidates)
     assert [r.keyframe for r in results] == list(range(10))
+
+
+def test_nordland_sequence_scoring_and_consistency_beat_single_frames(datasets_dir, speed_checkpoint, small_config):
+    """The 40-place Nordland summer-then-winter run of the test above, every frame encoded once: with
+    sequence scoring (L = 10) more winter frames propose their true place than frame by frame, and
+    consistency (k = 3) on top accepts closures at least as precise as single frames at threshold 0."""
+    from vlad_localization.config import apply_overrides, load_config
+    from vlad_localization.detector import LoopClosureDetector
+    from vlad_localization.images import load_rgb
+
+    first, n, tolerance = 1000, 40, 2
+    names = [f"images-{(first + i) * 10:05d}.png" for i in range(n)]
+    frames = [(i * S, datasets_dir / "nordland_64x32" / "summer" / name) for i, name in enumerate(names)]
+    frames += [((100 + i) * S, datasets_dir / "nordland_64x32" / "winter" / name) for i, name in enumerate(names)]
+    base = apply_overrides(load_config(small_config), {"loop_closure.mode": "loop_closure", "loop_closure.min_time_gap_s":
+                                                       GAP_S, "loop_closure.score_threshold": 0.0})
+    descriptors = None
+    outcome = {}
+    for length, k in ((0, 1), (10, 1), (10, 3)):
+        cfg = apply_overrides(base, {"loop_closure.sequence_length": length, "loop_closure.consistency": k})
+        det = LoopClosureDetector.from_config(cfg, speed_checkpoint)
+        try:
+            if descriptors is None:
+                descriptors = [det.localizer.encode(load_rgb(path)) for _, path in frames]
+            right_top, accepted = 0, []
+            for i, ((stamp, path), desc) in enumerate(zip(frames, descriptors)):
+                res = det.process(stamp, load_rgb(path), descriptors=desc)
+                if i < n:
+                    continue
+                place = i - n
+                proposal = res.candidates[res.decision.rank] if res.decision.rank is not None else None
+                right_top += proposal is not None and abs(proposal.map_id - place) <= tolerance
+                if res.loop_closure is not None:
+                    accepted.append(abs(res.loop_closure.candidate.map_id - place) <= tolerance)
+                if length:
+                    assert all(not math.isnan(c.sequence_similarity) for c in res.candidates)
+                    assert res.timings["sequence_ms"] > 0
+        finally:
+            det.release()
+        outcome[length, k] = (right_top, sum(accepted) / max(len(accepted), 1), len(accepted))
+    print(f"nordland 40 places (right proposals, precision, closures): {outcome}")
+    assert outcome[10, 1][0] > outcome[0, 1][0]
+    assert outcome[10, 3][1] >= outcome[0, 1][1] and outcome[10, 3][2] > 0
