@@ -136,9 +136,12 @@ def headline_table(records: dict[str, dict] | None = None) -> str:
                 values = [rec["rows"][r][rec["columns"].index(c)] for r, c in item["cells"]]
             else:
                 values = [_path(rec["output"], p) for p in item["paths"]]
-            rows.append([item["figure"], "; ".join(_cell(v) for v in values), rec["date"],
+            rows.append([item["figure"], "; ".join(_cell(v) for v in values), rec["date"] + ("*" * bool(rec.get("date_note"))),
                          rec["machine"].split(",")[0], f"[{name}](benchmarks/RESULTS.md#{name})"])
-    return "\n".join(_table(["figure", "value", "date", "machine", "record"], rows))
+    out = _table(["figure", "value", "date", "machine", "record"], rows)
+    if any("*" in row[2] for row in rows):
+        out += ["", "\\* the day the figure was recorded in the README; the record says the measurement date was not stated."]
+    return "\n".join(out)
 
 
 def replace_block(text: str, block: str, content: str, path: str = "") -> str:
