@@ -46,7 +46,7 @@ import numpy as np
 
 from vlad_localization import evaluation as ev
 from vlad_localization import fusion_fit
-from vlad_localization.choices import FUSED_FEATURES
+from vlad_localization.choices import FUSED_FEATURES, RANSAC_BACKENDS
 from vlad_localization.config import apply_overrides, load_config, preset_path
 from vlad_localization.images import iter_folder, list_images
 from vlad_localization.matching.fusion import rank_weights
@@ -103,17 +103,17 @@ def _link_folder(folder: Path, images) -> Path:
     return folder
 
 
-def set_config(image_hw):
+def set_config(image_hw, ransac_backend: str = "auto"):
     cfg = load_config("speed")
     overrides = {"model.num_clusters": 16, "model.num_pcs": 128, "model.image_height": image_hw[0],
                  "model.image_width": image_hw[1], "model.device": "cpu", "localizer.rerank_k": 10,
-                 "localizer.top_k": 20}
+                 "localizer.top_k": 20, "matching.ransac_backend": ransac_backend}
     if not cfg.matching.fusion_model:
         overrides["matching.fusion_model"] = PLACEHOLDER
     return apply_overrides(cfg, overrides)
 
 
-def run_set(name: str, cache: Path, refresh: bool) -> list[ev.QueryRecord]:
+def run_set(name: str, cache: Path, refresh: bool, ransac_backend: str = "auto") -> list[ev.QueryRecord]:
     """The evaluate pass on one set (cached as JSON under ``cache/name``)."""
     from vlad_localization.mapdb import build_map
     from vlad_localization.model.encoder import Encoder
@@ -131,7 +131,7 @@ def run_set(name: str, cache: Path, refresh: bool) -> list[ev.QueryRecord]:
         build_offtheshelf_checkpoint(WEIGHTS, list_images(map_dir), checkpoint, num_clusters=16, num_pcs=128,
                                      patch_sizes=(5,), strides=(1,), image_size=hw, device="cpu", seed=0,
                                      max_pca_samples=5000, kmeans_iterations=25, progress=False)
-    cfg = ev.evaluation_config(set_config(hw))
+    cfg = ev.evaluation_config(set_config(hw, ransac_backend))
     encoder = Encoder.from_checkpoint(checkpoint, cfg.model, "cpu")
     build_map(out / "map", iter_folder(map_dir), encoder, cfg, [str(map_dir)], progress=False)
     loc = Localizer.from_paths(out / "map", checkpoint, cfg, "cpu")
@@ -204,8 +204,11 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, metavar="DIR",
                         help="also order well the proposals of the runs benchmarks/loop_closure.py cached in DIR "
                              "(single frame and sequence scoring)")
+    parser.add_argument("--ransac-backend", default="auto", choices=list(RANSAC_BACKENDS),
+                        help="matching.ransac_backend of the evaluate pass (records are cached per --cache: "
+                             "use one cache per backend)")
     args = parser.parse_args()
-    per_set = {name: run_set(name, Path(args.cache), args.refresh) for name in args.sets}
+    per_set = {name: run_set(name, Path(args.cache), args.refresh, args.ransac_backend) for name in args.sets}
     runs = run_tables(args.runs, load_config("speed").matching.fusion_model) if args.runs else {}
     model = fusion_fit.fit(per_set, list(runs.values()))
     table = {}
@@ -224,7 +227,7 @@ def main() -> None:
                       "acceptance_runs": {name: run_acceptance(table, model) for name, table in runs.items()},
                       "threshold_at_99_precision": threshold,
                       "pooled_auc": round(loop["auc"], 4), "pooled_recall_at_100_precision": loop["recall_at_100_precision"],
-                      "cache": args.cache}, indent=1))
+                      "cache": args.cache, "ransac_backend": args.ransac_backend}, indent=1))
     if args.write:
         if threshold is None:
             raise SystemExit("no threshold reaches 99 % precision: presets left unchanged")

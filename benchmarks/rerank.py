@@ -20,6 +20,10 @@ PnP), and the parts: SIFT of one image, guided matching (features given), stereo
 estimators alone. In a node the query's SIFT is computed once per frame and a keyframe's could be
 stored, leaving guided matching + estimation per candidate.
 
+``fused_opencv_s`` / ``fused_batched_s``: the fused re-ranking per frame with its RANSAC on OpenCV
+(``matching.workers`` threads) and batched in torch on ``--device`` (``matching.ransac_backend``),
+timed in the same run; ``batched_over_opencv`` is their ratio.
+
 ``matching.workers`` threads score the candidates (``--workers``, default one per core, at most 8);
 with several, ``ours_one_thread_s`` / ``fused_one_thread_s`` time the same on one thread.
 
@@ -92,11 +96,12 @@ def ours(preset: dict, query, cands, workers: int = 0):
     return lambda: matcher.score(query, cands).order
 
 
-def ours_fused(preset: dict, query, cands, workers: int = 0):
-    """Ours with ``fusion: fused`` (the presets' default): both matchers on the same mutual matches."""
+def ours_fused(preset: dict, query, cands, workers: int = 0, backend: str = "auto"):
+    """Ours with ``fusion: fused`` (the presets' default): both matchers on the same mutual matches,
+    the RANSAC on ``backend`` (matching.ransac_backend)."""
     model = load_config("speed").matching.fusion_model  # the three presets ship the same coefficients
     cfg = MatchingConfig(matcher=preset["matcher"], patch_weights=list(preset["weights"]), fusion="fused",
-                         fusion_model=model, ransac_seed=0, workers=workers)
+                         fusion_model=model, ransac_seed=0, workers=workers, ransac_backend=backend)
     matcher = PatchMatcher(cfg, preset["patch_sizes"], [1] * len(preset["patch_sizes"]), VGG16_CONV5_3, GRID)
     sims = np.zeros(next(iter(cands.values())).shape[0])
     return lambda: matcher.score(query, cands, sims).order
@@ -221,6 +226,10 @@ def main() -> None:
             products_s, _ = time_runs(products_only(query, cands), args.repeats, device)
             fused_s, _ = time_runs(ours_fused(preset, query, cands, args.workers), args.repeats, device)
             row |= {"ours_s": round(ours_s, 5), "fused_s": round(fused_s, 5), "products_s": round(products_s, 5)}
+            for backend in ("opencv", "batched"):  # the fused score's RANSAC per frame, both backends
+                row[f"fused_{backend}_s"] = round(time_runs(ours_fused(preset, query, cands, args.workers, backend),
+                                                            args.repeats, device)[0], 5)
+            row["batched_over_opencv"] = round(row["fused_batched_s"] / row["fused_opencv_s"], 3)
             if workers > 1:  # the same on one thread: what matching.workers buys
                 serial_s, _ = time_runs(ours(preset, query, cands, 1), args.repeats, device)
                 fused_serial_s, _ = time_runs(ours_fused(preset, query, cands, 1), args.repeats, device)

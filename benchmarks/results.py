@@ -42,7 +42,7 @@ def _cell(value) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return str(value) if len(str(value)) <= 6 else f"{value:.3g}"
+        return str(value) if len(str(value)) <= 6 else f"{value:.4g}"
     return str(value).replace("|", "\\|")
 
 
@@ -85,6 +85,24 @@ def _flat(output, prefix: str = "") -> list[list]:
     return [[prefix.rstrip("."), json.dumps(output) if isinstance(output, list) else output]]
 
 
+def _rows_of(items: list[dict]) -> list[str]:
+    """A list of result objects as one table: a column per key (nested values flattened)."""
+    flat = [dict(_flat(item)) for item in items]
+    columns = list(dict.fromkeys(k for row in flat for k in row))
+    return _table(columns, [[row.get(c) for c in columns] for row in flat])
+
+
+def _generic_tables(output: dict) -> list[str]:
+    """Scalars and small objects as key/value rows; each list of result objects as a table of its own."""
+    scalars = {k: v for k, v in output.items()
+               if not (isinstance(v, list) and v and all(isinstance(i, dict) for i in v))}
+    out = _table(["key", "value"], _flat(scalars)) if scalars else []
+    for key, items in output.items():
+        if key not in scalars:
+            out += ["", f"`{key}`:", ""] + _rows_of(items)
+    return out
+
+
 RENDERERS = {"benchmarks/fit_fusion.py": _fit_fusion_tables}
 
 
@@ -101,7 +119,7 @@ def render_record(name: str, rec: dict) -> list[str]:
         out += _table(rec["columns"], rec["rows"])
     else:
         render = RENDERERS.get(rec.get("benchmark"))
-        out += render(rec["output"]) if render else _table(["key", "value"], _flat(rec["output"]))
+        out += (render or _generic_tables)(rec["output"])
     if rec.get("notes"):
         out += ["", rec["notes"]]
     return out + [""]

@@ -66,6 +66,7 @@ def test_user_file_extends_a_preset(tmp_path):
         ("map:\n  nprobe: -1\n", ["map.nprobe", ">= 1"]),
         ("model:\n  num_pcs: 0\n", ["model.num_pcs"]),
         ("matching:\n  workers: -2\n", ["matching.workers", ">= 0"]),
+        ("matching:\n  ransac_backend: gpu\n", ["matching.ransac_backend", "batched", "opencv"]),
     ],
 )
 def test_bad_config_files_are_refused_with_a_message_naming_the_problem(tmp_path, text, words):

@@ -111,7 +111,8 @@ def test_cli_page_names_every_command_and_scores_page_every_decision():
     for status in DECISIONS:
         assert f"| `{status}` |" in scores, status
     config = _text(DOCS / "configuration.md")
-    for table in (choices.MODES, choices.FUSIONS, choices.BACKBONES, choices.MATCHERS, choices.EVICTIONS):
+    for table in (choices.MODES, choices.FUSIONS, choices.BACKBONES, choices.MATCHERS, choices.EVICTIONS,
+                  choices.RANSAC_BACKENDS):
         for name in table:
             assert f"`{name}`" in config, name
 

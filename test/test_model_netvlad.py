@@ -1,6 +1,8 @@
 """Parity of the Patch-NetVLAD pooling + WPCA with the official implementation, on real images."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -196,3 +198,61 @@ def test_patch_too_large_for_grid_is_a_clear_error():
 def test_memory_is_chunked_over_clusters():
     pool = PatchNetVLADPooling(64, 512, patch_sizes=[5], chunk_bytes=64 << 20)
     assert pool._cluster_chunk(30 * 40 * 512 * 4) < 64
+
+
+def _performance_pool(chunk_bytes: int) -> tuple[PatchNetVLADPooling, WPCA]:
+    sizes, strides, num_pcs = PRESETS["performance"]
+    torch.manual_seed(11)
+    pool = PatchNetVLADPooling(K, 512, patch_sizes=sizes, strides=strides, chunk_bytes=chunk_bytes)
+    wpca_conv = torch.nn.Conv2d(K * 512, num_pcs, kernel_size=1)
+    return pool, WPCA.from_conv(wpca_conv.weight.data, wpca_conv.bias.data)
+
+
+@pytest.mark.parametrize("projection", ["regions", "cells"])
+def test_single_wpca_product_equals_chunked_projection(conv_features, projection):
+    """All clusters in one chunk (one WPCA product per patch size, what a GPU with room gets) gives
+    the descriptors of small cluster chunks (the CPU's cache-sized ones)."""
+    results = []
+    for chunk_bytes in (8 << 20, 64 << 30):
+        pool, wpca = _performance_pool(chunk_bytes)
+        pool.projection = projection
+        n, c, h, w = conv_features.shape
+        per_cluster = 5 * n * h * w * c + 2 * sum(n * math.prod(region_grid(h, w, p, 1)) for p in pool.patch_sizes) * c
+        results.append((pool._cluster_chunk(per_cluster, pool.chunk_budget(conv_features.device)),
+                        *pool(conv_features, wpca)))
+    (few, g_few, p_few), (all_, g_all, p_all) = results
+    assert few < K and all_ == K
+    assert (g_few - g_all).abs().max() < 1e-6
+    for size in p_few:
+        assert (p_few[size] - p_all[size]).abs().max() < 1e-5
+
+
+def test_gpu_chunk_budget_follows_free_device_memory(monkeypatch):
+    """On a CUDA device the chunks may fill half of the free memory: the performance preset at
+    640x480 then projects all 64 clusters at once on a large GPU, in chunks on a small one; the
+    CPU keeps chunk_bytes."""
+    pool, _ = _performance_pool(256 << 20)
+    per_cluster = 5 * 30 * 40 * 512 + 2 * (29 * 39 + 26 * 36 + 23 * 33) * 512
+    assert pool.chunk_budget(torch.device("cpu")) == 256 << 20
+    for free, expect_all in ((70 << 30, True), (2 << 30, False)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, free=free: (free, 80 << 30))
+        budget = pool.chunk_budget(torch.device("cuda"))
+        assert budget == max(256 << 20, free // 2)
+        assert (pool._cluster_chunk(per_cluster, budget) == K) == expect_all
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 << 20, 80 << 30))
+    assert pool.chunk_budget(torch.device("cuda")) == 256 << 20  # never below chunk_bytes
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (this machine has none)")
+def test_cuda_single_product_matches_cpu(conv_features):
+    pool, wpca = _performance_pool(256 << 20)
+    n, c, h, w = conv_features.shape
+    per_cluster = 5 * n * h * w * c + 2 * sum(n * math.prod(region_grid(h, w, p, 1)) for p in pool.patch_sizes) * c
+    assert pool._cluster_chunk(per_cluster, pool.chunk_budget(torch.device("cuda"))) == K
+    g_cpu, p_cpu = pool(conv_features, wpca)
+    pool_gpu, wpca_gpu = pool.cuda(), wpca.cuda()
+    with torch.inference_mode():
+        g_gpu, p_gpu = pool_gpu(conv_features.cuda(), wpca_gpu)
+    assert (g_cpu - g_gpu.cpu()).abs().max() < 1e-4
+    for size in p_cpu:
+        assert (p_cpu[size] - p_gpu[size].cpu()).abs().max() < 1e-4

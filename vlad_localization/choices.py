@@ -17,6 +17,13 @@ MATCHERS = {
     "spatial": "rapid spatial scoring (official 'spatialApproximator')",
 }
 
+RANSAC_BACKENDS = {
+    "auto": "batched on a GPU, OpenCV on the CPU (measured faster there: benchmarks/rerank.py); the "
+            "reference fusion always uses OpenCV",
+    "batched": "every candidate's and patch size's RANSAC in one torch computation on the descriptors' device",
+    "opencv": "cv2.findHomography per candidate and patch size (the official re-ranking), on matching.workers threads",
+}
+
 FUSIONS = {
     "absolute": "weighted mean of the absolute per-size scores, in [0, 1]",
     "reference": "the official z-scores over the candidates (reproduces published results)",

@@ -22,7 +22,17 @@ import yaml
 
 import math
 
-from vlad_localization.choices import BACKBONES, EVICTIONS, FUSED_FEATURES, FUSIONS, MATCHERS, MODES, REFINEMENTS, names
+from vlad_localization.choices import (
+    BACKBONES,
+    EVICTIONS,
+    FUSED_FEATURES,
+    FUSIONS,
+    MATCHERS,
+    MODES,
+    RANSAC_BACKENDS,
+    REFINEMENTS,
+    names,
+)
 
 PRESETS = ("performance", "speed", "storage")
 
@@ -72,13 +82,17 @@ class MatchingConfig:
     # fused: logistic coefficients {bias, global_similarity, spatial, ransac} (benchmarks/fit_fusion.py)
     fusion_model: dict[str, float] | None = None
     ransac_threshold_factor: float = 1.5  # reprojection threshold = stride * patch stride * this
-    ransac_seed: int | None = 0  # seeds OpenCV's RNG before each RANSAC for repeatable scores
-    # threads scoring the candidates' matches with RANSAC at once (OpenCV releases the GIL; the scores
-    # do not depend on it); 0 = one per CPU core, at most 8; 1 = in the calling thread
+    ransac_seed: int | None = 0  # seeds the batched RANSAC's draws (OpenCV 5's findHomography draws from a fixed seed)
+    # auto | batched | opencv: where the RANSAC homographies run (choices.RANSAC_BACKENDS)
+    ransac_backend: str = "auto"
+    # threads scoring the candidates' matches with OpenCV's RANSAC at once (it releases the GIL; the
+    # scores do not depend on it; the batched backend needs none); 0 = one per CPU core, at most 8;
+    # 1 = in the calling thread
     workers: int = 0
 
     def validate(self, model: ModelConfig) -> None:
         _one_of("matching.matcher", self.matcher, MATCHERS)
+        _one_of("matching.ransac_backend", self.ransac_backend, RANSAC_BACKENDS)
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
             raise ConfigError(f"matching.workers must be an integer >= 0 (0 = one per CPU core, at most 8), "
                               f"got {self.workers!r}")

@@ -34,7 +34,8 @@ from vlad_localization.matching.fusion import (
 )
 from vlad_localization.matching.keypoints import patch_keypoints
 from vlad_localization.matching.mutual import mutual_nearest_neighbours
-from vlad_localization.matching.ransac import fit_homography, reprojection_threshold
+from vlad_localization.matching.batched_ransac import batched_homographies
+from vlad_localization.matching.ransac import HomographyFit, fit_homography, reprojection_threshold
 from vlad_localization.matching.spatial import spatial_anchor, spatial_scores
 from vlad_localization.model.descriptors import Descriptors
 from vlad_localization.model.geometry import BackboneGeometry
@@ -137,9 +138,9 @@ class PatchMatcher:
             raise ValueError(f"patch sizes {self.patch_sizes} and strides {self.strides} must pair up")
         normalised_weights(matching_cfg.patch_weights, len(self.patch_sizes))  # validates
         self.cfg = matching_cfg
-        # threads pay off only for RANSAC (OpenCV releases the GIL); spatial scores are cheap numpy
-        uses_ransac = matching_cfg.matcher == "ransac" or matching_cfg.fusion == "fused"
-        self.workers = scoring_workers(matching_cfg.workers) if uses_ransac else 1
+        # threads pay off only for OpenCV's RANSAC (it releases the GIL); spatial scores are cheap numpy
+        self.uses_ransac = matching_cfg.matcher == "ransac" or matching_cfg.fusion == "fused"
+        self.workers = scoring_workers(matching_cfg.workers) if self.uses_ransac else 1
         self.geometry = geometry
         self.grid_hw = (int(grid_hw[0]), int(grid_hw[1]))
         self.image_hw = tuple(image_hw) if image_hw else (
@@ -195,17 +196,19 @@ class PatchMatcher:
         fused_model = self.cfg.fusion == "fused"
         other = next(m for m in MATCHERS if m != self.cfg.matcher)
         other_size = np.zeros((num_cand, sizes))  # the other matcher's absolute scores (fused only)
-        slots, tasks = [], []  # (candidate, size index) and its scoring arguments
+        pairs = []  # (candidate, size index, size, query patch indices, candidate patch indices, num_query)
         for s, size in enumerate(self.patch_sizes):
             matches = mutual_nearest_neighbours(query[size], candidates[size])
             num_query = int(query[size].shape[0])
-            for k in range(num_cand):
-                slots.append((k, s))
-                tasks.append((size, *matches.pairs(k), num_query, fused_model and other))
-        scored = map_tasks(self._score_candidate, tasks, self.workers)
-        for (k, s), (official, absolute, count, matched, other_score) in zip(slots, scored):
-            raw[k, s], per_size[k, s], inliers[k, s], corr[k][s] = official, absolute, count, matched
-            other_size[k, s] = other_score
+            pairs += [(k, s, size, *matches.pairs(k), num_query) for k in range(num_cand)]
+        fits = self._ransac_fits(pairs, query[self.patch_sizes[0]].device) if self.uses_ransac else [None] * len(pairs)
+        for (k, s, size, query_idx, cand_idx, num_query), fit in zip(pairs, fits):
+            for matcher in (self.cfg.matcher, other) if fused_model else (self.cfg.matcher,):
+                scored = self._score_matches(size, query_idx, cand_idx, num_query, matcher, fit)
+                if matcher == self.cfg.matcher:
+                    raw[k, s], per_size[k, s], inliers[k, s], corr[k][s] = scored
+                else:
+                    other_size[k, s] = scored[1]
         fused = absolute_fusion(per_size, self.cfg.patch_weights)
         evidence = probability = None
         if fused_model:
@@ -221,21 +224,36 @@ class PatchMatcher:
         return MatchResult(self.patch_sizes, self.cfg.matcher, per_size, fused, raw, inliers, order, corr,
                            evidence, probability)
 
-    def _score_candidate(self, size: int, query_idx, cand_idx, num_query: int, other):
-        """One candidate and patch size: the configured matcher's four results and, when ``other``
-        names the second matcher (fused), that one's absolute score (else 0)."""
-        official, absolute, count, matched = self._score_matches(size, query_idx, cand_idx, num_query, self.cfg.matcher)
-        other_score = self._score_matches(size, query_idx, cand_idx, num_query, other)[1] if other else 0.0
-        return official, absolute, count, matched, other_score
+    def ransac_backend(self, device: torch.device) -> str:
+        """``batched`` or ``opencv``: where this matcher's RANSAC runs for descriptors on ``device``
+        (the reference fusion always uses OpenCV, so that it stays the official re-ranking)."""
+        if self.cfg.fusion == "reference" or self.cfg.ransac_backend == "opencv":
+            return "opencv"
+        if self.cfg.ransac_backend == "batched" or torch.device(device).type != "cpu":
+            return "batched"
+        return "opencv"  # auto on the CPU: OpenCV on threads measured faster (benchmarks/rerank.py)
 
-    def _score_matches(self, size: int, query_idx, cand_idx, num_query: int, matcher: str):
-        """(official score, absolute score, inliers, Correspondences) of one candidate's mutual matches."""
-        query_kp = self.keypoints[size][:, query_idx].T.astype(np.float64)
-        cand_kp = self.keypoints[size][:, cand_idx].T.astype(np.float64)
+    def _ransac_fits(self, pairs: list, device: torch.device) -> list[HomographyFit]:
+        """One RANSAC homography per (candidate, size) of ``pairs``: all at once on ``device``
+        (batched) or one OpenCV call each on ``workers`` threads."""
+        keypoints = [
+            (self.keypoints[size][:, query_idx].T.astype(np.float64), self.keypoints[size][:, cand_idx].T.astype(np.float64),
+             self.thresholds[size])
+            for _, _, size, query_idx, cand_idx, _ in pairs
+        ]
+        if self.ransac_backend(device) == "batched":
+            query_kp, cand_kp, thresholds = zip(*keypoints) if keypoints else ((), (), ())
+            return batched_homographies(list(query_kp), list(cand_kp), list(thresholds), self.cfg.ransac_seed, device)
+        return map_tasks(lambda q, c, t: fit_homography(q, c, t, self.cfg.ransac_seed), keypoints, self.workers)
+
+    def _score_matches(self, size: int, query_idx, cand_idx, num_query: int, matcher: str, fit: HomographyFit | None):
+        """(official score, absolute score, inliers, Correspondences) of one candidate's mutual matches
+        (``fit``: their RANSAC homography, for the ransac matcher)."""
         if matcher == "ransac":
-            fit = fit_homography(query_kp, cand_kp, self.thresholds[size], self.cfg.ransac_seed)
             corr = Correspondences(fit.query_keypoints, fit.candidate_keypoints, fit.homography)
             return -fit.inliers / num_query, fit.inliers / num_query, fit.inliers, corr
+        query_kp = self.keypoints[size][:, query_idx].T.astype(np.float64)
+        cand_kp = self.keypoints[size][:, cand_idx].T.astype(np.float64)
         official, absolute = spatial_scores(
             self.indices[size][:, query_idx], self.indices[size][:, cand_idx], self.anchors[size], num_query
         )

@@ -33,7 +33,7 @@ def reprojection_threshold(backbone_stride: int, patch_stride: int, factor: floa
     return float(backbone_stride * patch_stride * factor)
 
 
-def _no_fit() -> HomographyFit:
+def no_fit() -> HomographyFit:
     empty = np.zeros((0, 2), dtype=np.float64)
     return HomographyFit(empty, empty.copy(), None)
 
@@ -51,14 +51,14 @@ def fit_homography(
     if len(query_keypoints) != len(candidate_keypoints):
         raise ValueError("query and candidate keypoints must be matched row by row")
     if len(query_keypoints) < MIN_MATCHES:
-        return _no_fit()
+        return no_fit()
     src = np.ascontiguousarray(candidate_keypoints, dtype=np.float32)
     dst = np.ascontiguousarray(query_keypoints, dtype=np.float32)
     if seed is not None:
         cv2.setRNGSeed(int(seed))
     homography, mask = cv2.findHomography(src, dst, cv2.RANSAC, ransacReprojThreshold=threshold)
     if mask is None:
-        return _no_fit()
+        return no_fit()
     keep = mask.ravel() == 1
     return HomographyFit(
         np.asarray(query_keypoints, dtype=np.float64)[keep],

@@ -32,6 +32,10 @@ from .regions import integral_feature, region_grid, square_region_sums, square_r
 from .wpca import WPCA
 
 _EPS = 1e-12  # F.normalize's eps, as in the reference
+# On a GPU the cluster chunks may fill this share of the free device memory, so that with room the
+# WPCA projection is one product per patch size (few large launches); the CPU keeps ``chunk_bytes``
+# (cache-sized chunks measured faster there).
+GPU_FREE_SHARE = 0.5
 PROJECTIONS = ("auto", "regions", "cells")
 
 
@@ -160,8 +164,19 @@ class PatchNetVLADPooling(nn.Module):
         # integral round-off, so "auto" uses the exact region path.
         return "regions" if self.projection == "auto" else self.projection
 
-    def _cluster_chunk(self, per_cluster_floats: int) -> int:
-        return max(1, min(self.num_clusters, self.chunk_bytes // (4 * max(1, per_cluster_floats))))
+    def chunk_budget(self, device: torch.device) -> int:
+        """Bytes the cluster chunks may take on ``device``: ``chunk_bytes``, or on a CUDA device
+        ``GPU_FREE_SHARE`` of its free memory when that is more (torch.cuda.mem_get_info)."""
+        if torch.device(device).type != "cuda":
+            return self.chunk_bytes
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(self.chunk_bytes, int(free * GPU_FREE_SHARE))
+
+    def _cluster_chunk(self, per_cluster_floats: int, budget: int | None = None) -> int:
+        """Clusters per chunk: as many as ``budget`` bytes (default ``chunk_bytes``) hold; all of
+        them (one WPCA product per patch size) when they fit."""
+        budget = self.chunk_bytes if budget is None else int(budget)
+        return max(1, min(self.num_clusters, budget // (4 * max(1, per_cluster_floats))))
 
     def patch_descriptors(self, x: torch.Tensor, assign: torch.Tensor, wpca: WPCA | None) -> dict[int, torch.Tensor]:
         """Patch-NetVLAD descriptors of every square region (row-major), projecting region VLADs.
@@ -181,7 +196,7 @@ class PatchNetVLADPooling(nn.Module):
         mass = {p: square_region_sums_direct(assign_cl, p, s, 1, 2).reshape(rows[p], k_all) for p, s in scales}
         desc = {p: x.new_zeros(rows[p], out_dim) for p, _ in scales}
         block_sq = {p: x.new_zeros(rows[p]) for p, _ in scales}  # ||intra-normalised VLAD||^2
-        chunk = self._cluster_chunk(5 * n * h * w * c + 2 * sum(rows.values()) * c)
+        chunk = self._cluster_chunk(5 * n * h * w * c + 2 * sum(rows.values()) * c, self.chunk_budget(x.device))
         for k0 in range(0, k_all, chunk):
             k1 = min(k_all, k0 + chunk)
             kc = k1 - k0
@@ -225,7 +240,7 @@ class PatchNetVLADPooling(nn.Module):
         per_cluster = 3 * cells_per_map * (c + out_dim) + 2 * sum(counts.values()) * c
         weight_kcd = wpca.weight_t.view(k_all, c, out_dim)
         centre_proj = torch.bmm(self.centroids.unsqueeze(1), weight_kcd).squeeze(1)  # W_k c_k
-        chunk = self._cluster_chunk(per_cluster)
+        chunk = self._cluster_chunk(per_cluster, self.chunk_budget(cells.device))
 
         for k0 in range(0, k_all, chunk):
             k1 = min(k_all, k0 + chunk)
