@@ -103,7 +103,29 @@ def _generic_tables(output: dict) -> list[str]:
     return out
 
 
-RENDERERS = {"benchmarks/fit_fusion.py": _fit_fusion_tables}
+def _train_tables(output: dict) -> list[str]:
+    """benchmarks/train.py: recall@1 before and after training, calibrate, and the epochs."""
+    sets = {k: v for k, v in output.items() if isinstance(v, dict) and "global" in v.get("before", {})}
+    out = ["Recall@1 before and after training:", ""]
+    out += _table(["set", "global before", "global after", "fused before", "fused after"],
+                  [[k, v["before"]["global"], v["after"]["global"], v["before"]["fused"], v["after"]["fused"]]
+                   for k, v in sets.items()])
+    cal = output.get("calibrate")
+    if cal:
+        out += ["", f"calibrate at precision {cal['precision_target']}: threshold {cal['threshold']:.3f}; "
+                f"on its own queries precision {cal['calibration_half']['precision']:.3g}, recall "
+                f"{cal['calibration_half']['recall']:.3g}; on the held-out half precision "
+                f"{cal['test_half']['precision']:.3g}, recall {cal['test_half']['recall']:.3g}."]
+    epochs = output.get("training", {}).get("epochs", [])
+    if epochs:
+        out += ["", "Epochs (validation places):", ""]
+        out += _table(["epoch", "train loss", "val loss", "R@1", "R@5", "R@10", "seconds"],
+                      [[e["epoch"], e["train_loss"], e["loss"], e["recall"]["1"], e["recall"]["5"], e["recall"]["10"],
+                        round(e["seconds"])] for e in epochs])
+    return out
+
+
+RENDERERS = {"benchmarks/fit_fusion.py": _fit_fusion_tables, "benchmarks/train.py": _train_tables}
 
 
 def render_record(name: str, rec: dict) -> list[str]:

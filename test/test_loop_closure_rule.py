@@ -243,3 +243,58 @@ def test_closure_curve_with_consistency_counts_what_the_rule_accepts():
     # threshold 0.8: confident 50, 12(0.8), 13, 3: only 12 -> 13 agree
     assert rows[0.8] == (1.0, 0.1)
     assert curve["recall_at_100_precision"] == 0.3 and curve["accepted_right"] == 0.3
+
+
+def direct_contrast(sim, i, j, usable, window):
+    """(sim[i, j] - mean) / (std + eps) over the usable keyframes within ``window`` of j, by hand."""
+    from vlad_localization.sequence import CONTRAST_EPS
+
+    near = [k for k in range(j - window, j + window + 1) if 0 <= k < sim.shape[1] and usable[k]]
+    values = np.array([sim[i, k] for k in near])
+    return (sim[i, j] - values.mean()) / (values.std() + CONTRAST_EPS)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_contrast_enhanced_sequence_scores_equal_a_direct_computation(seed):
+    from vlad_localization.sequence import run_contrast
+
+    rng = np.random.default_rng(10 + seed)
+    n, length, window = 50, 6, 4
+    kf_stamps = np.arange(n, dtype=np.int64) * S
+    ages = np.arange(length, dtype=np.int64) * S
+    sim = rng.uniform(-1, 1, (length, n))
+    usable = rng.random(n) > 0.1
+    usable[np.arange(0, n, 7)] = True
+    z = np.array([[direct_contrast(sim, i, j, usable, window) for j in range(n)] for i in range(length)])
+    candidates = np.flatnonzero(usable)[:12]
+    got, _ = sequence_scores(lambda r, c: sim[r, c], candidates, kf_stamps, ages, [0.5, 1.0, 2.0], usable, window)
+    want = [direct_sequence_score(z, c, kf_stamps, ages, [0.5, 1.0, 2.0], usable) for c in candidates]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(run_contrast(sim[0], usable, window)[usable], z[0][usable], rtol=0, atol=1e-9)
+
+
+def test_contrast_lifts_the_place_that_stands_out_over_a_uniformly_similar_condition():
+    """Keyframes 0..39 of another season all look alike to the query (0.8 +- noise) except the true
+    place 20 (0.85); keyframes 40..79 of the query's season are unrelated but more similar (0.9): the
+    raw similarity prefers the query's season, the contrast the true place."""
+    from vlad_localization.sequence import run_contrast
+
+    rng = np.random.default_rng(3)
+    row = np.concatenate([0.8 + rng.normal(0, 0.005, 40), 0.9 + rng.normal(0, 0.02, 40)])
+    row[20] = 0.85
+    usable = np.ones(80, bool)
+    assert np.argmax(row) >= 40 and np.argmax(run_contrast(row, usable, 5)) == 20
+
+
+def test_fast_acceptance_metrics_equal_the_reported_curve():
+    from vlad_localization.evaluation import precision_recall
+    from vlad_localization.fusion_fit import acceptance_metrics
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 60))
+        scores, correct = np.round(rng.random(n), 2), rng.random(n) > 0.5
+        positives = int(correct.sum() + rng.integers(1, 3))
+        curve = precision_recall(scores, correct, positives)
+        assert acceptance_metrics(scores, correct, positives) == pytest.approx(
+            (curve["recall_at_100_precision"], curve["auc"]), abs=1e-12)

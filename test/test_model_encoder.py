@@ -151,7 +151,7 @@ def test_fit_wpca_whitens_its_samples(n, d):
 def test_vlad_samples_keep_only_the_drawn_rows(speed_encoder, datasets_dir):
     """The PCA samples are drawn up front and only those rows of each image are kept: the result
     equals subsampling the full stack of every image's VLAD rows with the same draw."""
-    from vlad_localization.model.init_model import _vlad_samples
+    from vlad_localization.model.init_model import vlad_samples
 
     images = [datasets_dir / "campus_loop_72" / f"image_{i}.png" for i in (0, 30, 60)]
     with torch.no_grad():
@@ -160,7 +160,7 @@ def test_vlad_samples_keep_only_the_drawn_rows(speed_encoder, datasets_dir):
             torch.cat([g] + [p[0] for p in patches.values()]).numpy()
             for g, patches in (speed_encoder.pooling(f) for f in feats)
         ])
-    got = _vlad_samples(None, speed_encoder.pooling, images, feats, None, "cpu", 100, np.random.default_rng(5), False)
+    got = vlad_samples(speed_encoder.pooling, zip(images, feats), len(images), "cpu", 100, np.random.default_rng(5), False)
     assert full.shape[0] > 100
     want = full[np.sort(np.random.default_rng(5).choice(len(full), 100, replace=False))]
     np.testing.assert_array_equal(got, want)
@@ -169,7 +169,7 @@ def test_vlad_samples_keep_only_the_drawn_rows(speed_encoder, datasets_dir):
 def test_degenerate_inputs_give_clear_errors(speed_encoder, datasets_dir, vgg16_weights, tmp_path):
     """Inputs too small for the patch size, duplicate training descriptors, one image without
     patches for a WPCA, and mixed sizes for the PCA sample: a ValueError saying what to change."""
-    from vlad_localization.model.init_model import _vlad_samples, build_offtheshelf_checkpoint
+    from vlad_localization.model.init_model import build_offtheshelf_checkpoint, vlad_samples
     from vlad_localization.model.netvlad import PatchNetVLADPooling
 
     tiny = torch.zeros(1, 3, 8, 8)
@@ -188,4 +188,4 @@ def test_degenerate_inputs_give_clear_errors(speed_encoder, datasets_dir, vgg16_
         feats = [speed_encoder.backbone(speed_encoder.preprocess([load_rgb(p)])[..., : 160 + 16 * i]).float()
                  for i, p in enumerate(images)]
     with pytest.raises(ValueError, match="different sizes"):
-        _vlad_samples(None, speed_encoder.pooling, images, feats, None, "cpu", 10**6, np.random.default_rng(0), False)
+        vlad_samples(speed_encoder.pooling, zip(images, feats), len(images), "cpu", 10**6, np.random.default_rng(0), False)

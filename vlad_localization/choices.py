@@ -58,6 +58,14 @@ REFINEMENTS = {
     "none": "the patch keypoints alone (coarse, one per conv cell: poses 10-22 deg off on EuRoC)",
 }
 
+# What ``vlad-localization train`` trains besides the NetVLAD layer: the backbone's last block or nothing
+# (ResNets here end at layer3, so their last block is layer3)
+TRAIN_LAYERS = {
+    "none": "frozen backbone: conv features computed once and cached, epochs cost only the pooling (CPU)",
+    "conv5": "VGG16 conv5_1..conv5_3 trained too (features cached at pool4; a GPU is advised)",
+    "layer3": "ResNet layer3 (the last block kept here) trained too (features cached at layer2; GPU advised)",
+}
+
 
 def names(table: dict[str, str]) -> str:
     """``a | b | c``: the choices of one table, for help texts and error messages."""

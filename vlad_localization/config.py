@@ -163,6 +163,9 @@ class LoopClosureConfig:
     # sequence_length frames along the candidate's run (best of sequence_speeds), 0 = off
     sequence_length: int = 0
     sequence_speeds: list[float] = field(default_factory=lambda: [0.5, 0.7, 1.0, 1.4, 2.0])
+    # SeqSLAM's local contrast enhancement: similarities relative to this many keyframes either side along
+    # the run (0 = raw similarities); also proposes the keyframes that stand out most for the current frame
+    sequence_contrast_window: int = 10
 
     def validate(self) -> None:
         _one_of("loop_closure.mode", self.mode, MODES)
@@ -170,7 +173,8 @@ class LoopClosureConfig:
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"loop_closure.score_threshold must be in [0, 1], got {self.score_threshold!r}")
         _at_least("loop_closure", self, min_time_gap_s=0.0, min_travel_m=0.0, max_keyframes=1, consistency=1,
-                  consistency_window_s=0.0, consistency_window_m=0.0, sequence_length=0)
+                  consistency_window_s=0.0, consistency_window_m=0.0, sequence_length=0,
+                  sequence_contrast_window=0)
         if not self.sequence_speeds or not all(math.isfinite(v) and v > 0 for v in self.sequence_speeds):
             raise ConfigError(f"loop_closure.sequence_speeds must be a non-empty list of speeds > 0 (relative to "
                               f"the matched run), got {self.sequence_speeds!r}")

@@ -46,7 +46,7 @@ from vlad_localization.mapdb import KeyframeSelector, LiveMap, MapError
 from vlad_localization.mapdb.metadata import Keyframe, encode_thumbnail
 from vlad_localization.mapdb.patch_store import PATCH_DTYPE
 from vlad_localization.mapdb.views import KeyframeView
-from vlad_localization.pipeline import RUN, Candidate, Localizer, QueryResult
+from vlad_localization.pipeline import PREBUILT, RUN, Candidate, Localizer, QueryResult
 from vlad_localization.sequence import QueryHistory, RunTimeline, sequence_scores
 from vlad_localization.verification.depth_sources import FrameDepth
 
@@ -265,8 +265,11 @@ class LoopClosureDetector:
         while the global similarity alone does not find it); a candidate outside any run keeps its
         global similarity as its single term."""
         ages, history = self._history.frames(camera)
+        lc = self.config.loop_closure
         cands = cands + self._followed(cands, camera, stamp_ns, max_stamp_ns, max_travel_m, history[0])
-        speeds = self.config.loop_closure.sequence_speeds
+        if lc.sequence_contrast_window > 0:
+            cands = cands + self._standing_out(cands, history[0], max_stamp_ns, max_travel_m)
+        speeds = lc.sequence_speeds
         by_group: dict[tuple, list[tuple[Candidate, int]]] = {}
         for c in cands:
             timeline, _ = self._timeline(c.source)
@@ -287,7 +290,7 @@ class LoopClosureDetector:
                 return np.einsum("nd,nd->n", history[rows], vectors[inverse])
 
             scores, speed = sequence_scores(similarity, np.array([pos for _, pos in members]), stamps, ages, speeds,
-                                            usable)
+                                            usable, lc.sequence_contrast_window)
             for (c, _), value, v in zip(members, scores, speed):
                 c.sequence_similarity = float(value)
                 best.append((float(value), source, c.map_id, float(v)))
@@ -325,6 +328,42 @@ class LoopClosureDetector:
                 continue
             similarity = float(store.descriptors([ids[pos]])[0] @ query)
             out.append(candidate_from_keyframe(keyframe, similarity, source))
+        return out
+
+    def _standing_out(self, cands: list[Candidate], query: np.ndarray, max_stamp_ns: int,
+                      max_travel_m: float | None) -> list[Candidate]:
+        """The ``localizer.top_k`` keyframes of each searched store whose similarity to the frame stands
+        out most from their neighbours along their run (:func:`~vlad_localization.sequence.run_contrast`),
+        that are not among ``cands``: under a change of season or light every place of the other
+        condition looks alike, and the global top-k misses the right one."""
+        from vlad_localization.pipeline import candidate_from_keyframe
+        from vlad_localization.sequence import run_contrast
+
+        window, k = self.config.loop_closure.sequence_contrast_window, self.config.localizer.top_k
+        had = {(c.source, c.map_id) for c in cands}
+        out = []
+        for source, store in ((PREBUILT, self.map), (RUN, self.run_map)):
+            if store is None or store.manifest is None:
+                continue
+            limits = {"max_stamp_ns": max_stamp_ns, "max_travel_m": max_travel_m} if source == RUN else {}
+            ids, sims = store.similarities(query, **limits)
+            if not len(ids):
+                continue
+            row = np.full(int(ids.max()) + 1, np.nan)
+            row[ids] = sims
+            timeline, _ = self._timeline(source)
+            scored = []
+            for group in timeline.groups():
+                _, members = timeline.group(group)
+                members = members[members < len(row)]
+                values = row[members]
+                z = run_contrast(np.nan_to_num(values), ~np.isnan(values), window)
+                top = np.argpartition(-z, k)[:k] if len(z) > k else np.arange(len(z))
+                scored += [(float(z[i]), int(members[i])) for i in top if np.isfinite(z[i])]
+            for _, map_id in sorted(scored, reverse=True)[:k]:
+                if (source, map_id) not in had:
+                    had.add((source, map_id))
+                    out.append(candidate_from_keyframe(store.keyframes([map_id])[0], float(row[map_id]), source))
         return out
 
     def _usable(self, source: int, stamps: np.ndarray, ids: np.ndarray, max_stamp_ns: int) -> np.ndarray | None:

@@ -146,11 +146,26 @@ def logistic(a: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float):
 
 # ----------------------------------------------------------------------------- acceptance
 def acceptance_metrics(scores: np.ndarray, correct: np.ndarray, num_positive: int) -> tuple[float, float]:
-    """(recall at 100 % precision, PR AUC) of accepting the proposals whose score reaches a threshold."""
-    from vlad_localization.evaluation import precision_recall
-
-    pr = precision_recall(np.asarray(scores, np.float64), correct, num_positive)
-    return pr["recall_at_100_precision"], pr["auc"]
+    """(recall at 100 % precision, PR AUC) of accepting the proposals whose score reaches a threshold:
+    what :func:`~vlad_localization.evaluation.precision_recall` reports, sorted once (O(n log n))."""
+    scores = np.asarray(scores, np.float64)
+    correct = np.asarray(correct, bool)
+    if not len(scores) or not num_positive:
+        return 0.0, 0.0
+    thresholds, first = np.unique(-scores, return_index=True)  # descending scores
+    order = np.argsort(-scores, kind="stable")
+    tp_sorted = np.cumsum(correct[order])
+    # accepted at threshold t: every score >= t, i.e. up to the last position of that value in sorted order
+    last = np.searchsorted(-scores[order], thresholds, side="right") - 1
+    accepted = last + 1
+    tp = tp_sorted[last]
+    precision = tp / accepted
+    recall = tp / num_positive
+    perfect = (precision >= 1.0) & (recall > 0)
+    r100 = float(recall[perfect].max()) if perfect.any() else 0.0
+    # step-wise area from recall 0 (precision 1), rows by increasing recall (thresholds descending)
+    auc = float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
+    return r100, min(max(auc, 0.0), 1.0)
 
 
 def dominance_margin(tables, w: np.ndarray) -> float:

@@ -10,7 +10,11 @@ keyframe of ``c``'s run nearest to ``t(c) - v * dt_i``. The sequence similarity 
     S(c) = max over v of  mean over i of  sim(q_i, keyframe(c, v, i))
 
 where ``sim`` is the inner product of the NetVLAD global descriptors (what the search already
-ranks by; no extra encoding) and the mean runs over the terms that exist: a query frame older than
+ranks by; no extra encoding) - with ``contrast_window`` R > 0 (``loop_closure.sequence_contrast_window``)
+enhanced as SeqSLAM does: each similarity minus the mean of the same frame's similarities to the R
+keyframes either side along the run, over their standard deviation, so a change of season or light
+that makes every place of the other condition look alike cancels out (:func:`contrasted`) - and the
+mean runs over the terms that exist: a query frame older than
 the history, or an offset before the run's first keyframe, drops out (so the first frames of a run
 are scored on fewer terms, a single frame on its own similarity). A run is the keyframes of one
 ``(run, frame_id)`` of a store, in time order: a prebuilt map's mapping runs, or one camera of
@@ -28,6 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 SimilarityLookup = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (frame rows, keyframe columns) -> sims
+CONTRAST_EPS = 1e-3  # added to the local standard deviation (similarities are in [-1, 1])
 
 
 def sequence_offsets(candidate_index: np.ndarray, keyframe_stamps: np.ndarray, query_ages_ns: np.ndarray,
@@ -52,17 +57,59 @@ def sequence_offsets(candidate_index: np.ndarray, keyframe_stamps: np.ndarray, q
     return np.where(outside, -1, nearest)
 
 
+def contrasted(similarity: SimilarityLookup, rows: np.ndarray, cols: np.ndarray, run_length: int,
+               usable: np.ndarray | None, window: int) -> np.ndarray:
+    """SeqSLAM's local contrast enhancement of the terms ``sim(q_rows, keyframe_cols)``: each minus
+    the mean of the same frame's similarities to the usable keyframes within ``window`` positions
+    either side along the run, divided by their standard deviation. A place that only looks like
+    everything around it (a season, a corridor) scores ~0; the one place that stands out, high."""
+    offsets = np.arange(-window, window + 1)
+    near = cols[:, None] + offsets[None, :]
+    valid = (near >= 0) & (near < run_length)
+    if usable is not None:
+        valid &= np.asarray(usable, bool)[np.clip(near, 0, run_length - 1)]
+    values = np.full(near.shape, np.nan)
+    r = np.broadcast_to(rows[:, None], near.shape)
+    if valid.any():
+        values[valid] = similarity(r[valid], near[valid])
+    centre = similarity(rows, cols)
+    mean = np.nanmean(np.where(valid, values, np.nan), axis=1)
+    spread = np.nanstd(np.where(valid, values, np.nan), axis=1)
+    return (centre - mean) / (spread + CONTRAST_EPS)
+
+
+def run_contrast(row: np.ndarray, usable: np.ndarray, window: int) -> np.ndarray:
+    """:func:`contrasted` for every keyframe of one run at once: ``row`` (N,) one frame's
+    similarities in run order, ``usable`` (N,) which count; -inf where not usable."""
+    x = np.where(usable, row, 0.0).astype(np.float64)
+    w = usable.astype(np.float64)
+
+    def windowed(a):
+        c = np.concatenate([[0.0], np.cumsum(a)])
+        hi = np.minimum(np.arange(len(a)) + window + 1, len(a))
+        lo = np.maximum(np.arange(len(a)) - window, 0)
+        return c[hi] - c[lo]
+
+    n = np.maximum(windowed(w), 1.0)
+    mean = windowed(x) / n
+    spread = np.sqrt(np.maximum(windowed(x * x) / n - mean ** 2, 0.0))
+    return np.where(usable, (row - mean) / (spread + CONTRAST_EPS), -np.inf)
+
+
 def sequence_scores(similarity: SimilarityLookup, candidate_index: np.ndarray, keyframe_stamps: np.ndarray,
                     query_ages_ns: np.ndarray, speeds: Sequence[float],
-                    usable: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    usable: np.ndarray | None = None, contrast_window: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(S (C,), best speed (C,)) of the candidates ``candidate_index`` of one run (see the module
     doc). ``similarity(rows, cols)`` gives ``sim(q_rows, keyframe_cols)`` elementwise (rows index
-    ``query_ages_ns``, columns ``keyframe_stamps``)."""
+    ``query_ages_ns``, columns ``keyframe_stamps``). ``contrast_window`` > 0: the terms are
+    :func:`contrasted` over that many keyframes either side."""
     idx = sequence_offsets(candidate_index, keyframe_stamps, query_ages_ns, speeds, usable)
     rows = np.broadcast_to(np.arange(idx.shape[2]), idx.shape)
     valid = idx >= 0
     sims = np.zeros(idx.shape, np.float64)
-    if valid.any():
+    if valid.any() and contrast_window > 0:
+        sims[valid] = contrasted(similarity, rows[valid], idx[valid], len(keyframe_stamps), usable, contrast_window)
+    elif valid.any():
         sims[valid] = similarity(rows[valid], idx[valid])
     count = valid.sum(axis=2)
     mean = np.where(count > 0, sims.sum(axis=2) / np.maximum(count, 1), -np.inf)  # (C, V)
@@ -149,6 +196,10 @@ class RunTimeline:
             self._arrays.pop(group, None)
         self._where = {i: (group, k) for group, ids in self._ids.items() for k, i in enumerate(ids)}
 
+    def groups(self) -> list[tuple]:
+        """The runs (``(run, frame_id)``) held."""
+        return [g for g, ids in self._ids.items() if ids]
+
     def locate(self, keyframe_id: int) -> tuple[tuple, int] | None:
         """(group, position in the group) of a keyframe, None when it has no stamp (not in a run)."""
         return self._where.get(int(keyframe_id))
@@ -164,4 +215,4 @@ class RunTimeline:
         return len(self._where)
 
 
-__all__ = ["QueryHistory", "RunTimeline", "sequence_offsets", "sequence_scores"]
+__all__ = ["QueryHistory", "RunTimeline", "contrasted", "run_contrast", "sequence_offsets", "sequence_scores"]

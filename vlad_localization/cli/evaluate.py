@@ -46,6 +46,21 @@ def add_parser(sub) -> None:
                                    "and the precision-recall curve of the fused loop-closure threshold on a map\n"
                                    "and a folder of query images with ground truth.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_query_args(p)
+    p.add_argument("--json", required=True, metavar="OUT.json", help="the report (keys below)")
+    p.add_argument("--plot", metavar="OUT.png", help="recall@K of each ranking and the PR curve")
+    p.add_argument("--examples", type=positive_int, metavar="N",
+                   help="OUT_examples.png beside --plot (else beside --json): the N worst failures "
+                        "(query, wrong fused top-1, true match), most confident first")
+    g = p.add_argument_group("loop-closure acceptance (the node's rule; the queries are taken as one run in "
+                             "their order)")
+    add_acceptance_args(g, sequence=False)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def add_query_args(p) -> None:
+    """The map, queries, checkpoint, config and ground-truth options (of ``evaluate`` and ``calibrate``)."""
     p.add_argument("--map", required=True, help="map directory (build-map)")
     p.add_argument("--queries", required=True, help="folder of query images")
     p.add_argument("--checkpoint", required=True, help="the checkpoint the map was built with")
@@ -59,16 +74,6 @@ def add_parser(sub) -> None:
                    help="--same-index/--same-name: also accept the N map keyframes either side (default 0)")
     p.add_argument("--map-poses", metavar="CSV", help="map image positions (default: the map's own poses)")
     p.add_argument("--radius", type=float, metavar="R", help="--poses: same place within R (CSV units)")
-    p.add_argument("--json", required=True, metavar="OUT.json", help="the report (keys below)")
-    p.add_argument("--plot", metavar="OUT.png", help="recall@K of each ranking and the PR curve")
-    p.add_argument("--examples", type=positive_int, metavar="N",
-                   help="OUT_examples.png beside --plot (else beside --json): the N worst failures "
-                        "(query, wrong fused top-1, true match), most confident first")
-    g = p.add_argument_group("loop-closure acceptance (the node's rule; the queries are taken as one run in "
-                             "their order)")
-    add_acceptance_args(g, sequence=False)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def _check_args(args) -> None:
@@ -117,7 +122,9 @@ def _position(pose):
     return None if pose is None else tuple(pose.position)
 
 
-def run(args) -> int:
+def evaluate_pass(args):
+    """(evaluation config, localizer, records, map keyframes) of the one pass over ``--queries`` (:func:`add_query_args`);
+    the caller releases the localizer."""
     from vlad_localization import evaluation as ev
     from vlad_localization.images import list_images
     from vlad_localization.pipeline import Localizer
@@ -135,6 +142,17 @@ def run(args) -> int:
         keyframes = loc.map.keyframes(list(range(loc.map.size)))
         truth = ground_truth(args, query_paths, keyframes)
         records = ev.evaluate_queries(loc, query_paths, truth, progress=not args.no_progress)
+    except BaseException:
+        loc.release()
+        raise
+    return cfg, loc, records, keyframes
+
+
+def run(args) -> int:
+    from vlad_localization import evaluation as ev
+
+    cfg, loc, records, keyframes = evaluate_pass(args)
+    try:
         model = cfg.matching.fusion_model
         report = ev.summarize(records, model, cfg.loop_closure, keyframes)
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")

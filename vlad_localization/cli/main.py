@@ -19,6 +19,8 @@ SUBCOMMANDS = (
     "query",
     "replay",
     "evaluate",
+    "train",
+    "calibrate",
 )
 
 DESCRIPTION = """\

@@ -120,6 +120,10 @@ class MapDatabase:
         """(len(ids), D) float32 global descriptors of ``ids`` (exact, whatever the index type)."""
         return np.asarray(self.global_desc[np.asarray(ids, np.int64).reshape(-1)], np.float32)
 
+    def similarities(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, similarities) of one query (D,) with every keyframe (exact)."""
+        return np.arange(self.size, dtype=np.int64), np.asarray(self.global_desc @ np.asarray(query, np.float32))
+
     def all_keyframes(self) -> list[Keyframe]:
         """Every keyframe's metadata, by id."""
         return list(self.table.iter_all())

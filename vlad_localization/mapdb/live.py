@@ -316,9 +316,25 @@ class LiveMap:
         travel pass): (similarities (Q, k') float32 descending, ids (Q, k') int64), ``k' = min(k,
         keyframes that pass)`` (0 columns when none do)."""
         q = np.atleast_2d(np.asarray(queries, np.float32))
+        g, ids, allowed = self._searchable(q, max_stamp_ns, max_travel_m)
+        k = min(int(k), int(allowed.sum()))
+        if k <= 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        excluded = None if allowed.all() else ~allowed
+        return blas_top_k(g, ids, np.empty(len(g), np.float32), q, k, excluded)
+
+    def similarities(self, query: np.ndarray, max_stamp_ns: int | None = None,
+                     max_travel_m: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, similarities) of one query (D,) with every keyframe :meth:`search` could return."""
+        q = np.asarray(query, np.float32).reshape(1, -1)
+        g, ids, allowed = self._searchable(q, max_stamp_ns, max_travel_m)
+        return ids[allowed], g[allowed] @ q[0]
+
+    def _searchable(self, q: np.ndarray, max_stamp_ns, max_travel_m):
+        """(global rows, their ids, which pass the limits) of a consistent snapshot."""
         with self._lock:  # a snapshot: published rows never change
             if self._layout is None:
-                return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+                return np.zeros((0, q.shape[1]), np.float32), np.zeros(0, np.int64), np.zeros(0, bool)
             g = self._global[self._start:self._end]
             stamps = self._stamps[self._start:self._end]
             travel = self._travel[self._start:self._end]
@@ -330,12 +346,7 @@ class LiveMap:
             allowed &= stamps <= int(max_stamp_ns)
         if max_travel_m is not None:
             allowed &= ~(travel > float(max_travel_m))  # NaN (no travel) passes
-        k = min(int(k), int(allowed.sum()))
-        if k <= 0:
-            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        ids = np.arange(first, first + len(g), dtype=np.int64)
-        excluded = None if allowed.all() else ~allowed
-        return blas_top_k(g, ids, np.empty(len(g), np.float32), q, k, excluded)
+        return g, np.arange(first, first + len(g), dtype=np.int64), allowed
 
     def _readable(self, ids) -> list[int]:
         """(Under the lock.) ``ids`` as ints; KeyError for ids never added or already released."""

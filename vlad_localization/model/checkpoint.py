@@ -247,9 +247,11 @@ def save_checkpoint(
     pooling: torch.nn.Module,
     wpca_state: Mapping[str, torch.Tensor] | None,
     metadata: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the official layout ``{'state_dict': {encoder.*, pool.*, WPCA.0.*}}`` (+ plain-typed
-    ``vlad_localization`` metadata), loadable by the reference and by :func:`read_checkpoint`."""
+    ``vlad_localization`` metadata and ``extra`` top-level entries of tensors and plain types, e.g.
+    a training state), loadable by the reference and by :func:`read_checkpoint`."""
     state: dict[str, torch.Tensor] = {}
     state.update({f"encoder.{k}": v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()})
     state.update({f"pool.{k}": v.detach().cpu().contiguous() for k, v in pooling.state_dict().items()})
@@ -258,6 +260,6 @@ def save_checkpoint(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"state_dict": state, "vlad_localization": dict(metadata or {})}, tmp)
+    torch.save({**dict(extra or {}), "state_dict": state, "vlad_localization": dict(metadata or {})}, tmp)
     tmp.replace(path)
     return path

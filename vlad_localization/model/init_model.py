@@ -125,21 +125,12 @@ def build_offtheshelf_checkpoint(
 
     wpca_state = None
     if num_pcs is not None:
-        samples = _vlad_samples(model, pooling, image_paths, cached, image_size, dev, max_pca_samples, rng, progress)
-        cap = min(samples.shape[0] - 1, samples.shape[1] - 1)
-        if cap < 1:
-            raise ValueError(f"only {samples.shape[0]} VLAD sample(s) from {len(image_paths)} image(s): a WPCA "
-                             "needs at least 2; use more images or patch sizes, or --num-pcs 0 for no WPCA")
-        if num_pcs > cap:
-            warnings.warn(
-                f"num_pcs {num_pcs} capped to {cap}: only {samples.shape[0]} VLAD samples from "
-                f"{len(image_paths)} images (use more images for {num_pcs} PCs)",
-                stacklevel=2,
-            )
-            num_pcs = cap
-        log.info("WPCA: %d samples of dim %d -> %d PCs", samples.shape[0], samples.shape[1], num_pcs)
-        weight, bias = fit_wpca(samples, num_pcs)
-        wpca_state = {"WPCA.0.weight": torch.from_numpy(weight), "WPCA.0.bias": torch.from_numpy(bias)}
+        def features():
+            for path, feats in zip(image_paths, cached):
+                yield path, (feats if feats is not None else model(to_network_input([load_rgb(path)], *image_size).to(dev)).float())
+
+        samples = vlad_samples(pooling, features(), len(image_paths), dev, max_pca_samples, rng, progress)
+        wpca_state, num_pcs = wpca_from_samples(samples, num_pcs, len(image_paths))
 
     metadata = {
         "kind": "off-the-shelf",
@@ -158,25 +149,43 @@ def build_offtheshelf_checkpoint(
     return save_checkpoint(out, model, pooling, wpca_state, metadata)
 
 
-def _vlad_samples(model, pooling, image_paths, cached, image_size, dev, max_samples, rng, progress) -> np.ndarray:
+def wpca_from_samples(samples: np.ndarray, num_pcs: int, num_images: int) -> tuple[dict[str, torch.Tensor], int]:
+    """The official ``WPCA.0.*`` state fitted on VLAD ``samples`` (:func:`fit_wpca`) and its
+    dimension: ``num_pcs`` capped (with a warning) to what the samples allow."""
+    cap = min(samples.shape[0] - 1, samples.shape[1] - 1)
+    if cap < 1:
+        raise ValueError(f"only {samples.shape[0]} VLAD sample(s) from {num_images} image(s): a WPCA "
+                         "needs at least 2; use more images or patch sizes, or --num-pcs 0 for no WPCA")
+    if num_pcs > cap:
+        warnings.warn(
+            f"num_pcs {num_pcs} capped to {cap}: only {samples.shape[0]} VLAD samples from "
+            f"{num_images} images (use more images for {num_pcs} PCs)",
+            stacklevel=3,
+        )
+        num_pcs = cap
+    log.info("WPCA: %d samples of dim %d -> %d PCs", samples.shape[0], samples.shape[1], num_pcs)
+    weight, bias = fit_wpca(samples, num_pcs)
+    return {"WPCA.0.weight": torch.from_numpy(weight), "WPCA.0.bias": torch.from_numpy(bias)}, num_pcs
+
+
+def vlad_samples(pooling, features, count: int, dev, max_samples: int, rng, progress: bool) -> np.ndarray:
     """Raw (L2-normalised, un-projected) patch and global VLAD vectors of every image, subsampled to
-    ``max_samples`` rows. Every image yields the same number of rows (one input size), so the sample
-    is drawn up front and only the chosen rows of each image are kept: memory is bounded by
-    ``max_samples`` rows, not by all patches of all images (12 GB for 100 images of the speed preset)."""
+    ``max_samples`` rows; ``features`` yields (name, conv features (1, C, H, W)) of ``count`` images.
+    Every image yields the same number of rows (one input size), so the sample is drawn up front
+    and only the chosen rows of each image are kept: memory is bounded by ``max_samples`` rows, not
+    by all patches of all images (12 GB for 100 images of the speed preset)."""
     keep = None  # sorted global row indices to keep, known after the first image
     rows: list[np.ndarray] = []
     with torch.inference_mode():
-        for i, (path, feats) in enumerate(tqdm(list(zip(image_paths, cached)), desc="VLAD for WPCA", disable=not progress)):
-            if feats is None:
-                feats = model(to_network_input([load_rgb(path)], *image_size).to(dev)).float()
-            global_desc, patches = pooling(feats.to(dev))
+        for i, (path, feats) in enumerate(tqdm(features, total=count, desc="VLAD for WPCA", disable=not progress)):
+            global_desc, patches = pooling(feats.to(dev).float())
             image_rows = torch.cat([global_desc] + [p[0] for p in patches.values()]).cpu().numpy()
             if keep is not None and image_rows.shape[0] != per_image:
                 raise ValueError(f"{path} gives {image_rows.shape[0]} patch rows, the first image {per_image}: "
                                  "images of different sizes need a fixed --image-height/--image-width")
             per_image = image_rows.shape[0]
             if keep is None:
-                total = per_image * len(image_paths)
+                total = per_image * count
                 keep = np.arange(total) if total <= max_samples else np.sort(rng.choice(total, max_samples, replace=False))
             lo, hi = np.searchsorted(keep, [i * per_image, (i + 1) * per_image])
             rows.append(image_rows[keep[lo:hi] - i * per_image])

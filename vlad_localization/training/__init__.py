@@ -1,0 +1,9 @@
+"""Fine-tuning Patch-NetVLAD on the user's own runs (``vlad-localization train``): data and place
+split (:mod:`.data`), positives and hard-negative mining (:mod:`.mining`), the cached backbone trunk
+(:mod:`.features`) and the training loop (:mod:`.loop`)."""
+from .data import Run, TrainingDataError, TrainingFrames, bag_run, folder_run, map_run, split_by_place
+from .mining import PlaceCriteria, mine_triplets, place_pairs, recall_at_k
+from .loop import TrainOptions, train
+
+__all__ = ["PlaceCriteria", "Run", "TrainOptions", "TrainingDataError", "TrainingFrames", "bag_run", "folder_run",
+           "map_run", "mine_triplets", "place_pairs", "recall_at_k", "split_by_place", "train"]
