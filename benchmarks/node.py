@@ -82,6 +82,21 @@ def sample_rss(pid: int, stop: threading.Event, out: list, period: float = 0.5) 
         stop.wait(period)
 
 
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of the node process and of each of its child processes (the
+    inference process, multiprocessing's resource tracker), by pid."""
+    out = {}
+    try:
+        root = psutil.Process(pid)
+        for proc in [root] + root.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                out[proc.pid] = t.user + t.system
+    except psutil.Error:
+        pass
+    return out
+
+
 def run_preset(preset: str, work: Path, duration: float, rate_hz: float, image_hw, device: str = "cpu",
                fp16: bool = False, online: bool = False) -> dict:
     from vlad_localization.images.io import list_images, load_rgb
@@ -108,6 +123,7 @@ def run_preset(preset: str, work: Path, duration: float, rate_hz: float, image_h
             client.wait_candidates(1, 60)
             client.clear()
             rss_start = len(rss)
+            cpu_start = cpu_seconds(proc.pid)
             stamps, period, t_start = [], 1.0 / rate_hz, time.monotonic()
             i = 0
             while time.monotonic() - t_start < duration:
@@ -120,6 +136,7 @@ def run_preset(preset: str, work: Path, duration: float, rate_hz: float, image_h
             sent_s = time.monotonic() - t_start
             rss_end = len(rss)
             time.sleep(3.0)  # let the last frame finish
+            cpu_end = cpu_seconds(proc.pid)
             latencies = []
             for s in stamps:
                 rec = client.candidates_for(s)
@@ -135,6 +152,8 @@ def run_preset(preset: str, work: Path, duration: float, rate_hz: float, image_h
     half = len(mem) // 2
     q = statistics.quantiles(latencies, n=20) if len(latencies) >= 2 else [float("nan")] * 19
     last = diag[-1] if diag else {}
+    cpu = {"node": cpu_end.get(proc.pid, 0.0) - cpu_start.get(proc.pid, 0.0),
+           "children": sum(t - cpu_start.get(pid, 0.0) for pid, t in cpu_end.items() if pid != proc.pid)}
     return {
         "preset": preset,
         "device": device,
@@ -149,6 +168,10 @@ def run_preset(preset: str, work: Path, duration: float, rate_hz: float, image_h
                        "p95": round(q[18], 1), "min": round(min(latencies), 1) if latencies else None,
                        "max": round(max(latencies), 1) if latencies else None},
         "mode": mode["mode"],
+        # CPU seconds (user + system) per answered frame during the input and its 3 s tail: the node
+        # process, its child processes (the inference process), and both
+        "cpu_s_per_frame": {k: round(v / max(len(latencies), 1), 4) for k, v in
+                            {**cpu, "total": cpu["node"] + cpu["children"]}.items()},
         "node_diagnostics": {k: last.get(k) for k in ("device", "gpu_memory_mb", "dropped", "processed", "latency_encode_ms",
                                                      "latency_search_ms", "latency_rerank_ms", "latency_total_ms",
                                                      "run_keyframes", "run_bytes")},
@@ -257,6 +280,11 @@ def main(argv=None) -> int:
                 prefill = [int(v) for v in args.prefill.split(",")]
                 results[-1]["store_sizes"] = run_store_sizes(preset, Path(tmp), image_hw, args.device, prefill,
                                                              half=args.half)
+                detector = results[-1]["store_sizes"]["by_store_size"][0]
+                if "processed_rate_hz" in results[-1] and detector["keyframes_in_store"] == 0:
+                    # the node's processed rate over the detector's in-process rate (empty store)
+                    results[-1]["node_to_detector_rate"] = round(
+                        results[-1]["processed_rate_hz"] / detector["processed_rate_hz"], 3)
     report = {"benchmark": "node-online" if args.online else "node",
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "input": f"campus_loop_72 426x240 rgb8 at {args.rate} Hz, best_effort depth 1", "results": results}

@@ -26,6 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "benchmarks" / "results"
 RESULTS_MD = REPO / "benchmarks" / "RESULTS.md"
@@ -125,7 +127,36 @@ def _train_tables(output: dict) -> list[str]:
     return out
 
 
+def _before_after_runs(output: dict) -> list[str]:
+    """Runs of benchmarks/node.py before and after a change: one row per run, then the medians."""
+    rows = []
+    for side in ("before", "after"):
+        for i, run in enumerate(output[side]["runs"], 1):
+            for r in run["results"]:
+                detector = r["store_sizes"]["by_store_size"][0]["processed_rate_hz"]
+                rows.append([side, i, r["processed_rate_hz"], detector, r["node_to_detector_rate"],
+                             f"{r['latency_ms']['median']} / {r['latency_ms']['p95']}",
+                             f"{r['cpu_s_per_frame']['node']} + {r['cpu_s_per_frame']['children']}"])
+    out = [f"- **before**: {output['before']['code']}", f"- **after**: {output['after']['code']}", ""]
+    out += _table(["code", "run", "node processed (Hz)", "detector in-process (frames/s)", "node / detector",
+                   "latency median / p95 (ms)", "CPU s per processed frame (node + children)"], rows)
+    medians = []
+    for side in ("before", "after"):
+        mine = [row for row in rows if row[0] == side]
+        medians.append([side] + [float(np.median([row[c] for row in mine])) for c in (2, 3, 4)])
+    out += ["", "Medians:", ""] + _table(["code", "node processed (Hz)", "detector in-process (frames/s)",
+                                          "node / detector"], medians)
+    return out
+
+
 RENDERERS = {"benchmarks/fit_fusion.py": _fit_fusion_tables, "benchmarks/train.py": _train_tables}
+
+
+def _renderer(rec: dict):
+    output = rec.get("output", {})
+    if all(isinstance(output.get(side), dict) and "runs" in output[side] for side in ("before", "after")):
+        return _before_after_runs
+    return RENDERERS.get(rec.get("benchmark"), _generic_tables)
 
 
 def render_record(name: str, rec: dict) -> list[str]:
@@ -140,8 +171,7 @@ def render_record(name: str, rec: dict) -> list[str]:
     if "rows" in rec:
         out += _table(rec["columns"], rec["rows"])
     else:
-        render = RENDERERS.get(rec.get("benchmark"))
-        out += (render or _generic_tables)(rec["output"])
+        out += _renderer(rec)(rec["output"])
     if rec.get("notes"):
         out += ["", rec["notes"]]
     return out + [""]

@@ -68,7 +68,7 @@ class FakeLocalizer:
     def __init__(self, owner):
         self.owner = owner
 
-    def reload_map(self, path=None):
+    def reload_map(self, path=None, verify=None):
         return self.owner.map
 
 
@@ -103,6 +103,9 @@ class FakeDetector:
 
     def save_map(self, path, sources=()):
         raise ValueError("the fake keeps no keyframes")
+
+    def reload_map(self, path, verify=None):
+        return self.localizer.reload_map(path, verify)
 
     def release(self):
         self.released = True

@@ -11,7 +11,8 @@ import yaml
 from vlad_localization.cli.main import main
 from vlad_localization.mapdb import MapDatabase
 
-JSON_KEYS = {"map_id", "map_stamp", "source", "global_similarity", "patch_score", "inliers", "fused_score", "file"}
+JSON_KEYS = {"map_id", "map_stamp", "source", "global_similarity", "patch_score", "inliers", "fused_score", "file",
+             "sequence_similarity"}
 
 
 def image_folder(root: Path, datasets_dir: Path, ids) -> Path:

@@ -174,7 +174,8 @@ def test_nordland_sequence_scoring_and_consistency_beat_single_frames(datasets_d
     frames = [(i * S, datasets_dir / "nordland_64x32" / "summer" / name) for i, name in enumerate(names)]
     frames += [((100 + i) * S, datasets_dir / "nordland_64x32" / "winter" / name) for i, name in enumerate(names)]
     base = apply_overrides(load_config(small_config), {"loop_closure.mode": "loop_closure", "loop_closure.min_time_gap_s":
-                                                       GAP_S, "loop_closure.score_threshold": 0.0})
+                                                       GAP_S, "loop_closure.score_threshold": 0.0,
+                                                       "matching.fusion": "fused"})  # the presets' ranking
     descriptors = None
     outcome = {}
     for length, k in ((0, 1), (10, 1), (10, 3)):

@@ -123,8 +123,8 @@ def test_extrinsic_parameters_are_checked(rclpy_context):  # noqa: F811
         both = [0, 0, 1, 0, 0, 0, 1, 0, 0, 2, 0, 0, 0, 1]  # an integer array (written without decimal points)
         assert node.set_parameters([Parameter("camera_to_base", value=both)])[0].successful
         assert node.trigger_configure().name == "SUCCESS"
-        node._apply_frame_params(fakes[0])
-        assert fakes[0].config.verification.camera_to_base == [float(v) for v in both]
+        node._apply_frame_params(node._inference)  # sent to the inference thread, applied before the next frame
+        assert wait_for(lambda: fakes[0].config.verification.camera_to_base == [float(v) for v in both], 5)
         assert node.trigger_cleanup().name == "SUCCESS"
         node.set_parameters([Parameter("camera_to_base_from_tf", value=True)])
         if tf2_missing() is None:
@@ -175,8 +175,8 @@ def test_camera_to_base_from_tf_replaces_the_parameter_once_every_camera_is_know
         count = len(Buffer.lookups)
         assert tf.lookup(0, "cam0_optical") is None and len(Buffer.lookups) == count  # looked up once
         assert tf.camera_to_base() == [0, 0, 0.5, 0, 0, 0, 1, 0, 0, -0.25, 0, 0, 0, 1]
-        node._apply_frame_params(detectors[0])
-        assert detectors[0].config.verification.camera_to_base == tf.camera_to_base()
+        node._apply_frame_params(node._inference)
+        assert wait_for(lambda: detectors[0].config.verification.camera_to_base == tf.camera_to_base(), 5)
     finally:
         node.stop()
         node.destroy_node()

@@ -153,8 +153,8 @@ def fake_node(ros_domain_id):
 
     rclpy.init()
     fake = FakeDetector(delay_s=0.05)
-    node = VladLocalizationNode(
-        detector_factory=lambda cfg, *a: setattr(fake, "config", cfg) or fake,
+    node = VladLocalizationNode(  # inference on a thread of this process: the test inspects the fake
+        detector_factory=lambda cfg, *a: setattr(fake, "config", cfg) or fake, isolate_inference=False,
         parameter_overrides=[
             Parameter("map_path", value="fake"), Parameter("checkpoint", value="fake"),
             Parameter("image_topics", value=["/cam0/image_raw", "/cam1/image/compressed"]),
@@ -266,7 +266,8 @@ def _bare_node(overrides, factory=None):
 
     params = [Parameter("map_path", value="fake"), Parameter("checkpoint", value="fake")]
     params += [Parameter(k, value=v) for k, v in overrides.items()]
-    return VladLocalizationNode(detector_factory=factory or (lambda cfg, *a: FakeDetector(cfg)), parameter_overrides=params)
+    return VladLocalizationNode(detector_factory=factory or (lambda cfg, *a: FakeDetector(cfg)), isolate_inference=False,
+                                parameter_overrides=params)
 
 
 @pytest.fixture
@@ -322,7 +323,7 @@ def test_failed_activate_and_error_leave_nothing_running(rclpy_context, monkeypa
         monkeypatch.setattr(node, "_reliability", lambda: 1 / 0)  # raises inside the transition
         node.trigger_activate()
         assert node._state_machine.current_state[1] == "unconfigured"  # on_error ran
-        assert fakes[0].released and node._pubs == {} and node._detector is None
+        assert fakes[0].released and node._pubs == {} and node._inference is None
         monkeypatch.undo()
         assert node.trigger_configure().name == "SUCCESS" and node.trigger_activate().name == "SUCCESS"
         assert len(node._subs) == 2 and len(fakes) == 2
@@ -341,7 +342,7 @@ def test_gpu_reactivation_reloads_what_was_configured(rclpy_context):
     try:
         assert node.trigger_configure().name == "SUCCESS" and node.trigger_activate().name == "SUCCESS"
         node.set_parameters([Parameter("map_path", value="elsewhere")])
-        assert node.trigger_deactivate().name == "SUCCESS" and node._detector is None  # freed (GPU)
+        assert node.trigger_deactivate().name == "SUCCESS" and node._inference is None  # freed (GPU)
         assert node.trigger_activate().name == "SUCCESS"
         assert loads == [("fake", "fake"), ("fake", "fake")]
     finally:

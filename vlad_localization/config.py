@@ -130,6 +130,9 @@ class MapConfig:
     # per keyframe, for verifying a closure against it: the full-resolution image (JPEG q95) and the
     # registered depth (build-map --depth); the camera model is stored whenever it is known
     store_views: bool = True
+    # opening a prebuilt map (detector, node, relocalization) first reads every byte against the
+    # manifest's sha256 (slow on large maps; sizes and structure are always checked)
+    verify_on_open: bool = False
 
 
 @dataclass

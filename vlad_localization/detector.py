@@ -31,6 +31,7 @@ by their sequence similarity over the camera's last L frames (:mod:`vlad_localiz
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -97,6 +98,25 @@ class FrameResult:
     query: QueryResult | None = field(default=None, repr=False)
     relative_pose: Any = None  # verification.RelativePose of the loop closure (when verification is enabled)
     decision: Decision = field(default_factory=lambda: Decision("no_candidate"))
+
+    def match_thumbnail(self):
+        """The best candidate's thumbnail (RGB) from the map that was queried (even if
+        ``~/reload_map`` swapped another in since), or None without a candidate."""
+        if not self.candidates or self.query is None:
+            return None
+        best = self.candidates[0]
+        return self.query.store(best).thumbnail(best.map_id)
+
+    def detached(self) -> "FrameResult":
+        """A copy to send to another process: without ``query`` (it holds the maps) nor the
+        candidates' patch correspondences (kept for verification); every other field as is."""
+        copies = {id(c): dataclasses.replace(c, matches=None) if getattr(c, "matches", None) is not None else c
+                  for c in self.candidates}
+        closure = self.loop_closure
+        if closure is not None and id(closure.candidate) in copies:
+            closure = dataclasses.replace(closure, candidate=copies[id(closure.candidate)])
+        return dataclasses.replace(self, query=None, candidates=[copies[id(c)] for c in self.candidates],
+                                   loop_closure=closure)
 
     def to_record(self) -> dict[str, Any]:
         """The JSON object of ``replay`` (one line per frame)."""
@@ -187,6 +207,11 @@ class LoopClosureDetector:
     def map(self):
         return self.localizer.map
 
+    @property
+    def device(self) -> str:
+        """The torch device the encoder runs on (``cpu``, ``cuda:0``, ...)."""
+        return str(self.localizer.encoder.device)
+
     def stats(self) -> dict[str, int]:
         """Run-store figures for diagnostics: keyframes, bytes, evicted, refused, full (0/1)."""
         run = self.run_map
@@ -201,6 +226,10 @@ class LoopClosureDetector:
             raise MapError("mode 'localize' keeps no keyframes of its own: nothing to save "
                            "(use mode loop_closure or both)")
         return self.run_map.save(path, sources=sources, index=self.config.map.index)
+
+    def reload_map(self, path: str | Path, verify: bool | None = None):
+        """Swap in the prebuilt map at ``path`` (:meth:`Localizer.reload_map`): the opened map."""
+        return self.localizer.reload_map(path, verify)
 
     def release(self) -> None:
         self.localizer.release()

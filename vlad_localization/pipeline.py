@@ -134,12 +134,14 @@ class Localizer:
     def map(self) -> MapDatabase | None:
         return self._map
 
-    def reload_map(self, path: str | Path | None = None) -> MapDatabase:
-        """Reopen the map (after a rebuild/append swapped it in) or open another one. On failure
-        the current map stays in use and the :class:`MapError` propagates."""
+    def reload_map(self, path: str | Path | None = None, verify: bool | None = None) -> MapDatabase:
+        """Reopen the map (after a rebuild/append swapped it in) or open another one (``verify``:
+        every byte against its sha256; default ``map.verify_on_open``). On failure the current map
+        stays in use and the :class:`MapError` propagates."""
         if path is None and self._map is None:
             raise ValueError("no prebuilt map to reload: give a map path")
-        new = MapDatabase.open(path or self._map.path, identity=self.encoder.identity(), map_cfg=self.config.map)
+        new = MapDatabase.open(path or self._map.path, identity=self.encoder.identity(), map_cfg=self.config.map,
+                               verify=verify)
         self._map = new  # the old one is closed when the last query using it finishes (GC)
         return new
 

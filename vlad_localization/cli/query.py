@@ -23,6 +23,7 @@ EPILOG = """\
     source             0: the prebuilt map (always, for query)
     fused_score        estimated probability of the same place in [0, 1] (null if not computed)
     file               the keyframe's image file, or bag:topic
+    sequence_similarity  null for query (sequence scoring needs a run: replay --sequence-length)
     relative_pose      with --verify, each re-ranked candidate's pose in the query camera's frame
                        (match --help: R, t, metric, inliers, covariance, status), with refine
                        (sift: SIFT matches in the keyframe's stored image; none: the patch keypoints

@@ -9,10 +9,10 @@ and SQLite keyframe metadata; built atomically, opened with validation.
 :class:`LiveMap` holds a run's keyframes in memory (searchable while inserting) and saves them as one.
 """
 from .build import BuildSummary, build_map
-from .database import MapDatabase
+from .database import MapDatabase, verify_map
 from .errors import MapError
 from .index import GlobalIndex, IndexSpec
-from .integrity import MapIntegrityError, verify_map
+from .integrity import MapIntegrityError
 from .keyframes import KeyframeSelector
 from .live import LiveMap
 from .manifest import Manifest, Run

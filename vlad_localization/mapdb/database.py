@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import MapError
 from .index import GlobalIndex
-from .integrity import check_sizes, verify_files
+from .integrity import MapIntegrityError, check_sizes, verify_files
 from .manifest import MANIFEST, Manifest
 from .metadata import DB_FILE, Keyframe, KeyframeTable, decode_thumbnail
 from .patch_store import GLOBAL_FILE, PatchStore, open_rows
@@ -37,15 +37,22 @@ class MapDatabase:
         self.table = table
         self.store = patches
         self.global_desc = global_desc
+        self.verified: dict[str, int] = {}  # {file: bytes} checked against its sha256 when opened with verify
 
     @classmethod
-    def open(cls, path: str | Path, identity: dict[str, Any] | None = None, map_cfg=None) -> "MapDatabase":
+    def open(cls, path: str | Path, identity: dict[str, Any] | None = None, map_cfg=None,
+             verify: bool | None = None) -> "MapDatabase":
         """Open and validate a map. ``identity`` (``Encoder.identity()``) must match the map's
         model; ``map_cfg`` (:class:`MapConfig`) sets nprobe / efSearch / GPU search (its None
-        values keep the map's own)."""
+        values keep the map's own). ``verify`` (default: ``map_cfg.verify_on_open``, else False):
+        first read every byte against the manifest's sha256 (:func:`verify_map`); ``verified``
+        then holds {file: bytes} checked."""
         path = Path(path)
         if not path.is_dir():
             raise MapError(f"map {path} does not exist (or is not a directory); build it with build-map")
+        if verify is None:
+            verify = bool(getattr(map_cfg, "verify_on_open", False))
+        verified = _verify_bytes(path) if verify else {}
         for attempt in range(3):  # a writer may swap a new map in while the files are being opened
             directory = path.stat().st_ino
             try:
@@ -55,6 +62,7 @@ class MapDatabase:
                     raise
                 continue
             if path.stat().st_ino == directory:  # every file came from one version of the map
+                db.verified = verified
                 return db
             db.close()
         raise MapError(f"map {path} kept changing while it was being opened (a writer publishing); try again")
@@ -180,4 +188,20 @@ def reference_npy_bytes(manifest: Manifest) -> int:
     return sum(n * manifest.dim * 4 + 128 for n in manifest.num_patches.values())
 
 
-__all__ = ["MapDatabase", "MapError", "INDEX_FILE", "MANIFEST"]
+__all__ = ["MapDatabase", "MapError", "INDEX_FILE", "MANIFEST", "verify_map"]
+
+
+def _verify_bytes(path: Path) -> dict[str, int]:
+    try:
+        manifest = Manifest.read(path)
+    except MapError as exc:  # unreadable JSON, a damaged key or value: the manifest is the damaged file
+        raise MapIntegrityError(path, {MANIFEST: str(exc)}) from exc
+    return verify_files(path, manifest)
+
+
+def verify_map(path: str | Path, identity: dict[str, Any] | None = None) -> dict[str, int]:
+    """Check a map completely: every byte against the manifest's sha256, then every structural
+    check of :meth:`MapDatabase.open` (and the model ``identity`` if given). Returns {file: bytes}
+    verified ({} for a version 1 map, which records no checksums); raises :class:`MapError`."""
+    with MapDatabase.open(path, identity, verify=True) as db:
+        return db.verified

@@ -2,7 +2,8 @@
 
 :func:`record_files` runs in :meth:`MapWriter.commit` just before the manifest (written last);
 :func:`check_sizes` is the cheap check on every open; :func:`verify_files` reads every byte
-(``MapDatabase.verify()``, :func:`verify_map`, ``vlad-localization map-info --verify``).
+(``MapDatabase.open(verify=True)``, ``map.verify_on_open``, :func:`~vlad_localization.mapdb.database.verify_map`,
+``vlad-localization map-info --verify``). Hashes and checks only: opening a map is the database's.
 """
 from __future__ import annotations
 
@@ -64,24 +65,6 @@ def verify_files(directory: Path, manifest: Manifest) -> dict[str, int]:
             checked[name] = expected["bytes"]
     if damaged:
         raise MapIntegrityError(directory, damaged)
-    return checked
-
-
-def verify_map(path: str | Path, identity: dict[str, Any] | None = None) -> dict[str, int]:
-    """Check a map completely: every byte against the manifest's sha256, then every structural
-    check of :meth:`MapDatabase.open` (and the model ``identity`` if given). Returns {file: bytes}
-    verified ({} for a version 1 map, which records no checksums); raises :class:`MapError`."""
-    from .database import MapDatabase  # local: the database imports this module
-
-    path = Path(path)
-    if not path.is_dir():
-        raise MapError(f"map {path} does not exist (or is not a directory)")
-    try:
-        manifest = Manifest.read(path)
-    except MapError as exc:  # unreadable JSON, a damaged key or value: the manifest is the damaged file
-        raise MapIntegrityError(path, {MANIFEST: str(exc)}) from exc
-    checked = verify_files(path, manifest)
-    MapDatabase.open(path, identity).close()
     return checked
 
 

@@ -13,7 +13,7 @@ received, matched to a processed frame, missing for one (``unmatched``) and reje
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -25,6 +25,42 @@ from vlad_localization.verification.depth_sources import fit_depth
 
 DEPTH_WAIT_S = 0.25  # the worker waits up to this long after a frame arrived for its depth to arrive ...
 SILENT_S = 10.0  # ... unless the depth topic has been silent this long (a stopped sensor: no wait)
+
+
+@dataclass(frozen=True)
+class StereoPair:
+    """A frame's stereo input: the rectification and the right image, or the reason it cannot be
+    used (``(counter key, text)``). The right image travels in shared memory beside the frame:
+    :meth:`without_right` is what is pickled, :meth:`with_right` puts it back."""
+
+    rig: StereoRig | None = None
+    right: np.ndarray | None = field(default=None, repr=False)
+    max_depth_m: float = 0.0
+    rejection: tuple[str, str] | None = None
+
+    def without_right(self) -> "StereoPair":
+        return replace(self, right=None)
+
+    def with_right(self, right: np.ndarray | None) -> "StereoPair":
+        return replace(self, right=right)
+
+    def depth_source(self, rgb: np.ndarray, rejections: list):
+        """A zero-argument callable for ``LoopClosureDetector.process(depth=)``: the depth (SGBM),
+        or None with ``(reason, text)`` appended to ``rejections``."""
+        def compute() -> np.ndarray | None:
+            if self.rejection is not None:
+                rejections.append(self.rejection)
+                return None
+            try:
+                depth = stereo_depth_image(rgb, self.right, self.rig, self.max_depth_m)
+            except (cv2.error, ValueError) as exc:  # e.g. a calibration OpenCV cannot rectify
+                rejections.append(("stereo_failed", f"{type(exc).__name__}: {exc}"))
+                return None
+            if not np.isfinite(depth).any():
+                rejections.append(("stereo_no_valid_depth", "no pixel matched between the stereo images"))
+                return None
+            return depth
+        return compute
 
 
 @dataclass(frozen=True)
@@ -88,8 +124,9 @@ class DepthInput:
 
     # -- worker ------------------------------------------------------------------------------------
     def depth_for(self, camera: int, pending: PendingDepth | None, rgb: np.ndarray):
-        """The frame's depth for ``LoopClosureDetector.process``: an array (depth image), a callable
-        (stereo, computed on demand) or None (no depth input, none matched, or rejected)."""
+        """The frame's depth: an array (depth image), a :class:`StereoPair` (its
+        :meth:`~StereoPair.depth_source` computes the depth on demand, in the inference process) or
+        None (no depth input, none matched, or rejected)."""
         if pending is None:
             return None
         last = self._matchers[camera].last_added
@@ -100,41 +137,38 @@ class DepthInput:
             return None
         self.stats.count("depth", (camera, "matched"))
         if self.sources[camera][0] == "stereo":
-            return lambda: self._stereo_depth(camera, msg, rgb)
+            return self._stereo_pair(camera, msg, rgb)
         try:
             return fit_depth(depth_msg_to_array(msg, self.max_pixels), rgb.shape[:2])
         except ImageConversionError as exc:
-            return self._reject(camera, f"depth_{exc.reason}", str(exc))
+            return self.reject(camera, f"depth_{exc.reason}", str(exc))
         except ValueError as exc:
-            return self._reject(camera, "depth_size_mismatch", str(exc))
+            return self.reject(camera, "depth_size_mismatch", str(exc))
 
-    def _stereo_depth(self, camera: int, right_msg, rgb: np.ndarray) -> np.ndarray | None:
+    def _stereo_pair(self, camera: int, right_msg, rgb: np.ndarray) -> "StereoPair":
+        """The rectification and the right image (prepared here: cheap), or why they cannot be used
+        (reported only if the depth is asked for)."""
         left, right = self._infos.get((camera, "left")), self._infos.get((camera, "right"))
         if left is None or right is None:
-            return self._reject(camera, "stereo_no_camera_info", "no CameraInfo received yet for the "
-                                + " and ".join(s for s, m in (("left", left), ("right", right)) if m is None) + " image")
+            return StereoPair(rejection=("stereo_no_camera_info", "no CameraInfo received yet for the " + " and ".join(
+                s for s, m in (("left", left), ("right", right)) if m is None) + " image"))
         try:
             rig = StereoRig.from_camera_info(left, right)
             right_rgb = msg_to_rgb(right_msg, self.max_pixels)
         except ImageConversionError as exc:
-            return self._reject(camera, f"stereo_{exc.reason}", str(exc))
+            return StereoPair(rejection=(f"stereo_{exc.reason}", str(exc)))
         except ValueError as exc:
-            return self._reject(camera, "stereo_bad_calibration", str(exc))
+            return StereoPair(rejection=("stereo_bad_calibration", str(exc)))
         if right_rgb.shape != rgb.shape:
-            return self._reject(camera, "stereo_size_mismatch", f"the right image is {right_rgb.shape[1]}x"
-                                f"{right_rgb.shape[0]}, the left {rgb.shape[1]}x{rgb.shape[0]}")
+            return StereoPair(rejection=("stereo_size_mismatch", f"the right image is {right_rgb.shape[1]}x"
+                                         f"{right_rgb.shape[0]}, the left {rgb.shape[1]}x{rgb.shape[0]}"))
         info_hw = (int(left.height), int(left.width))
         if all(info_hw) and info_hw != rgb.shape[:2]:  # images scaled from the calibrated size
             rig = rig.scaled(rgb.shape[1] / info_hw[1], rgb.shape[0] / info_hw[0])
-        try:
-            depth = stereo_depth_image(rgb, right_rgb, rig, self.max_depth_m)
-        except (cv2.error, ValueError) as exc:  # e.g. a calibration OpenCV cannot rectify
-            return self._reject(camera, "stereo_failed", f"{type(exc).__name__}: {exc}")
-        if not np.isfinite(depth).any():
-            return self._reject(camera, "stereo_no_valid_depth", "no pixel matched between the stereo images")
-        return depth
+        return StereoPair(rig, right_rgb, self.max_depth_m)
 
-    def _reject(self, camera: int, reason: str, text: str) -> None:
+    def reject(self, camera: int, reason: str, text: str) -> None:
+        """Count and report a depth of ``camera`` that was not used (``reason``: the counter's key)."""
         self.stats.count("depth", (camera, "rejected"))
         self._report(reason, f"depth of camera {camera} ({self.sources[camera][1]}) not used, the frame is "
                              f"processed without: {text}")

@@ -1,11 +1,17 @@
 """``vlad_localization_node``: the ROS 2 lifecycle node. It only translates: image (and odometry)
 messages in, :meth:`LoopClosureDetector.process <vlad_localization.detector.LoopClosureDetector.process>`
-on a worker thread, standard messages out.
+in the inference process (:mod:`vlad_localization.ros.inference_process`: its own process, which
+owns the device; frames through shared memory), standard messages out. The node's own work (a
+single-threaded executor, a thread that converts each newest frame and pairs it with its pose and
+depth, a thread that publishes the results) never waits for the model's GIL.
 
-Lifecycle (``rclpy.lifecycle``): configure loads the model and map; activate subscribes and starts
-the worker; deactivate unsubscribes, stops the worker and frees GPU memory; cleanup drops
-everything. ``autostart`` (default true) runs configure + activate at start-up so ``ros2 run``
-works without a lifecycle manager. Topics, parameters and diagnostics: see the README.
+Lifecycle (``rclpy.lifecycle``): configure starts the inference process and loads the model and map;
+activate subscribes; deactivate unsubscribes and, on a GPU, ends the inference process (frees its
+memory; activate starts it again); cleanup ends it. When the inference process dies, /diagnostics
+says so (ERROR, with the cause) and the node starts it again with the same configuration, up to
+MAX_RESTARTS times in a row with a growing delay, then stays in ERROR. ``autostart`` (default true)
+runs configure + activate at start-up so ``ros2 run`` works without a lifecycle manager. Topics,
+parameters and diagnostics: see the README.
 """
 from __future__ import annotations
 
@@ -14,14 +20,13 @@ import sys
 import threading
 import time
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
@@ -32,10 +37,11 @@ from std_srvs.srv import Trigger
 
 from vlad_localization.images.convert import ImageConversionError, msg_to_rgb
 from vlad_localization.images.frames import Pose, PoseTrack
-from vlad_localization.mapdb.integrity import verify_map
 from vlad_localization.ros import messages
-from vlad_localization.ros.depth_input import DepthInput, depth_sources
+from vlad_localization.ros.depth_input import DepthInput, StereoPair, depth_sources
 from vlad_localization.ros.diagnostics import NodeStats, diagnostic_array
+from vlad_localization.ros.inference_process import (FrameMeta, InferenceError, InferenceEvents, InferenceProcess,
+                                                     InferenceSpec, load_detector)
 from vlad_localization.ros.extrinsics import TfExtrinsics, tf2_missing
 from vlad_localization.ros.params import BY_NAME, PARAMETERS, config_overrides
 from vlad_localization.ros.worker import LatestFrameWorker
@@ -49,6 +55,8 @@ ODOM_KEEP = 20_000  # odometry poses kept for interpolation (minutes at 100 Hz)
 ODOM_TOLERANCE_NS = 100_000_000  # an image up to 0.1 s newer than the last odometry gets its pose
 ODOM_WAIT_S = 0.25  # the worker waits this long for odometry to pass an image's stamp
 FULL_WARN_PERIOD_S = 60.0
+MAX_RESTARTS = 3  # the inference process is restarted this many times in a row, then the node stays in ERROR
+RESTART_DELAY_S = 0.5  # before the first restart; doubled for each further one
 
 
 def node_config(get):
@@ -58,17 +66,20 @@ def node_config(get):
     return apply_overrides(load_config(get("preset")), config_overrides(get), where="node parameters")
 
 
-def load_detector(cfg, checkpoint: str, map_path: str):
-    """The default detector factory: :meth:`LoopClosureDetector.from_config`."""
-    from vlad_localization.detector import LoopClosureDetector
-
-    return LoopClosureDetector.from_config(cfg, checkpoint, map_path or None)
+def _describe(exc: BaseException) -> str:
+    """An exception as one line (the inference process's messages already name their type)."""
+    return str(exc) if isinstance(exc, InferenceError) else f"{type(exc).__name__}: {exc}"
 
 
 class VladLocalizationNode(LifecycleNode):
-    """Patch-NetVLAD loop-closure candidates for every camera frame (newest frame only)."""
+    """Patch-NetVLAD loop-closure candidates for every camera frame (newest frame only).
 
-    def __init__(self, node_name: str = NODE_NAME, detector_factory=load_detector, **kwargs):
+    ``detector_factory(config, checkpoint, map_path)`` runs in the inference process: a module-level
+    function (pickled by reference). ``isolate_inference=False`` runs the inference on a thread of
+    this process instead (tests with a fake detector that they inspect)."""
+
+    def __init__(self, node_name: str = NODE_NAME, detector_factory=load_detector, isolate_inference: bool = True,
+                 **kwargs):
         super().__init__(node_name, **kwargs)
         self.add_on_set_parameters_callback(self._check_parameters)
         for p in PARAMETERS:
@@ -79,8 +90,13 @@ class VladLocalizationNode(LifecycleNode):
                 self.get_logger().error(f"parameter {p.name}: {exc}; using the default {p.default!r}")
                 self.declare_parameter(p.name, p.default, descriptor, ignore_override=True)
         self._factory = detector_factory
-        self._detector = None
-        self._det_lock = threading.Lock()  # a frame vs replacing or releasing the detector
+        self._isolate = isolate_inference
+        self._inference: InferenceProcess | None = None
+        self._inference_lock = threading.Lock()  # replacing or releasing the inference process
+        self._generation = 0  # bumped by every release: a pending restart of an older one gives up
+        self._stopped = threading.Event()  # the node is shutting down: no restart
+        self._restarts = 0  # inference processes started again after one died
+        self._restart_attempts = 0  # ... in a row, without a processed frame in between
         self._last_error = ""  # why the last configure / activate / ~/reload_map failed ('' after a success)
         self._cfg = None
         self._frame_params = None  # the every-frame parameters last applied to the detector's config
@@ -143,17 +159,18 @@ class VladLocalizationNode(LifecycleNode):
                 return TransitionCallbackReturn.FAILURE
             self._check_extrinsics(len(topics))
             self._paths = {"map": self.param("map_path"), "checkpoint": self.param("checkpoint")}
-            self._load()
+            # the counters of these cameras from now on: /diagnostics has their keys while the model loads
+            self.stats = NodeStats(topics, depth_cameras=sources)
+            self._depth = DepthInput(sources, self.param("depth_tolerance_s"), self.stats, self._report_input,
+                                     self._cfg.localizer.max_image_pixels, self._cfg.verification.max_depth_m) \
+                if sources else None
+            self._load(len(topics))
         except Exception as exc:  # noqa: BLE001 - reported as a failed transition
-            self._last_error = f"configure failed: {type(exc).__name__}: {exc}"
+            self._last_error = f"configure failed: {_describe(exc)}"
             self.get_logger().error(self._last_error)
             return TransitionCallbackReturn.FAILURE
         self._last_error = ""
         self._topics = topics
-        self.stats = NodeStats(self._topics, depth_cameras=sources)
-        self._depth = DepthInput(sources, self.param("depth_tolerance_s"), self.stats, self._report_input,
-                                 self._cfg.localizer.max_image_pixels, self._cfg.verification.max_depth_m) \
-            if sources else None
         pub = self.create_lifecycle_publisher
         self._pubs = {
             "candidates": pub(Float64MultiArray, "~/candidates", 10),
@@ -185,10 +202,10 @@ class VladLocalizationNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            if self._detector is None:  # released on deactivate (GPU)
-                self._load()
+            if self._inference is None:  # ended on deactivate (GPU)
+                self._load(len(self._topics))
         except Exception as exc:  # noqa: BLE001
-            self._last_error = f"activate failed: {type(exc).__name__}: {exc}"
+            self._last_error = f"activate failed: {_describe(exc)}"
             self.get_logger().error(self._last_error)
             return TransitionCallbackReturn.FAILURE
         self._worker = LatestFrameWorker(len(self._topics), self._process, self._worker_error)
@@ -218,7 +235,7 @@ class VladLocalizationNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_input()
-        if self._detector is not None and self._device().startswith(("cuda", "mps")):
+        if self._inference is not None and self._device().startswith(("cuda", "mps")):
             self._release()  # frees GPU memory (and this run's keyframes); activate loads again
         return super().on_deactivate(state)
 
@@ -246,48 +263,114 @@ class VladLocalizationNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def stop(self) -> bool:
-        """Stop input and the worker (process exit); False if a frame is still in progress."""
-        return self._stop_input()
+        """Stop input, the worker and the inference process (process exit); False if a frame was
+        still being prepared."""
+        self._stopped.set()
+        stopped = self._stop_input()
+        self._release()
+        return stopped
 
     # -- model / map -------------------------------------------------------------------------------
-    def _load(self) -> None:
-        self._release()  # a configure after an error: never two models at once
+    def _load(self, num_cameras: int, restart_of: int | None = None) -> None:
+        """Start the inference process with the configuration read at configure and wait until it
+        has loaded the model and map (raises with its error). ``restart_of``: the generation of the
+        process that died (the restart is dropped if the node released it since)."""
+        if restart_of is None:
+            self._release()  # a configure after an error: never two models at once
         t0 = time.monotonic()
-        if self.param("verify_map") and self._cfg.loop_closure.searches_map:
-            verify_map(self._paths["map"])
-        detector = self._factory(self._cfg, self._paths["checkpoint"], self._paths["map"])  # as configured
-        with self._det_lock:
-            self._detector = detector
+        spec = InferenceSpec(self._factory, self._cfg, self._paths["checkpoint"], self._paths["map"])
+        events = InferenceEvents(self._on_result, self._on_dropped, self._on_failed, self._on_inference_exit)
+        inference = InferenceProcess(spec, num_cameras, events, isolate=self._isolate)
+        with self._inference_lock:
+            if restart_of is not None and restart_of != self._generation:
+                raise InferenceError("restart cancelled: the node was deactivated or cleaned up")
+            self._inference = inference  # stop() during the load ends it
             self._frame_params = None
-        size = detector.map.size if detector.map is not None else 0
+        try:
+            info = inference.start(cancelled=lambda: self._inference is not inference or self._stopped.is_set())
+        except BaseException:
+            with self._inference_lock:
+                if self._inference is inference:
+                    self._inference = None
+            raise
         self.get_logger().info(
-            f"loaded mode {self._cfg.loop_closure.mode}, map {self._paths['map'] if detector.map else '-'} "
-            f"({size} keyframes), "
-            f"preset {self._cfg.name}, device {self._device()} in {time.monotonic() - t0:.1f} s")
+            f"loaded mode {self._cfg.loop_closure.mode}, map {self._paths['map'] if info['map_size'] else '-'} "
+            f"({info['map_size']} keyframes), preset {self._cfg.name}, device {info['device']} in "
+            f"{time.monotonic() - t0:.1f} s (inference process {inference.pid})")
 
     def _release(self) -> None:
-        with self._det_lock:
-            detector, self._detector = self._detector, None
-        if detector is not None:
-            detector.release()
+        with self._inference_lock:
+            inference, self._inference = self._inference, None
+            self._generation += 1
+        if inference is not None:
+            inference.stop()
 
     def _device(self) -> str:
-        localizer = getattr(self._detector, "localizer", None)
-        device = getattr(getattr(localizer, "encoder", None), "device", None)
+        inference = self._inference
+        device = inference.info.get("device") if inference is not None else None
         return str(device or (self._cfg.model.device if self._cfg else "?"))
 
+    # -- the inference process's events (its reader thread) ---------------------------------------
+    def _on_inference_exit(self, inference: InferenceProcess, cause: str) -> None:
+        """The inference process died: ERROR on /diagnostics, then a restart (bounded, with backoff)."""
+        with self._inference_lock:
+            if self._inference is not inference:  # already replaced or released
+                return
+            self._inference = None
+            generation = self._generation
+        for camera, lost in enumerate(inference.in_flight()):  # frames it took with it
+            for _ in range(lost):
+                self.stats.count("dropped", camera)
+        inference.stop()
+        threading.Thread(target=self._restart, args=(cause, generation), name="vlad_inference_restart",
+                         daemon=True).start()
+
+    def _restart(self, cause: str, generation: int) -> None:
+        while not self._stopped.is_set() and generation == self._generation:
+            attempt = self._restart_attempts + 1
+            if attempt > MAX_RESTARTS:
+                self._last_error = (f"inference process died ({cause}); gave up after {MAX_RESTARTS} restarts in a "
+                                    "row: deactivate, clean up and configure the node again")
+                self.get_logger().error(self._last_error)
+                return
+            self._restart_attempts = attempt
+            self._last_error = f"inference process died ({cause}); restarting it ({attempt}/{MAX_RESTARTS})"
+            self.get_logger().error(self._last_error)
+            if self._stopped.wait(RESTART_DELAY_S * 2 ** (attempt - 1)) or generation != self._generation:
+                return
+            try:
+                self._load(len(self._topics), restart_of=generation)
+            except Exception as exc:  # noqa: BLE001 - counted as another death
+                cause = _describe(exc)
+                continue
+            self._restarts += 1
+            self._last_error = ""
+            self.get_logger().info(f"inference process restarted ({self._restarts} restart(s) since configure)")
+            return
+
+    def _on_dropped(self, camera: int) -> None:
+        self.stats.count("dropped", camera)
+
+    def _on_failed(self, camera: int, text: str, rejections) -> None:
+        self._report_rejections(camera, rejections)
+        self._worker_error(RuntimeError(text))
+
+    def _report_rejections(self, camera: int, rejections) -> None:
+        for reason, text in rejections:  # depth the detector asked for and could not have
+            if self._depth is not None:
+                self._depth.reject(camera, reason, text)
+
     def _reload_map(self, request, response):
-        detector = self._detector
-        if detector is None or detector.map is None:
+        inference = self._inference
+        if inference is None or not inference.info or not self._cfg.loop_closure.searches_map:
             response.success, response.message = False, (
                 "no prebuilt map loaded: configure (and on a GPU activate) the node first, in mode localize or both")
             return response
-        try:  # Localizer.reload_map is safe beside a running query (the map swap is atomic)
+        try:  # between two frames of the inference process; the old map stays on failure
             path = self.param("map_path")
-            if self.param("verify_map"):
-                verify_map(path)
-            size = detector.localizer.reload_map(path).size
-            self._paths["map"] = path  # what a re-activation on a GPU loads
+            size = inference.call("reload_map", path, self.param("verify_map"))
+            inference.info["map_size"] = size
+            self._paths["map"] = path  # what a re-activation on a GPU (or a restart) loads
         except Exception as exc:  # noqa: BLE001 - the old map stays loaded
             response.success, response.message = False, f"reload failed ({exc}); the previous map stays loaded"
             self._last_error = response.message
@@ -300,19 +383,20 @@ class VladLocalizationNode(LifecycleNode):
 
     def _save_map(self, request, response):
         """``~/save_map``: this run's keyframes, written atomically to ``save_map_path``."""
-        detector, path = self._detector, self.param("save_map_path")
+        inference, path = self._inference, self.param("save_map_path")
         if not path:
             response.success, response.message = False, "set the parameter save_map_path first"
             return response
-        if detector is None:
+        if inference is None or not inference.info:
             response.success, response.message = False, "nothing to save: the node is not configured"
             return response
         try:
-            manifest = detector.save_map(path, sources=[f"{self.get_fully_qualified_name()}:{t}" for t in self._topics])
+            sources = [f"{self.get_fully_qualified_name()}:{t}" for t in self._topics]
+            keyframes = inference.call("save_map", path, sources)
         except Exception as exc:  # noqa: BLE001 - reported to the caller; the previous map at path stays
             response.success, response.message = False, f"save failed ({exc}); nothing written at {path}"
             return response
-        response.success, response.message = True, f"saved {manifest.keyframes} keyframes to {path}"
+        response.success, response.message = True, f"saved {keyframes} keyframes to {path}"
         self.get_logger().info(response.message)
         return response
 
@@ -411,8 +495,9 @@ class VladLocalizationNode(LifecycleNode):
         self.stats.count("rejected", "inference_error")
         self.get_logger().error(f"query failed: {type(exc).__name__}: {exc}", throttle_duration_sec=WARN_PERIOD_S)
 
-    # -- work (worker thread) ---------------------------------------------------------------------
+    # -- work: the worker thread prepares a frame, the inference process answers -----------------
     def _process(self, camera: int, item) -> None:
+        """Convert the newest frame of ``camera``, wait for its pose and depth, send it."""
         msg, pending_depth = item
         try:
             rgb = msg_to_rgb(msg, self._cfg.localizer.max_image_pixels)
@@ -425,16 +510,29 @@ class VladLocalizationNode(LifecycleNode):
         if self._tf is not None and (why := self._tf.lookup(camera, msg.header.frame_id)):
             self.get_logger().warning(f"camera {camera}: {why}; no ~/pose until then",
                                       throttle_duration_sec=WARN_PERIOD_S)
-        with self._det_lock:
-            detector = self._detector
-            if detector is None:
-                return
-            self._apply_frame_params(detector)
-            result = detector.process(stamp_ns, rgb, pose, camera, self._cameras.get(camera), depth)
-            thumbnail = self._match_image_ref(result)
+        inference = self._inference
+        if inference is None or not inference.info:  # (re)starting
+            self.stats.count("dropped", camera)
+            return
+        self._apply_frame_params(inference)
+        arrays, stereo = {"image": rgb}, None
+        if isinstance(depth, StereoPair):
+            stereo = depth.without_right()
+            if depth.right is not None:
+                arrays["right"] = depth.right
+        elif depth is not None:
+            arrays["depth"] = depth
+        meta = FrameMeta(stamp_ns, pose, self._cameras.get(camera), stereo, self._match_image_wanted())
+        if not inference.submit(camera, arrays, meta):
+            self.stats.count("dropped", camera)
+
+    def _on_result(self, camera: int, result, extras: dict) -> None:
+        """A :class:`FrameResult` from the inference process: publish it."""
+        self._restart_attempts = 0
+        self._report_rejections(camera, extras.get("rejections", ()))
         if not self._pubs:  # cleaned up while this frame was being processed
             return
-        header = Header(stamp=msg.header.stamp, frame_id=self.param("map_frame"))
+        header = Header(stamp=messages.ns_to_stamp(result.stamp_ns), frame_id=self.param("map_frame"))
         closure = result.loop_closure
         if closure is not None:
             self._pubs["loop_closure"].publish(messages.loop_closure_msg(closure.t_query, closure.t_match))
@@ -446,11 +544,11 @@ class VladLocalizationNode(LifecycleNode):
             self._publish_map_pose(header, closure, result.relative_pose)
         if any(c.pose is not None for c in result.candidates):
             self._pubs["candidate_poses"].publish(messages.pose_array_msg(header, result.candidates))
-        self._pubs["candidates"].publish(messages.candidates_msg(stamp_ns, camera, result.candidates))
-        if thumbnail is not None:
-            self._publish_match_image(header, rgb, result, thumbnail)
+        self._pubs["candidates"].publish(messages.candidates_msg(result.stamp_ns, camera, result.candidates))
+        if extras.get("match_image") is not None:
+            self._pubs["match_image"].publish(messages.image_msg(Header(stamp=header.stamp), extras["match_image"]))
         self.stats.frame_done(result.timings, closure is not None, result.decision.status)
-        self._warn_if_full(detector)
+        self._warn_if_full(extras.get("stats", {}))
 
     def _publish_edge(self, closure, pose) -> None:
         """``~/loop_closure_edges`` for a verified closure; a rejected one is counted by reason."""
@@ -484,20 +582,17 @@ class VladLocalizationNode(LifecycleNode):
             if outcome == "published":
                 self._pubs["initialpose_out"].publish(msg)
 
-    def _apply_frame_params(self, detector) -> None:
-        """Parameters read for every frame (score_threshold, min_time_gap_s, ...) into the
-        detector's configuration, through ``config.apply_overrides`` when they changed."""
-        from vlad_localization.config import apply_overrides
-
+    def _apply_frame_params(self, inference: InferenceProcess) -> None:
+        """Parameters read for every frame (score_threshold, min_time_gap_s, ...) to the inference
+        process's configuration (``config.apply_overrides``) when they changed."""
         values = config_overrides(self.param, every_frame=True)
         if self._tf is not None:  # the extrinsics from TF, once known, replace camera_to_base
             values["verification.camera_to_base"] = self._tf.camera_to_base() or values["verification.camera_to_base"]
-        if values != self._frame_params:
-            detector.config = apply_overrides(detector.config, values, where="node parameters")
-            self._frame_params = values
+        if (inference, values) != self._frame_params:
+            inference.apply_overrides(values)
+            self._frame_params = (inference, values)
 
-    def _warn_if_full(self, detector) -> None:
-        stats = detector.stats()
+    def _warn_if_full(self, stats: dict) -> None:
         now = time.monotonic()
         if stats.get("run_full") and now - self._full_warned >= FULL_WARN_PERIOD_S:
             self._full_warned = now
@@ -507,23 +602,10 @@ class VladLocalizationNode(LifecycleNode):
                 f"{lc.max_keyframes}): " + ("the oldest are evicted" if lc.eviction == "oldest" else
                                             "new keyframes are refused") + "; raise max_keyframes or save the map")
 
-    def _match_image_ref(self, result):
-        """The best candidate's thumbnail when ~/match_image is wanted and subscribed, else None
-        (from the map that was queried, even if ~/reload_map swapped another in since)."""
+    def _match_image_wanted(self) -> bool:
+        """~/match_image is computed only while wanted and subscribed."""
         pub = self._pubs.get("match_image")
-        if not result.candidates or not self.param("publish_match_image") or pub.get_subscription_count() == 0:
-            return None
-        best = result.candidates[0]
-        return result.query.store(best).thumbnail(best.map_id)
-
-    def _publish_match_image(self, header: Header, rgb, result, thumbnail) -> None:
-        from vlad_localization.matching.plot import draw_matches
-
-        best, none = result.candidates[0], np.zeros((0, 2))
-        canvas = draw_matches(rgb, thumbnail, none if best.query_keypoints is None else best.query_keypoints,
-                              none if best.map_keypoints is None else best.map_keypoints,
-                              image_hw=tuple(result.query.network_size))
-        self._pubs["match_image"].publish(messages.image_msg(Header(stamp=header.stamp), canvas))
+        return bool(pub is not None and self.param("publish_match_image") and pub.get_subscription_count() > 0)
 
     # -- diagnostics ---------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
@@ -531,17 +613,20 @@ class VladLocalizationNode(LifecycleNode):
             return
         state = self._state_machine.current_state[1]  # (id, label)
         values = {"state": str(state), "device": self._device()}
-        detector = self._detector
-        loaded = detector is not None
+        inference = self._inference
+        info = inference.info if inference is not None else {}
+        loaded = bool(info)
         values["mode"] = self._cfg.loop_closure.mode if self._cfg is not None else "?"
-        values["map_size"] = str(detector.map.size) if loaded and detector.map is not None else "0"
-        values["gpu_memory_mb"] = _gpu_memory_mb(values["device"])
-        values.update({k: str(v) for k, v in (detector.stats() if loaded else {}).items()})
+        values["map_size"] = str(info.get("map_size", 0))
+        values["gpu_memory_mb"] = str(info.get("gpu_memory_mb", "n/a"))
+        values.update({k: str(v) for k, v in info.get("stats", {}).items()})
         values.update(self.stats.snapshot())
+        values["inference_pid"] = str(info.get("pid", ""))
+        values["inference_restarts"] = str(self._restarts)
         if self._cfg is not None and self._cfg.verification.enabled:  # whether verification has intrinsics
             values.update({f"camera_info[{t}]": "yes" if i in self._cameras else "no" for i, t in enumerate(self._topics)})
         if self._depth is not None:
-            values.update(self._depth.diagnostics(self._topics))
+            values.update(self._depth.diagnostics(self.stats.cameras))
         recent = int(values["rejected_last_period"])
         values["last_error"] = self._last_error
         level = DiagnosticStatus.OK if loaded else DiagnosticStatus.WARN
@@ -557,14 +642,6 @@ class VladLocalizationNode(LifecycleNode):
                                                 f"{self.get_name()}: loop closure", level, message, values))
 
 
-def _gpu_memory_mb(device: str) -> str:
-    if not device.startswith("cuda") or "torch" not in sys.modules:
-        return "n/a"
-    import torch
-
-    return f"{torch.cuda.memory_allocated(device) / 2**20:.1f}"
-
-
 def _autostart(node: VladLocalizationNode) -> None:
     """configure + activate (what a lifecycle manager would do); errors are logged, never raised."""
     try:
@@ -578,11 +655,12 @@ def _autostart(node: VladLocalizationNode) -> None:
 
 
 def run(args: list[str] | None = None) -> bool:
-    """Spin the node until SIGINT/SIGTERM (rclpy's handlers), then stop it and rclpy. Returns
-    False when a query was still running on the worker thread (it is abandoned, not joined)."""
+    """Spin the node until SIGINT/SIGTERM (rclpy's handlers), then stop it (and its inference
+    process) and rclpy. Returns False when a frame was still being prepared on the worker thread
+    (it is abandoned, not joined)."""
     rclpy.init(args=args)
     node = VladLocalizationNode()
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     if node.param("autostart"):  # from the executor, so SIGINT/SIGTERM are handled while the model loads
         threading.Thread(target=_autostart, args=(node,), name="vlad_autostart", daemon=True).start()

@@ -153,7 +153,8 @@ PARAMETERS: tuple[Param, ...] = (
     Param("publish_match_image", True, "Publish ~/match_image (computed only while subscribed)."),
     Param("autostart", True, "Configure and activate on start-up (no lifecycle manager needed).", True),
     Param("verify_map", False, "Check every byte of the map against its manifest's sha256 at configure and "
-          "on ~/reload_map (reads the whole map; sizes and structure are always checked).", True),
+          "on ~/reload_map (reads the whole map; sizes and structure are always checked).", True,
+          config="map.verify_on_open"),
 )
 
 PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
