@@ -219,7 +219,7 @@ class Localizer:
         (SIFT refinement, ``verification.refine``), camera model and depth (metric PnP); a keyframe
         stored without its image is verified from the patch keypoints alone with its camera model,
         one with no view at all (a version 1 or 2 map) with the query's camera model for both
-        (``refine`` ``none``, ``match_camera`` ``query``: coarse, see the README)."""
+        (``refine`` ``none``, ``match_camera`` ``query``: coarse, see docs/verification.md)."""
         from vlad_localization.verification import RelativePose, View, verify_correspondences
 
         if candidate.matches is None:  # not re-ranked: no patch matches to start from

@@ -22,7 +22,7 @@ as `evaluate` applies it (the config's loop_closure.consistency, or --consistenc
 used to train the checkpoint (train's validation places or another run).
 
 Writes --out, a config YAML that every command and the node take (--config OUT.yaml /
-config_file:=OUT.yaml):
+-p preset:=OUT.yaml):
   base: speed                    (the --config preset; a YAML --config is copied)
   matching: {fusion_model: {...}}
   loop_closure: {score_threshold: 0.93...}

@@ -35,7 +35,7 @@ EPILOG = """\
                        [qx, qy, qz, qw], covariance (36, x y z and rotation about X Y Z, in the
                        map frame), metric (false: monocular, the keyframe's position with the
                        verification.monocular_baseline_m bound); the base frame of the map's poses,
-                       through verification.camera_to_base (README "The robot's pose in the map")
+                       through verification.camera_to_base (docs/verification.md, the robot's pose in the map)
 
 Example:
   vlad-localization query --map maps/run1 --checkpoint model.pth.tar --config speed \\

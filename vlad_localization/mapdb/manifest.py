@@ -55,7 +55,7 @@ class Run:
 
 @dataclass
 class Manifest:
-    """Contents of ``manifest.json`` (see the README's map format section)."""
+    """Contents of ``manifest.json`` (see docs/map-format.md)."""
 
     model: dict[str, Any]
     dim: int

@@ -11,7 +11,7 @@ memory; activate starts it again); cleanup ends it. When the inference process d
 says so (ERROR, with the cause) and the node starts it again with the same configuration, up to
 MAX_RESTARTS times in a row with a growing delay, then stays in ERROR. ``autostart`` (default true)
 runs configure + activate at start-up so ``ros2 run`` works without a lifecycle manager. Topics,
-parameters and diagnostics: see the README.
+parameters and diagnostics: see docs/ros.md.
 """
 from __future__ import annotations
 

@@ -175,7 +175,7 @@ def config_overrides(get, every_frame: bool = False) -> dict[str, Any]:
 
 
 def markdown_table() -> str:
-    """The parameters as a Markdown table (for the README)."""
+    """The parameters as a Markdown table (generated into docs/ros.md)."""
     rows = ["| parameter | default | read | description |", "|---|---|---|---|"]
     rows += [
         f"| `{p.name}` | `{p.default!r}` | {'configure' if p.on_configure else 'every frame'} "
