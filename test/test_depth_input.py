@@ -13,7 +13,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from vlad_localization.images.convert import ImageConversionError, depth_msg_to_array, rgb_to_image_fields
 from vlad_localization.images.stamp_match import KEEP, OPEN, StampMatcher
-from vlad_localization.ros.depth_input import DepthInput, depth_sources
+from vlad_localization.ros.depth_input import DepthInput, StereoPair, depth_sources
 from vlad_localization.ros.diagnostics import NodeStats
 from vlad_localization.ros.messages import ns_to_stamp
 from vlad_localization.ros.params import BY_NAME
@@ -165,28 +165,39 @@ def test_depth_input_pairs_converts_and_counts(depth_input):
 
 
 def test_stereo_depth_is_computed_on_demand_from_the_camera_infos(depth_input):
+    """The node prepares a StereoPair per frame (cheap); the inference process computes its depth only
+    when asked, and what it could not have comes back as rejections the node reports (as here)."""
     inp, stats, reports = depth_input
     left, right = textured_pair(16)
     right_msg = Image(**rgb_to_image_fields(right))
     right_msg.header.stamp = ns_to_stamp(5 * MS)
     inp.on_message(1, right_msg)
-    compute = inp.depth_for(1, inp.frame_arrived(1, 5 * MS), left)
-    assert callable(compute) and stats.depth[1, "matched"] == 1
-    assert compute() is None and reports[-1][0] == "stereo_no_camera_info"  # no calibration yet
+
+    def computed(pair):
+        rejections = []
+        depth = pair.depth_source(left, rejections)()
+        for reason, text in rejections:  # the node's _report_rejections
+            inp.reject(1, reason, text)
+        return depth
+
+    pair = inp.depth_for(1, inp.frame_arrived(1, 5 * MS), left)
+    assert isinstance(pair, StereoPair) and stats.depth[1, "matched"] == 1
+    assert pair.without_right().right is None and pair.without_right().with_right(pair.right) == pair
+    assert computed(pair) is None and reports[-1][0] == "stereo_no_camera_info"  # no calibration yet
     inp.on_info(1, camera_info())
     inp.on_info(1, camera_info(BASELINE), "right")
-    depth = inp.depth_for(1, inp.frame_arrived(1, 5 * MS), left)()
+    depth = computed(inp.depth_for(1, inp.frame_arrived(1, 5 * MS), left))
     valid = np.isfinite(depth)
     assert depth.shape == HW and valid.mean() > 0.4
     assert np.median(depth[valid]) == pytest.approx(F * BASELINE / 16, rel=0.02)
     inp.on_info(1, camera_info(scale=2))  # calibrated at twice the images' size: the rig is scaled
     inp.on_info(1, camera_info(BASELINE, scale=2), "right")
-    scaled = inp.depth_for(1, inp.frame_arrived(1, 5 * MS), left)()
+    scaled = computed(inp.depth_for(1, inp.frame_arrived(1, 5 * MS), left))
     assert np.array_equal(np.isfinite(scaled), valid) and np.allclose(scaled[valid], depth[valid], rtol=1e-4)
     small = Image(**rgb_to_image_fields(left[::2, ::2].copy()))
     small.header.stamp = ns_to_stamp(9 * MS)
     inp.on_message(1, small)
-    assert inp.depth_for(1, inp.frame_arrived(1, 9 * MS), left)() is None
+    assert computed(inp.depth_for(1, inp.frame_arrived(1, 9 * MS), left)) is None
     assert reports[-1][0] == "stereo_size_mismatch" and stats.depth[1, "rejected"] == 2
 
 
