@@ -203,3 +203,28 @@ def test_nordland_sequence_scoring_and_consistency_beat_single_frames(datasets_d
     print(f"nordland 40 places (right proposals, precision, closures): {outcome}")
     assert outcome[10, 1][0] > outcome[0, 1][0]
     assert outcome[10, 3][1] >= outcome[0, 1][1] and outcome[10, 3][2] > 0
+
+
+def test_sequence_candidates_respect_the_time_gap_and_travel(tmp_path, datasets_dir, speed_checkpoint, small_config):
+    """With sequence scoring (and the contrast that proposes keyframes the search did not return) no
+    candidate is ever younger than the time gap or closer along the path than min_travel_m."""
+    from vlad_localization.cli.main import main as cli
+
+    images = datasets_dir / "campus_loop_72"
+    config = tmp_path / "contrast.yaml"
+    config.write_text(small_config.read_text() + "loop_closure: {sequence_contrast_window: 3}\n")
+    out = tmp_path / "run.jsonl"
+    assert cli(["replay", "--images", str(images), "--poses", str(images / "data.csv"), "--mode", "loop_closure",
+                "--checkpoint", str(speed_checkpoint), "--config", str(config), "--score-threshold", "0",
+                "--min-gap", str(GAP_S), "--min-travel", str(TRAVEL_M), "--sequence-length", "5",
+                "--out", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    xy = np.loadtxt(images / "data.csv", delimiter=",", usecols=(1, 2))
+    travel = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(xy, axis=0).T))])
+    assert sum(len(r["candidates"]) for r in records) > 0
+    for r in records:
+        i = round(r["query_stamp"])
+        for c in r["candidates"]:
+            j = round(c["map_stamp"])
+            assert i - j >= GAP_S and travel[i] - travel[j] >= TRAVEL_M - 1e-6, (i, j)
+            assert c["sequence_similarity"] is not None
