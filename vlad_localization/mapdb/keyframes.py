@@ -11,7 +11,7 @@ from collections import Counter
 
 import numpy as np
 
-NS_PER_S = 1_000_000_000
+from vlad_localization.images.frames import NS_PER_S
 
 
 class KeyframeSelector:

@@ -30,6 +30,7 @@ from std_msgs.msg import Float64MultiArray, Header, MultiArrayDimension
 from vlad_localization.detector import CANDIDATE_FIELDS, candidate_row
 from vlad_localization.images.bag import camera_info_topic  # noqa: F401  (the node's, beside each image topic)
 from vlad_localization.images.convert import rgb_to_image_fields
+from vlad_localization.images.frames import NS_PER_S
 from vlad_localization.verification.camera import camera_from_info  # noqa: F401  (the node's CameraInfo reader)
 
 CANDIDATE_COLUMNS = ("query_stamp", "camera") + CANDIDATE_FIELDS
@@ -42,11 +43,11 @@ MAPS = {"prebuilt": 0, "run": 1}  # the ``map`` column of ~/loop_closure_edges
 
 
 def stamp_to_ns(stamp: Time) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
 
 
 def ns_to_stamp(ns: int) -> Time:
-    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+    return Time(sec=int(ns // NS_PER_S), nanosec=int(ns % NS_PER_S))
 
 
 def candidates_msg(query_stamp_ns: int, camera: int, candidates: Sequence) -> Float64MultiArray:
