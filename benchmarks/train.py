@@ -104,7 +104,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from vlad_localization import evaluation as ev
-    from vlad_localization.config import load_config
     from vlad_localization.model.init_model import build_offtheshelf_checkpoint
     from vlad_localization.training import PlaceCriteria, TrainOptions, train
 
