@@ -189,7 +189,7 @@ def run_tables(folder: Path, model) -> dict[str, tuple]:
                 continue
             c = found[1]
             rows.append([c.ranking_similarity, c.evidence["spatial"], c.evidence["ransac"]])
-            correct.append((c.source, c.map_id) in f.positives)
+            correct.append((c.store, c.map_id) in f.positives)
         tables[f"{path.parent.name}/{path.stem}"] = (np.array(rows).reshape(-1, 3), np.array(correct, bool),
                                                      sum(bool(f.positives) for f in frames))
     return tables

@@ -37,7 +37,7 @@ from vlad_localization import evaluation as ev
 from vlad_localization.config import apply_overrides, load_config
 from vlad_localization.images import load_rgb
 from vlad_localization.images.frames import NS_PER_S, Pose
-from vlad_localization.pipeline import RUN
+from vlad_localization.mapdb import Store
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VLAD_SHARED", REPO.parent / "shared"))
@@ -48,7 +48,7 @@ TOLERANCE = 2  # Nordland places
 CONSISTENCY = (1, 2, 3, 5)
 SEQUENCES = (0, 5, 10, 20)
 CONTRASTS = (0, 10)  # sequence_contrast_window
-CANDIDATE_KEYS = ("map_id", "stamp_ns", "frame_id", "source", "global_similarity", "sequence_similarity",
+CANDIDATE_KEYS = ("map_id", "stamp_ns", "frame_id", "store", "global_similarity", "sequence_similarity",
                   "patch_score", "fused_score")
 
 
@@ -91,7 +91,7 @@ def _frames_from(rows, model) -> list[ev.FrameProposals]:
         for c in r["candidates"]:
             pose = None if c["position"] is None else Pose(tuple(c["position"]))
             cand = Candidate(c["map_id"], c["stamp_ns"], c["frame_id"], "", pose, c["global_similarity"],
-                             patch_score=c["patch_score"], fused_score=c["fused_score"], source=c["source"],
+                             patch_score=c["patch_score"], fused_score=c["fused_score"], store=Store(c["store"]),
                              sequence_similarity=c["sequence_similarity"], evidence=c["evidence"])
             cands.append(cand)
         head = [c for c in cands if c.evidence]
@@ -157,7 +157,7 @@ def nordland_frames(first: int, places: int, lap_gap: float):
     root = DATA / "nordland_64x32"
     summer = [(i * NS_PER_S, root / "summer" / n, None, set()) for i, n in enumerate(names)]
     winter = [(round((lap_gap + i) * NS_PER_S), root / "winter" / n, None,
-               {(RUN, j) for j in range(max(0, i - TOLERANCE), min(places, i + TOLERANCE + 1))})
+               {(Store.RUN, j) for j in range(max(0, i - TOLERANCE), min(places, i + TOLERANCE + 1))})
               for i, n in enumerate(names)]
     return summer + winter, [root / "summer" / n for n in names]
 
@@ -167,7 +167,7 @@ def campus_frames():
     xy = np.loadtxt(root / "data.csv", delimiter=",", usecols=(1, 2))
     frames = []
     for i in range(72):
-        near = {(RUN, j) for j in range(72) if i - j >= GAP_S and np.hypot(*(xy[i] - xy[j])) < 10.0}
+        near = {(Store.RUN, j) for j in range(72) if i - j >= GAP_S and np.hypot(*(xy[i] - xy[j])) < 10.0}
         frames.append((i * NS_PER_S, root / f"image_{i}.png", Pose((float(xy[i, 0]), float(xy[i, 1]), 0.0)), near))
     return frames, [root / f"image_{i}.png" for i in range(0, 72, 6)]
 
@@ -227,7 +227,7 @@ def cost(checkpoint, hw, keyframes: int = 10_000, frames: int = 20, consistency:
         for i in range(keyframes):  # prefill the run's store (and its timeline) as the detector's inserts do
             g = g0[0] + rng.normal(0, 0.05, g0.shape[1]).astype(np.float32)
             g /= np.linalg.norm(g)
-            kf = Keyframe(id=-1, stamp_ns=i * NS_PER_S, frame_id="camera0", source="run:camera0")
+            kf = Keyframe(id=-1, stamp_ns=i * NS_PER_S, frame_id="camera0", source=Store.RUN.keyframe_source(0))
             new = det.run_map.add(g, {p: a[0].astype(PATCH_DTYPE) for p, a in patches.items()}, kf,
                                   grid=desc.grid, image_size=desc.image_size)
             det._run_timeline.add(new, i * NS_PER_S, (0, "camera0"))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vlad_localization.mapdb import Store
 from vlad_localization.ros.client import PARAMS_FILE, wait_for  # noqa: F401  (re-exported for the tests)
 
 
@@ -27,7 +28,7 @@ class FakeCandidate:
     inliers: int = 10
     frame_id: str = "cam"
     file: str = ""
-    source: int = 0
+    store: Store = Store.PREBUILT
     pose: FakePose | None = field(default_factory=FakePose)
     per_size: dict = field(default_factory=dict)
     query_keypoints: np.ndarray | None = None

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import SPEED_IMAGE_SIZE
+from vlad_localization.mapdb import Store
 
 S = 10**9
 GAP_S = 30.0
@@ -152,12 +153,12 @@ def test_both_mode_tags_each_candidate_with_its_map(tmp_path, datasets_dir, spee
     finally:
         det.release()
     last = results[-1]
-    sources = {c.source for c in last.candidates}
+    sources = {c.store for c in last.candidates}
     assert sources == {0, 1}
-    best_map = next(c for c in last.candidates if c.source == 0)
+    best_map = next(c for c in last.candidates if c.store == Store.PREBUILT)
     assert best_map.map_id == 9 and math.isfinite(best_map.patch_score)  # the same image in the prebuilt map
     for r in results:
-        assert all(c.source == 0 or r.stamp_ns - c.stamp_ns >= 3 * S for c in r.candidates)
+        assert all(c.store == Store.PREBUILT or r.stamp_ns - c.stamp_ns >= 3 * S for c in r.candidates)
     assert [r.keyframe for r in results] == list(range(10))
 
 

@@ -19,7 +19,7 @@ S = 10**9
 class Cand:
     stamp_ns: int | None
     score: float = 0.9
-    source: int = 1
+    store: int = 1  # mapdb.Store.RUN
     frame_id: str = "camera0"
     pose: Pose | None = None
     map_id: int = 0
@@ -92,9 +92,9 @@ def test_a_revisit_walked_backwards_is_held_back():
 def test_proposals_from_other_stores_or_cameras_do_not_agree():
     rule = LoopClosureRule(0.5, 30.0, consistency=2, consistency_window_s=5.0)
     t = [100 * S, 101 * S, 102 * S]
-    assert rule.decide(t[0], [Cand(10 * S, source=1)], 0)[1].status == "inconsistent"
-    assert rule.decide(t[1], [Cand(11 * S, source=0)], 0)[1].status == "inconsistent"  # the prebuilt map now
-    assert rule.decide(t[2], [Cand(12 * S, source=0, frame_id="camera1")], 0)[1].status == "inconsistent"
+    assert rule.decide(t[0], [Cand(10 * S, store=1)], 0)[1].status == "inconsistent"
+    assert rule.decide(t[1], [Cand(11 * S, store=0)], 0)[1].status == "inconsistent"  # the prebuilt map now
+    assert rule.decide(t[2], [Cand(12 * S, store=0, frame_id="camera1")], 0)[1].status == "inconsistent"
 
 
 def test_cameras_keep_their_own_chains():

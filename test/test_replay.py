@@ -31,7 +31,7 @@ def test_replay_writes_candidates_and_the_loop_closure(campus_map, tmp_path, cap
         assert r["loop_closure"] == ([r["query_stamp"], far[0]["map_stamp"]] if far else None)
         assert set(r["timings"]) >= {"encode_ms", "search_ms", "rerank_ms", "total_ms"}
     err = capsys.readouterr().err
-    assert "loop closure t=71.000 -> map keyframe" in err and ": 3 frames;" in err
+    assert "loop closure t=71.000 -> prebuilt keyframe" in err and ": 3 frames;" in err
     # localize mode (the config's default): the prebuilt map only, no keyframe of the run
     assert all(c["source"] == 0 for r in records for c in r["candidates"]) and all(r["keyframe"] is None for r in records)
 

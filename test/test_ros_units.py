@@ -12,6 +12,7 @@ import yaml
 
 from ros_helpers import PARAMS_FILE, Collector, FakeCandidate, FakeDetector, wait_for
 from vlad_localization.loop_closure import select_loop_closure
+from vlad_localization.mapdb import Store
 from vlad_localization.ros.params import PARAMETERS, markdown_table
 from vlad_localization.ros.worker import LatestFrameWorker
 
@@ -92,7 +93,7 @@ def test_loop_closure_edge_message_round_trips():
     assert parse_loop_closure_edges(loop_closure_edge_msg(1, 2, 3, "prebuilt", pose, 0.5))[0]["refined"] is False
     with pytest.raises(ValueError, match="not a loop-closure edge"):
         loop_closure_edge_msg(1, 2, 3, "prebuilt", RelativePose.rejected("planar"), 0.5)
-    with pytest.raises(ValueError, match="which_map"):
+    with pytest.raises(ValueError, match="store 'other'"):
         loop_closure_edge_msg(1, 2, 3, "other", pose, 0.5)
 
 
@@ -118,7 +119,7 @@ def test_camera_info_gives_the_camera_model():
 def test_candidates_message_layout_round_trips():
     from vlad_localization.ros.messages import CANDIDATE_COLUMNS, candidates_msg, candidates_query, parse_candidates
 
-    cands = [FakeCandidate(7, 3 * S, 0.8, inliers=12, source=1, fused_score=0.95), FakeCandidate(2, None, 0.1)]
+    cands = [FakeCandidate(7, 3 * S, 0.8, inliers=12, store=Store.RUN, fused_score=0.95), FakeCandidate(2, None, 0.1)]
     msg = candidates_msg(5 * S + 250_000_000, 1, cands)
     d0, d1 = msg.layout.dim
     assert (d0.label, d0.size, d0.stride) == ("candidate@5.250000000/1", 2, 18)

@@ -17,7 +17,7 @@ from test_mapdb_integrity import as_old_version, flip_bit
 from test_verification_real import errors, ground_truth
 from vlad_localization.cli.main import main
 from vlad_localization.images.io import load_rgb
-from vlad_localization.mapdb import MapDatabase
+from vlad_localization.mapdb import MapDatabase, Store
 from vlad_localization.verification import StereoRig, load_euroc_sensor
 from vlad_localization.verification.depth import stereo_depth_image
 
@@ -174,7 +174,7 @@ def test_a_saved_run_keeps_its_views_and_a_later_run_verifies_against_it(env, sp
     finally:
         second.release()
     closure, pose = result.loop_closure, result.relative_pose
-    assert closure is not None and (closure.candidate.source, closure.candidate.map_id) == (0, 0)
+    assert closure is not None and (closure.candidate.store, closure.candidate.map_id) == (Store.PREBUILT, 0)
     assert pose.ok and pose.refine == "sift" and pose.match_camera == "map" and not pose.metric
     rotation, direction, _ = errors(pose, ground_truth(env["euroc"], 1, 0))
     print(f"saved run's view: {rotation:.2f} deg, direction {direction:.2f} deg, {pose.inliers} inliers")

@@ -7,7 +7,7 @@
 
 Modes (``loop_closure.mode``, :data:`vlad_localization.choices.MODES`): ``localize`` searches the
 prebuilt map only; ``loop_closure`` searches this run's own keyframes only; ``both`` searches both
-(each candidate's ``source``: 0 = prebuilt map, 1 = this run). In ``loop_closure``/``both`` a
+(each candidate's ``store``: :class:`~vlad_localization.mapdb.Store`). In ``loop_closure``/``both`` a
 frame becomes a keyframe of the run with the ``map`` section's thresholds (the
 :class:`~vlad_localization.mapdb.KeyframeSelector` that ``build-map`` uses, one per camera).
 
@@ -43,11 +43,11 @@ import numpy as np
 from vlad_localization.config import Config
 from vlad_localization.images.frames import NS_PER_S, Pose
 from vlad_localization.loop_closure import Decision, LoopClosure, LoopClosureRule
-from vlad_localization.mapdb import KeyframeSelector, LiveMap, MapError
+from vlad_localization.mapdb import KeyframeSelector, LiveMap, MapError, Store
 from vlad_localization.mapdb.metadata import Keyframe, encode_thumbnail
 from vlad_localization.mapdb.patch_store import PATCH_DTYPE
 from vlad_localization.mapdb.views import KeyframeView
-from vlad_localization.pipeline import PREBUILT, RUN, Candidate, Localizer, QueryResult
+from vlad_localization.pipeline import Candidate, Localizer, QueryResult
 from vlad_localization.sequence import QueryHistory, RunTimeline, sequence_scores
 from vlad_localization.verification.depth_sources import FrameDepth
 
@@ -71,7 +71,7 @@ def candidate_record(c: Candidate) -> dict[str, Any]:
         "global_similarity": round(float(c.global_similarity), 6),
         "patch_score": _finite_or_none(c.patch_score),
         "inliers": int(c.inliers),
-        "source": int(c.source),
+        "source": int(c.store),
         "fused_score": _finite_or_none(c.fused_score),
         "file": c.file,
         "sequence_similarity": _finite_or_none(c.sequence_similarity),
@@ -127,7 +127,7 @@ class FrameResult:
             "candidates": [candidate_record(c) for c in self.candidates],
             "loop_closure": [closure.t_query, closure.t_match] if closure else None,
             "loop_closure_match": None if closure is None else {
-                "map_id": int(closure.candidate.map_id), "source": int(closure.candidate.source),
+                "map_id": int(closure.candidate.map_id), "source": int(closure.candidate.store),
                 "rank": closure.rank, "score": float(closure.candidate.score)},
             "decision": self.decision.to_json(),
             "keyframe": self.keyframe,
@@ -163,7 +163,7 @@ class LoopClosureDetector:
         self._history = QueryHistory(lc.sequence_length) if lc.sequence_length > 0 else None
         self._run_timeline = RunTimeline()  # this run's keyframes in time order, per camera
         self._map_timeline: tuple[object, RunTimeline] | None = None  # (the prebuilt map it describes, its runs)
-        self._tracks: dict[int, tuple[int, list]] = {}  # camera -> (stamp, best sequences (source, id, speed))
+        self._tracks: dict[int, tuple[int, list]] = {}  # camera -> (stamp, best sequences (store, id, speed))
 
     @classmethod
     def from_config(cls, config: Config, checkpoint: str | Path, map_path: str | Path | None = None,
@@ -301,17 +301,17 @@ class LoopClosureDetector:
         speeds = lc.sequence_speeds
         by_group: dict[tuple, list[tuple[Candidate, int]]] = {}
         for c in cands:
-            timeline, _ = self._timeline(c.source)
+            timeline, _ = self._timeline(c.store)
             where = timeline.locate(c.map_id) if c.stamp_ns is not None else None
             if where is None:
                 c.sequence_similarity = c.global_similarity
             else:
-                by_group.setdefault((c.source, where[0]), []).append((c, where[1]))
-        best: list[tuple[float, int, int, float]] = []  # (S, source, map id, speed)
-        for (source, group), members in by_group.items():
-            timeline, store = self._timeline(source)
+                by_group.setdefault((c.store, where[0]), []).append((c, where[1]))
+        best: list[tuple[float, Store, int, float]] = []  # (S, store, map id, speed)
+        for (which, group), members in by_group.items():
+            timeline, store = self._timeline(which)
             stamps, ids = timeline.group(group)
-            usable = self._usable(source, stamps, ids, max_stamp_ns)
+            usable = self._usable(which, stamps, ids, max_stamp_ns)
 
             def similarity(rows, cols, ids=ids, store=store):
                 unique, inverse = np.unique(ids[cols], return_inverse=True)
@@ -322,7 +322,7 @@ class LoopClosureDetector:
                                             usable, lc.sequence_contrast_window)
             for (c, _), value, v in zip(members, scores, speed):
                 c.sequence_similarity = float(value)
-                best.append((float(value), source, c.map_id, float(v)))
+                best.append((float(value), which, c.map_id, float(v)))
         best.sort(reverse=True)
         self._tracks[camera] = (stamp_ns, [b[1:] for b in best[:FOLLOWED_RUNS]])
         return cands
@@ -336,27 +336,27 @@ class LoopClosureDetector:
         previous = self._tracks.get(camera)
         if previous is None:
             return []
-        had = {(c.source, c.map_id) for c in cands}
+        had = {(c.store, c.map_id) for c in cands}
         out = []
-        for source, map_id, speed in previous[1]:
-            timeline, store = self._timeline(source)
+        for which, map_id, speed in previous[1]:
+            timeline, store = self._timeline(which)
             where = timeline.locate(map_id)
             if where is None or store is None:
                 continue
             stamps, ids = timeline.group(where[0])
             target = stamps[where[1]] + speed * (stamp_ns - previous[0])
-            usable = self._usable(source, stamps, ids, max_stamp_ns)
+            usable = self._usable(which, stamps, ids, max_stamp_ns)
             pos = int(np.clip(np.searchsorted(stamps, target), 0, len(stamps) - 1))
             pos = min((p for p in (pos - 1, pos) if 0 <= p < len(stamps) and (usable is None or usable[p])),
                       key=lambda p: abs(stamps[p] - target), default=None)
-            if pos is None or (source, int(ids[pos])) in had:
+            if pos is None or (which, int(ids[pos])) in had:
                 continue
-            had.add((source, int(ids[pos])))
+            had.add((which, int(ids[pos])))
             keyframe = store.keyframes([int(ids[pos])])[0]
-            if source == RUN and max_travel_m is not None and keyframe.extra.get("travel_m", 0.0) > max_travel_m:
+            if which == Store.RUN and max_travel_m is not None and keyframe.extra.get("travel_m", 0.0) > max_travel_m:
                 continue
             similarity = float(store.descriptors([ids[pos]])[0] @ query)
-            out.append(candidate_from_keyframe(keyframe, similarity, source))
+            out.append(candidate_from_keyframe(keyframe, similarity, which))
         return out
 
     def _standing_out(self, cands: list[Candidate], query: np.ndarray, max_stamp_ns: int,
@@ -369,18 +369,18 @@ class LoopClosureDetector:
         from vlad_localization.sequence import run_contrast
 
         window, k = self.config.loop_closure.sequence_contrast_window, self.config.localizer.top_k
-        had = {(c.source, c.map_id) for c in cands}
+        had = {(c.store, c.map_id) for c in cands}
         out = []
-        for source, store in ((PREBUILT, self.map), (RUN, self.run_map)):
+        for which, store in ((Store.PREBUILT, self.map), (Store.RUN, self.run_map)):
             if store is None or store.manifest is None:
                 continue
-            limits = {"max_stamp_ns": max_stamp_ns, "max_travel_m": max_travel_m} if source == RUN else {}
+            limits = {"max_stamp_ns": max_stamp_ns, "max_travel_m": max_travel_m} if which == Store.RUN else {}
             ids, sims = store.similarities(query, **limits)
             if not len(ids):
                 continue
             row = np.full(int(ids.max()) + 1, np.nan)
             row[ids] = sims
-            timeline, _ = self._timeline(source)
+            timeline, _ = self._timeline(which)
             scored = []
             for group in timeline.groups():
                 _, members = timeline.group(group)
@@ -390,19 +390,19 @@ class LoopClosureDetector:
                 top = np.argpartition(-z, k)[:k] if len(z) > k else np.arange(len(z))
                 scored += [(float(z[i]), int(members[i])) for i in top if np.isfinite(z[i])]
             for _, map_id in sorted(scored, reverse=True)[:k]:
-                if (source, map_id) not in had:
-                    had.add((source, map_id))
-                    out.append(candidate_from_keyframe(store.keyframes([map_id])[0], float(row[map_id]), source))
+                if (which, map_id) not in had:
+                    had.add((which, map_id))
+                    out.append(candidate_from_keyframe(store.keyframes([map_id])[0], float(row[map_id]), which))
         return out
 
-    def _usable(self, source: int, stamps: np.ndarray, ids: np.ndarray, max_stamp_ns: int) -> np.ndarray | None:
+    def _usable(self, store: Store, stamps: np.ndarray, ids: np.ndarray, max_stamp_ns: int) -> np.ndarray | None:
         """Which keyframes of a run the search could return now (None: all; this run's: old enough, kept)."""
-        return (stamps <= max_stamp_ns) & (ids >= self._run_timeline.first_id) if source == RUN else None
+        return (stamps <= max_stamp_ns) & (ids >= self._run_timeline.first_id) if store == Store.RUN else None
 
-    def _timeline(self, source: int) -> tuple[RunTimeline, Any]:
-        """(the runs of a store in time order, the store) for ``source``; the prebuilt map's is read
+    def _timeline(self, store: Store) -> tuple[RunTimeline, Any]:
+        """(the runs of ``store`` in time order, the store itself); the prebuilt map's is read
         once per map (again after a reload)."""
-        if source == RUN:
+        if store == Store.RUN:
             return self._run_timeline, self.run_map
         db = self.map
         if self._map_timeline is None or self._map_timeline[0] is not db:
@@ -442,7 +442,7 @@ class LoopClosureDetector:
         extra: dict[str, Any] = {"camera": camera}
         if travel is not None:
             extra["travel_m"] = travel
-        keyframe = Keyframe(id=-1, stamp_ns=stamp_ns, frame_id=f"camera{camera}", source=f"run:camera{camera}",
+        keyframe = Keyframe(id=-1, stamp_ns=stamp_ns, frame_id=f"camera{camera}", source=Store.RUN.keyframe_source(camera),
                             position=position, orientation=None if pose is None else tuple(pose.orientation),
                             extra=extra)
         map_cfg = self.config.map

@@ -223,7 +223,7 @@ ACCEPTANCE_SCORES = ("score", "global_similarity", "spatial", "ransac", "sequenc
 @dataclass
 class FrameProposals:
     """One processed frame of a run: its stamp, camera, final candidates (``pipeline.Candidate``) and
-    the keyframes that show its place, as ``(source, map_id)`` (empty: no true match exists)."""
+    the keyframes that show its place, as ``(Store, map_id)`` (empty: no true match exists)."""
 
     stamp_ns: int
     camera: int
@@ -234,7 +234,7 @@ class FrameProposals:
 @dataclass(frozen=True)
 class _Scored:  # a proposal scored by one acceptance score, as the rule reads it
     stamp_ns: int
-    source: int
+    store: int
     frame_id: str
     pose: object
     score: float
@@ -266,8 +266,8 @@ def closure_curve(frames: Sequence[FrameProposals], rule_settings: Mapping, scor
             continue
         c = found[1]
         value = acceptance_value(c, score)
-        proposals.append((f, _Scored(c.stamp_ns, c.source, c.frame_id, c.pose, value),
-                          (c.source, c.map_id) in f.positives))
+        proposals.append((f, _Scored(c.stamp_ns, c.store, c.frame_id, c.pose, value),
+                          (c.store, c.map_id) in f.positives))
     num_positive = sum(bool(f.positives) for f in frames)
     values = sorted({p.score for _, p, _ in proposals if p is not None and np.isfinite(p.score)})
     curve = []
@@ -292,7 +292,8 @@ def proposals_along(records: Sequence[QueryRecord], model: Mapping[str, float], 
     (``pipeline.Candidate`` with the map ``keyframes``' stamps, frame ids and positions, the fused score;
     the tail not re-ranked): what the node's acceptance rule sees in ``localize`` mode."""
     from vlad_localization.images.frames import NS_PER_S, Pose
-    from vlad_localization.pipeline import PREBUILT, Candidate
+    from vlad_localization.mapdb import Store
+    from vlad_localization.pipeline import Candidate
 
     frames = []
     for i, r in enumerate(records):
@@ -304,7 +305,7 @@ def proposals_along(records: Sequence[QueryRecord], model: Mapping[str, float], 
             pose = None if kf.position is None else Pose(tuple(kf.position))
             cands.append(Candidate(kf.id, kf.stamp_ns, kf.frame_id, kf.source, pose, float(r.global_similarity[j]),
                                    fused_score=float(p[j]) if j < len(p) else math.nan, run=kf.run))
-        frames.append(FrameProposals(i * NS_PER_S, 0, cands, {(PREBUILT, m) for m in r.positives}))
+        frames.append(FrameProposals(i * NS_PER_S, 0, cands, {(Store.PREBUILT, m) for m in r.positives}))
     return frames
 
 

@@ -11,7 +11,7 @@ threshold, so a PR curve is the curve of what the node publishes:
    ``score_threshold``, else ``below_threshold``.
 3. **Temporal consistency** (``consistency`` = k frames; 1 = each frame on its own): the proposal is
    accepted only when the camera's last k frames all made confident proposals that are *neighbours*
-   along the matched run, each with the one before - same store and camera run (``source``,
+   along the matched run, each with the one before - same store and camera run (``store``,
    ``frame_id``) and matched keyframes at most ``consistency_window_s`` apart in time (with
    ``consistency_window_m`` > 0 and positions on both keyframes: at most that many metres apart
    instead) - and that *advance as the query advances*: the match of the newest of the k frames is
@@ -44,7 +44,7 @@ DECISIONS = {
 class _Scored(Protocol):  # the fields of pipeline.Candidate this rule reads
     stamp_ns: int | None
     score: float
-    source: int
+    store: int  # mapdb.Store
     frame_id: str
     pose: object
 
@@ -101,7 +101,7 @@ def proposal_of(query_stamp_ns: int, candidates: Iterable[_Scored], min_time_gap
 def neighbours(previous: _Scored, current: _Scored, window_s: float, window_m: float = 0.0) -> bool:
     """Whether two consecutive confident proposals match neighbouring keyframes of one run (module
     doc, step 3)."""
-    if previous.source != current.source or previous.frame_id != current.frame_id:
+    if previous.store != current.store or previous.frame_id != current.frame_id:
         return False
     p, q = getattr(previous, "pose", None), getattr(current, "pose", None)
     if window_m > 0 and p is not None and q is not None:

@@ -5,8 +5,8 @@
     best = res.candidates[0]                # final rank order
     best.map_id, best.patch_score, best.pose
 
-A query searches the prebuilt map (``source`` 0) and, when one is given, the run's own keyframes
-(:class:`~vlad_localization.mapdb.LiveMap`, ``source`` 1; see :mod:`vlad_localization.detector`);
+A query searches the prebuilt map (``Store.PREBUILT``) and, when one is given, the run's own keyframes
+(:class:`~vlad_localization.mapdb.LiveMap`, ``Store.RUN``; see :mod:`vlad_localization.detector`);
 the candidates of both are merged by global similarity and re-ranked together.
 
 ``Candidate.patch_score`` is the absolute fused patch score in [0, 1] (thresholdable); it is NaN
@@ -34,11 +34,8 @@ import torch
 from vlad_localization.config import Config
 from vlad_localization.images.frames import Pose
 from vlad_localization.loop_closure import score_of
-from vlad_localization.mapdb import Keyframe, MapDatabase
+from vlad_localization.mapdb import Keyframe, MapDatabase, Store
 from vlad_localization.model.descriptors import Descriptors
-
-
-PREBUILT, RUN = 0, 1  # Candidate.source: the prebuilt map, this run's own keyframes
 
 
 @dataclass
@@ -48,7 +45,7 @@ class Candidate:
     map_id: int
     stamp_ns: int | None
     frame_id: str
-    file: str  # the keyframe's image file, or bag:topic (the map's ``source`` column)
+    file: str  # where its image came from (the map's ``source`` column: image file, bag:topic, run:camera<i>)
     pose: Pose | None
     global_similarity: float
     patch_score: float = math.nan
@@ -57,7 +54,7 @@ class Candidate:
     fused_score: float = math.nan  # estimated probability of the same place ([0, 1]); NaN when not computed
     query_keypoints: np.ndarray | None = None  # (M, 2) x, y in network-input pixels
     map_keypoints: np.ndarray | None = None
-    source: int = PREBUILT  # which map: PREBUILT (0) or RUN (1, this run's own keyframes)
+    store: Store = Store.PREBUILT  # the store its keyframe is in (map_id is that store's id)
     matches: tuple | None = None  # (patch sizes, Correspondences per size) of the re-ranking, for verification
     run: int = 0  # the keyframe's run in its map (with frame_id: the sequence it belongs to)
     sequence_similarity: float = math.nan  # sequence scoring's S (vlad_localization.sequence); NaN when off
@@ -92,7 +89,7 @@ class QueryResult:
 
     def store(self, candidate: Candidate):
         """The map a candidate's ``map_id`` refers to (for its thumbnail, patches, keyframe)."""
-        return self.run_map if candidate.source == RUN else self.map
+        return self.run_map if candidate.store == Store.RUN else self.map
 
 
 def scale_keypoints(points: np.ndarray, from_hw, to_hw) -> np.ndarray:
@@ -185,15 +182,15 @@ class Localizer:
             raise ValueError("the query's global descriptor has NaN/inf values (fp16 overflow? a corrupt checkpoint?)")
         k = int(k or self.config.localizer.top_k)
         cands: list[Candidate] = []
-        for source, store, limits in ((PREBUILT, db, {}),
-                                      (RUN, run, {"max_stamp_ns": max_stamp_ns, "max_travel_m": max_travel_m})):
+        for which, store, limits in ((Store.PREBUILT, db, {}),
+                                     (Store.RUN, run, {"max_stamp_ns": max_stamp_ns, "max_travel_m": max_travel_m})):
             if store is None or store.manifest is None:  # not searched, or a run store still empty
                 continue
             _check_layout(desc, store)
             sims, ids = store.search(query, k, **limits)
             keep = ids[0] >= 0
             for kf, sim in zip(store.keyframes(ids[0][keep]), sims[0][keep]):
-                cands.append(candidate_from_keyframe(kf, float(sim), source))
+                cands.append(candidate_from_keyframe(kf, float(sim), which))
         cands = sorted(cands, key=lambda c: -c.global_similarity)[:k]  # stable: the prebuilt map first on ties
         if rescore is not None and cands:
             cands = sorted(rescore(cands), key=lambda c: -c.ranking_similarity)
@@ -201,7 +198,7 @@ class Localizer:
         timings["search_ms"] = (t2 - t1) * 1e3
         network_size = tuple(desc.image_size)
         if self.config.localizer.rerank and cands:
-            cands = self._rerank({PREBUILT: db, RUN: run}, desc, cands)
+            cands = self._rerank({Store.PREBUILT: db, Store.RUN: run}, desc, cands)
             timings["rerank_ms"] = (time.perf_counter() - t2) * 1e3
         return QueryResult(cands, timings, rgb_size, network_size, db, run)
 
@@ -236,7 +233,7 @@ class Localizer:
         pose = verify_correspondences(*candidate.matches, result.network_size, query, match, vcfg,
                                       self.encoder.geometry.stride, refine=refine)
         pose.match_camera = "query" if stored is None else "map"
-        if candidate.source == PREBUILT:  # this run's keyframes have poses in this run's odometry frame
+        if candidate.store == Store.PREBUILT:  # this run's keyframes have poses in this run's odometry frame
             pose.map_pose = self.map_pose(pose, candidate, camera_index)
         return pose
 
@@ -274,9 +271,9 @@ class Localizer:
         """The :class:`~vlad_localization.matching.MatchResult` of the query's patch descriptors
         against the candidates' stored ones (in the order given), with the configured matcher and
         fusion (``fused``: both matchers' evidence and P(same place)). ``maps``: the map the
-        candidates come from, or ``{source: map}`` when they come from the prebuilt map and the run."""
-        stores = maps if isinstance(maps, dict) else {PREBUILT: maps, RUN: maps}
-        matcher = self._matcher_for(stores[cands[0].source])
+        candidates come from, or ``{Store: map}`` when they come from the prebuilt map and the run."""
+        stores = maps if isinstance(maps, dict) else {Store.PREBUILT: maps, Store.RUN: maps}
+        matcher = self._matcher_for(stores[cands[0].store])
         device = next(iter(desc.patches.values())).device
         stored = _patches_of(stores, cands)
         cand_patches = {p: torch.from_numpy(a.astype(np.float32)).to(device) for p, a in stored.items()}
@@ -309,10 +306,10 @@ def _patches_of(stores: dict, cands: list[Candidate]) -> dict[int, np.ndarray]:
     """{patch size: (len(cands), patches, D)} in the candidates' order, read from each one's map."""
     rows: dict[int, list[int]] = {}
     for i, c in enumerate(cands):
-        rows.setdefault(c.source, []).append(i)
+        rows.setdefault(c.store, []).append(i)
     out: dict[int, np.ndarray] = {}
-    for source, positions in rows.items():
-        part = stores[source].patches([cands[i].map_id for i in positions])
+    for store, positions in rows.items():
+        part = stores[store].patches([cands[i].map_id for i in positions])
         for p, a in part.items():
             if p not in out:
                 out[p] = np.empty((len(cands),) + a.shape[1:], a.dtype)
@@ -320,13 +317,13 @@ def _patches_of(stores: dict, cands: list[Candidate]) -> dict[int, np.ndarray]:
     return out
 
 
-def candidate_from_keyframe(kf: Keyframe, similarity: float, source: int = PREBUILT) -> Candidate:
+def candidate_from_keyframe(kf: Keyframe, similarity: float, store: Store = Store.PREBUILT) -> Candidate:
     pose = None
     if kf.position is not None:
         pose = Pose(tuple(kf.position), tuple(kf.orientation) if kf.orientation else (0.0, 0.0, 0.0, 1.0))
     camera = kf.extra.get("camera") if isinstance(kf.extra, dict) else None
-    return Candidate(kf.id, kf.stamp_ns, kf.frame_id, kf.source, pose, similarity, source=source, run=kf.run,
+    return Candidate(kf.id, kf.stamp_ns, kf.frame_id, kf.source, pose, similarity, store=store, run=kf.run,
                      camera=camera if isinstance(camera, int) else None)
 
 
-__all__ = ["PREBUILT", "RUN", "Candidate", "Localizer", "QueryResult", "candidate_from_keyframe", "scale_keypoints"]
+__all__ = ["Candidate", "Localizer", "QueryResult", "candidate_from_keyframe", "scale_keypoints"]

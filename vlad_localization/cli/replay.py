@@ -110,7 +110,7 @@ def run(args) -> int:
             if result.loop_closure:
                 closures += 1
                 c = result.loop_closure.candidate
-                print(f"loop closure t={result.loop_closure.t_query:.3f} -> {'run' if c.source else 'map'} keyframe "
+                print(f"loop closure t={result.loop_closure.t_query:.3f} -> {c.store.label} keyframe "
                       f"{c.map_id} t={result.loop_closure.t_match:.3f} score {c.score:.3f}", file=sys.stderr)
         if args.save_map:
             manifest = detector.save_map(args.save_map, sources=sources)

@@ -18,6 +18,7 @@ from .live import LiveMap
 from .manifest import Manifest, Run
 from .merge import merge_maps
 from .metadata import Keyframe
+from .store import Store
 from .writer import MapWriter, reindex_map
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "MapIntegrityError",
     "MapWriter",
     "Run",
+    "Store",
     "build_map",
     "merge_maps",
     "reindex_map",

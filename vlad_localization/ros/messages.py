@@ -31,6 +31,7 @@ from vlad_localization.detector import CANDIDATE_FIELDS, candidate_row
 from vlad_localization.images.bag import camera_info_topic  # noqa: F401  (the node's, beside each image topic)
 from vlad_localization.images.convert import rgb_to_image_fields
 from vlad_localization.images.frames import NS_PER_S
+from vlad_localization.mapdb.store import Store
 from vlad_localization.verification.camera import camera_from_info  # noqa: F401  (the node's CameraInfo reader)
 
 CANDIDATE_COLUMNS = ("query_stamp", "camera") + CANDIDATE_FIELDS
@@ -39,7 +40,6 @@ EDGE_COLUMNS = (
     "query_stamp", "match_stamp", "map_id", "map", "tx", "ty", "tz", "qx", "qy", "qz", "qw", "metric",
     "score", "inliers", *(f"cov{i}" for i in range(36)), "refined",
 )
-MAPS = {"prebuilt": 0, "run": 1}  # the ``map`` column of ~/loop_closure_edges
 
 
 def stamp_to_ns(stamp: Time) -> int:
@@ -75,15 +75,15 @@ def parse_candidates(msg: Float64MultiArray) -> list[dict[str, float]]:
     return [dict(zip(labels, row.tolist())) for row in data]
 
 
-def loop_closure_edge_msg(query_stamp_ns: int, match_stamp_ns: int, map_id: int, which_map: str, pose,
+def loop_closure_edge_msg(query_stamp_ns: int, match_stamp_ns: int, map_id: int, store: Store | str, pose,
                           score: float) -> Float64MultiArray:
     """``~/loop_closure_edges`` with one edge: ``pose`` a verified (status ``ok``)
-    :class:`~vlad_localization.verification.RelativePose`, ``which_map`` ``prebuilt`` or ``run``."""
+    :class:`~vlad_localization.verification.RelativePose`, ``store`` the matched keyframe's
+    :class:`~vlad_localization.mapdb.Store` (or its label, ``prebuilt`` or ``run``)."""
     if pose.status != "ok":
         raise ValueError(f"a rejected pose ({pose.status}) is not a loop-closure edge")
-    if which_map not in MAPS:
-        raise ValueError(f"which_map {which_map!r}: use {' or '.join(MAPS)}")
-    row = [query_stamp_ns * 1e-9, match_stamp_ns * 1e-9, float(map_id), float(MAPS[which_map]),
+    store = Store.parse(store)
+    row = [query_stamp_ns * 1e-9, match_stamp_ns * 1e-9, float(map_id), float(store),
            *np.asarray(pose.translation, np.float64), *pose.quaternion, float(pose.metric), float(score),
            float(pose.inliers), *np.asarray(pose.covariance, np.float64).ravel(), float(pose.refine != "none")]
     return _table_msg([row], EDGE_COLUMNS, "edge")
@@ -93,12 +93,11 @@ def parse_loop_closure_edges(msg: Float64MultiArray) -> list[dict]:
     """``~/loop_closure_edges`` -> one dict per edge: ``query_stamp``, ``match_stamp`` (s), ``map_id``
     (int), ``map`` (``prebuilt`` | ``run``), ``translation`` (3,), ``quaternion`` (x, y, z, w),
     ``metric`` (bool), ``score``, ``inliers`` (int), ``covariance`` (6, 6), ``refined`` (bool)."""
-    names = {v: k for k, v in MAPS.items()}
     edges = []
     for row in parse_candidates(msg):
         edges.append({
             "query_stamp": row["query_stamp"], "match_stamp": row["match_stamp"], "map_id": int(row["map_id"]),
-            "map": names[int(row["map"])], "translation": np.array([row[k] for k in ("tx", "ty", "tz")]),
+            "map": Store(int(row["map"])).label, "translation": np.array([row[k] for k in ("tx", "ty", "tz")]),
             "quaternion": np.array([row[k] for k in ("qx", "qy", "qz", "qw")]), "metric": bool(row["metric"]),
             "score": row["score"], "inliers": int(row["inliers"]),
             "covariance": np.array([row[f"cov{i}"] for i in range(36)]).reshape(6, 6),

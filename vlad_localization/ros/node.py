@@ -546,7 +546,7 @@ class VladLocalizationNode(LifecycleNode):
             self._pubs["loop_closure"].publish(messages.loop_closure_msg(closure.t_query, closure.t_match))
             c = closure.candidate
             self.get_logger().info(
-                f"loop closure: camera {camera} t={closure.t_query:.3f} -> {'run' if c.source else 'map'} keyframe "
+                f"loop closure: camera {camera} t={closure.t_query:.3f} -> {c.store.label} keyframe "
                 f"{c.map_id} t={closure.t_match:.3f} (score {c.score:.3f})")
             self._publish_edge(closure, result.relative_pose)
             self._publish_map_pose(header, closure, result.relative_pose)
@@ -568,7 +568,7 @@ class VladLocalizationNode(LifecycleNode):
         self.stats.count("edges", "metric" if pose.metric else "monocular")
         c = closure.candidate
         self._pubs["loop_closure_edges"].publish(messages.loop_closure_edge_msg(
-            closure.query_stamp_ns, c.stamp_ns, c.map_id, "run" if c.source else "prebuilt", pose, c.score))
+            closure.query_stamp_ns, c.stamp_ns, c.map_id, c.store, pose, c.score))
 
     def _publish_map_pose(self, header: Header, closure, pose) -> None:
         """``~/pose`` for a closure verified against a prebuilt map keyframe with a pose, and
