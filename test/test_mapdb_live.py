@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlad_localization.mapdb import Keyframe, LiveMap, MapDatabase, MapError, MapWriter, merge_maps
+from vlad_localization.mapdb import Keyframe, KeyframeStore, LiveMap, MapDatabase, MapError, MapWriter, merge_maps
 from vlad_localization.mapdb.metadata import encode_thumbnail
 
 DIM, NPATCH, GRID, IMG = 32, 20, (8, 9), (64, 72)  # 4 x 5 patches of size 5 on an 8 x 9 grid
@@ -80,6 +80,7 @@ def brute_force(x: np.ndarray, q: np.ndarray, k: int, allowed: np.ndarray | None
 def test_add_search_read_round_trip():
     live = LiveMap(IDENTITY)
     assert live.manifest is None and len(live) == 0 and live.nbytes == 0
+    assert isinstance(live, KeyframeStore) and "this run's keyframes" in live.label
     sims, ids = live.search(global_of(0), 5)
     assert sims.shape == ids.shape == (1, 0)
     assert live.keyframes(ids[0]) == [] and live.patches(ids[0]) == {}  # no layout yet: no patch sizes

@@ -19,7 +19,7 @@ import torch
 from vlad_localization.config import Config
 from vlad_localization.images.frames import Frame, Pose
 from vlad_localization.mapdb import (
-    GlobalIndex, IndexSpec, Keyframe, KeyframeSelector, MapDatabase, MapError, MapWriter, build_map,
+    GlobalIndex, IndexSpec, Keyframe, KeyframeSelector, KeyframeStore, MapDatabase, MapError, MapWriter, build_map,
     merge_maps,
 )
 from vlad_localization.mapdb.database import INDEX_FILE, reference_npy_bytes
@@ -91,6 +91,7 @@ def test_build_reopen_search_roundtrip(tmp_path):
     enc = FakeEncoder()
     with MapDatabase.open(path, identity=enc.identity()) as db:
         assert db.size == len(db) == 10 and db.path == path
+        assert isinstance(db, KeyframeStore) and db.label == str(path)
         d = enc.encode([image(3)])
         sims, ids = db.search(d.global_desc.numpy(), 5)
         assert ids[0, 0] == 3 and sims[0, 0] == pytest.approx(1.0, abs=1e-5)

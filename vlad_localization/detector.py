@@ -43,7 +43,7 @@ import numpy as np
 from vlad_localization.config import Config
 from vlad_localization.images.frames import NS_PER_S, Pose
 from vlad_localization.loop_closure import Decision, LoopClosure, LoopClosureRule
-from vlad_localization.mapdb import KeyframeSelector, LiveMap, MapError, Store
+from vlad_localization.mapdb import KeyframeSelector, KeyframeStore, LiveMap, MapError, Store
 from vlad_localization.mapdb.metadata import Keyframe, encode_thumbnail
 from vlad_localization.mapdb.patch_store import PATCH_DTYPE
 from vlad_localization.mapdb.views import KeyframeView
@@ -399,7 +399,7 @@ class LoopClosureDetector:
         """Which keyframes of a run the search could return now (None: all; this run's: old enough, kept)."""
         return (stamps <= max_stamp_ns) & (ids >= self._run_timeline.first_id) if store == Store.RUN else None
 
-    def _timeline(self, store: Store) -> tuple[RunTimeline, Any]:
+    def _timeline(self, store: Store) -> tuple[RunTimeline, KeyframeStore]:
         """(the runs of ``store`` in time order, the store itself); the prebuilt map's is read
         once per map (again after a reload)."""
         if store == Store.RUN:

@@ -34,7 +34,7 @@ import torch
 from vlad_localization.config import Config
 from vlad_localization.images.frames import Pose
 from vlad_localization.loop_closure import score_of
-from vlad_localization.mapdb import Keyframe, MapDatabase, Store
+from vlad_localization.mapdb import Keyframe, KeyframeStore, MapDatabase, Store
 from vlad_localization.model.descriptors import Descriptors
 
 
@@ -85,9 +85,9 @@ class QueryResult:
     query_rgb_size: tuple[int, int] | None  # (H, W) of the query image; None for Descriptors input
     network_size: tuple[int, int]  # (H, W) the keypoints refer to
     map: MapDatabase | None = None  # the prebuilt map queried (map_ids refer to it, also after a reload)
-    run_map: object | None = None  # the run's LiveMap queried, if any
+    run_map: KeyframeStore | None = None  # the run's LiveMap queried, if any
 
-    def store(self, candidate: Candidate):
+    def store(self, candidate: Candidate) -> KeyframeStore | None:
         """The map a candidate's ``map_id`` refers to (for its thumbnail, patches, keyframe)."""
         return self.run_map if candidate.store == Store.RUN else self.map
 
@@ -105,7 +105,7 @@ class Localizer:
     ``map_db`` is the prebuilt map (None in ``loop_closure`` mode); ``run_map`` this run's
     :class:`~vlad_localization.mapdb.LiveMap` (None in ``localize`` mode)."""
 
-    def __init__(self, encoder, map_db: MapDatabase | None, config: Config, run_map=None):
+    def __init__(self, encoder, map_db: MapDatabase | None, config: Config, run_map: KeyframeStore | None = None):
         self.encoder = encoder
         self.config = config
         self._map = map_db
@@ -280,7 +280,7 @@ class Localizer:
         query_patches = {p: t[0].float() for p, t in desc.patches.items()}
         return matcher.score(query_patches, cand_patches, np.array([c.ranking_similarity for c in cands]))
 
-    def _matcher_for(self, db: MapDatabase):
+    def _matcher_for(self, db: KeyframeStore):
         from vlad_localization.matching.matcher import PatchMatcher
 
         m = db.manifest
@@ -292,17 +292,16 @@ class Localizer:
         return self._matcher
 
 
-def _check_layout(desc: Descriptors, store) -> None:
+def _check_layout(desc: Descriptors, store: KeyframeStore) -> None:
     m = store.manifest
     if tuple(desc.grid) != tuple(m.grid) or tuple(desc.image_size) != tuple(m.image_size):
-        where = getattr(store, "path", None) or "this run's keyframes"
         raise ValueError(
-            f"query encoded at {desc.image_size} (grid {desc.grid}) but map {where} at "
+            f"query encoded at {desc.image_size} (grid {desc.grid}) but map {store.label} at "
             f"{tuple(m.image_size)} (grid {tuple(m.grid)}): use the model config the map was built with"
         )
 
 
-def _patches_of(stores: dict, cands: list[Candidate]) -> dict[int, np.ndarray]:
+def _patches_of(stores: dict[Store, KeyframeStore], cands: list[Candidate]) -> dict[int, np.ndarray]:
     """{patch size: (len(cands), patches, D)} in the candidates' order, read from each one's map."""
     rows: dict[int, list[int]] = {}
     for i, c in enumerate(cands):

@@ -18,7 +18,7 @@ from .live import LiveMap
 from .manifest import Manifest, Run
 from .merge import merge_maps
 from .metadata import Keyframe
-from .store import Store
+from .store import KeyframeStore, Store
 from .writer import MapWriter, reindex_map
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "IndexSpec",
     "Keyframe",
     "KeyframeSelector",
+    "KeyframeStore",
     "LiveMap",
     "Manifest",
     "MapDatabase",

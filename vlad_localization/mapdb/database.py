@@ -91,6 +91,11 @@ class MapDatabase:
             db.configure(map_cfg)
         return db
 
+    @property
+    def label(self) -> str:
+        """The map's name in messages: its directory."""
+        return str(self.path)
+
     def verify(self) -> dict[str, int]:
         """Read every byte of the map's files against the manifest's sha256: {file: bytes} checked
         ({} for a version 1 map, which records no checksums), else

@@ -54,19 +54,16 @@ MIN_ROWS = 64  # first block of global rows
 MAX_CHUNK = 256  # patch rows per chunk (at most; a quarter of max_keyframes for small stores)
 NO_STAMP = np.iinfo(np.int64).min  # a keyframe without a stamp passes every max_stamp_ns filter
 TRAVEL_KEY = "travel_m"  # Keyframe.extra key: distance along the trajectory (set by the detector)
-LABEL = "<live map: this run's keyframes>"
 
 
 class LiveMap:
-    """This run's keyframes in memory: appendable global rows + float16 patch rows + metadata,
+    """A :class:`~vlad_localization.mapdb.KeyframeStore` of this run's keyframes in memory: appendable global rows + float16 patch rows + metadata,
     searchable while the writer inserts, saved atomically in the map-database format.
 
     ``identity`` is ``Encoder.identity()``; the layout (dim, grid, image size, patches per size)
     is fixed by the first :meth:`add`, before which :attr:`manifest` is None and :meth:`search`
     returns no results. See the module docstring for eviction and thread safety.
     """
-
-    path = LABEL  # what messages name instead of a map directory (MapDatabase.path)
 
     def __init__(self, identity: dict[str, Any], max_keyframes: int = 20000, eviction: str = "oldest",
                  thumbnails: bool = True, chunk: int | None = None):
@@ -110,6 +107,11 @@ class LiveMap:
 
     def __len__(self) -> int:
         return self.size
+
+    @property
+    def label(self) -> str:
+        """The store's name in messages (:class:`~vlad_localization.mapdb.KeyframeStore`)."""
+        return "<live map: this run's keyframes>"
 
     @property
     def evicted(self) -> int:

@@ -1,7 +1,15 @@
-"""The two keyframe stores a query searches (the prebuilt map, this run's keyframes): :class:`Store`."""
+"""The two keyframe stores a query searches (the prebuilt map, this run's keyframes): :class:`Store`
+names them, :class:`KeyframeStore` is what both offer."""
 from __future__ import annotations
 
 import enum
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from .manifest import Manifest
+from .metadata import Keyframe
+from .views import KeyframeView
 
 
 class Store(enum.IntEnum):
@@ -36,4 +44,34 @@ class Store(enum.IntEnum):
         return f"{self.label}:camera{int(camera)}"
 
 
-__all__ = ["Store"]
+@runtime_checkable
+class KeyframeStore(Protocol):
+    """What the query pipeline and the detector read from a store of keyframes, implemented by the
+    prebuilt :class:`~vlad_localization.mapdb.MapDatabase` and this run's
+    :class:`~vlad_localization.mapdb.LiveMap`. ``label`` names the store in messages (the map
+    directory, or this run's keyframes); ``manifest`` is None while a run's store is empty.
+    ``LiveMap.search`` and ``LiveMap.similarities`` also take the run's limits (``max_stamp_ns``,
+    ``max_travel_m``)."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def manifest(self) -> Manifest | None: ...
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def similarities(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def keyframes(self, ids) -> list[Keyframe]: ...
+
+    def descriptors(self, ids) -> np.ndarray: ...
+
+    def patches(self, ids) -> dict[int, np.ndarray]: ...
+
+    def thumbnail(self, map_id: int) -> np.ndarray | None: ...
+
+    def view(self, map_id: int) -> KeyframeView | None: ...
+
+
+__all__ = ["KeyframeStore", "Store"]
