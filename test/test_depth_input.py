@@ -175,7 +175,7 @@ def test_stereo_depth_is_computed_on_demand_from_the_camera_infos(depth_input):
 
     def computed(pair):
         rejections = []
-        depth = pair.depth_source(left, rejections)()
+        depth = pair.depth_source(left, rejections).image()
         for reason, text in rejections:  # the node's _report_rejections
             inp.reject(1, reason, text)
         return depth

@@ -203,3 +203,20 @@ def test_the_covariance_floor_is_added_on_every_axis():
     added = np.diag(floored.covariance - bare.covariance)
     np.testing.assert_allclose(added, [0.05 ** 2] * 3 + [np.radians(2.0) ** 2] * 3, rtol=1e-9)
     np.testing.assert_array_equal(floored.rotation, bare.rotation)
+
+
+def test_a_depth_source_is_given_computed_once_when_needed_or_none():
+    from vlad_localization.verification.depth_sources import DepthSource
+
+    image = np.full((4, 6), 2000, np.uint16)  # 2 m at 0.001 m per unit
+    points = np.array([[1.0, 1.0], [5.0, 3.0]])
+    assert DepthSource().at(0.001, 10.0) is None and DepthSource.given(None).at(0.001, 10.0) is None
+    np.testing.assert_allclose(DepthSource.given(image).at(0.001, 10.0)(points), [2.0, 2.0])
+    calls = []
+    lazy = DepthSource.computed(lambda: calls.append(1) or image)
+    lookup = lazy.at(0.001, 10.0)
+    assert calls == []  # nothing computed until the depth is read
+    np.testing.assert_allclose(lookup(points), [2.0, 2.0])
+    assert lazy.image() is image and calls == [1]  # computed once
+    failed = DepthSource.computed(lambda: None)  # e.g. a stereo pair without calibration
+    assert np.isnan(failed.at(0.001, 10.0)(points)).all() and failed.image() is None

@@ -49,7 +49,7 @@ from vlad_localization.mapdb.patch_store import PATCH_DTYPE
 from vlad_localization.mapdb.views import KeyframeView
 from vlad_localization.pipeline import Candidate, Localizer, QueryResult
 from vlad_localization.sequence import QueryHistory, RunTimeline, sequence_scores
-from vlad_localization.verification.depth_sources import FrameDepth
+from vlad_localization.verification.depth_sources import DepthSource
 
 FOLLOWED_RUNS = 3  # sequence scoring follows the previous frame's best this-many sequences
 
@@ -236,15 +236,15 @@ class LoopClosureDetector:
 
     # ------------------------------------------------------------------ per frame
     def process(self, stamp_ns: int, image: np.ndarray, pose: Pose | None = None, camera: int = 0,
-                camera_model=None, depth=None, descriptors=None) -> FrameResult:
+                camera_model=None, depth: DepthSource | None = None, descriptors=None) -> FrameResult:
         """Query with one camera frame, decide the loop closure, insert it as a keyframe of the run
         when the keyframe policy says so. ``image``: RGB uint8 (H, W, 3); ``pose``: the frame's
         pose (odometry interpolated to ``stamp_ns``) or None; ``camera_model``: this camera's
         ``verification.PinholeCamera`` (default: ``verification.intrinsics``); ``depth``: the
         frame's depth image registered to ``image`` (integer: ``verification.depth_scale`` m per
-        unit; float: m), or a zero-argument callable computing it (or None), called only when the
-        frame becomes a keyframe with a stored view or its loop closure needs the query's depth
-        (the keyframe has none); with verification, a keyframe stored with depth gives metric poses.
+        unit; float: m) as a :class:`~vlad_localization.verification.depth_sources.DepthSource`
+        (given, or computed only when the frame becomes a keyframe with a stored view or its loop
+        closure needs the query's depth: the keyframe has none), or None; with verification, a keyframe stored with depth gives metric poses.
         ``descriptors``: the image's :class:`Descriptors` when already encoded (with this model), else
         None (encoded here)."""
         t0 = time.perf_counter()
@@ -270,7 +270,10 @@ class LoopClosureDetector:
         closure, decision = self.rule.decide(stamp_ns, result.candidates, camera)
         t2 = time.perf_counter()
         camera_model = self._camera_model(camera_model)
-        frame_depth = FrameDepth(depth)
+        if depth is not None and not isinstance(depth, DepthSource):
+            raise TypeError(f"depth must be a DepthSource (DepthSource.given(array), DepthSource.computed(fn)), "
+                            f"not {type(depth).__name__}")
+        frame_depth = DepthSource() if depth is None else depth
         relative_pose = None
         if closure is not None and camera_model is not None:
             vcfg = cfg.verification
@@ -431,7 +434,7 @@ class LoopClosureDetector:
         return metres
 
     def _insert(self, stamp_ns: int, image, pose: Pose | None, camera: int, desc, travel, camera_model,
-                depth: FrameDepth) -> int | None:
+                depth: DepthSource) -> int | None:
         selector = self._selectors.get(camera)
         if selector is None:
             selector = self._selectors[camera] = KeyframeSelector.from_config(self.config.map)

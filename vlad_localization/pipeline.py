@@ -205,7 +205,7 @@ class Localizer:
     def verify(self, result: QueryResult, candidate: Candidate, image: np.ndarray, camera, depth=None,
                camera_index: int = 0):
         """The relative pose of a re-ranked ``candidate`` of ``result`` (query ``image`` RGB of
-        ``camera``, a ``verification.PinholeCamera``; ``depth`` the query's depth source, raw pixels
+        ``camera``, a ``verification.PinholeCamera``; ``depth`` the query's depth function, raw pixels
         -> metres, used when the keyframe has none): a
         :class:`~vlad_localization.verification.RelativePose` or its rejection. A verified candidate of
         the prebuilt map whose keyframe has a pose also gets ``map_pose``: the robot's pose in the map

@@ -1,4 +1,4 @@
-"""``match --pose``: the two images' cameras and depth sources from the flags, then the verifier."""
+"""``match --pose``: the two images' cameras and depth functions from the flags, then the verifier."""
 from __future__ import annotations
 
 from .main import UserError
@@ -37,7 +37,7 @@ def _stereo_rig(args, camera, sensors, scale):
         raise UserError(str(exc)) from exc
 
 
-def _depth_source(image, depth_path, right_path, rig, vcfg):
+def _depth_function(image, depth_path, right_path, rig, vcfg):
     """depth(points) for one view: from a registered depth image, a right stereo image, or None."""
     from ..images.io import load_rgb
     from ..verification import depth_at, stereo_depth_at
@@ -67,6 +67,6 @@ def pose_views(args, cfg, query_rgb, ref_rgb):
     rig = _stereo_rig(args, camera, sensors, scale)
     vcfg = cfg.verification
     query = View(camera, query_rgb.shape[:2], query_rgb,
-                 _depth_source(query_rgb, args.depth_query, args.stereo_query, rig, vcfg))
-    ref = View(camera, ref_rgb.shape[:2], ref_rgb, _depth_source(ref_rgb, args.depth_ref, args.stereo_ref, rig, vcfg))
+                 _depth_function(query_rgb, args.depth_query, args.stereo_query, rig, vcfg))
+    ref = View(camera, ref_rgb.shape[:2], ref_rgb, _depth_function(ref_rgb, args.depth_ref, args.stereo_ref, rig, vcfg))
     return query, ref

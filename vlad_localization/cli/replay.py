@@ -87,6 +87,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from vlad_localization.detector import LoopClosureDetector
+    from vlad_localization.verification.depth_sources import DepthSource
 
     cfg = load_cli_config(args)
     depth_of = open_depth(args)
@@ -100,7 +101,7 @@ def run(args) -> int:
     decisions: Counter = Counter()
     try:
         for frame in frames:
-            depth = None if depth_of is None else (lambda f=frame: depth_of(f))  # read only when needed
+            depth = None if depth_of is None else DepthSource.computed(lambda f=frame: depth_of(f))  # when needed
             result = detector.process(frame.stamp_ns, frame.rgb, frame.pose, camera_model=frame.camera, depth=depth)
             frame.image = None if getattr(frame, "loader", None) is not None else frame.image  # free pixels
             count += 1

@@ -83,7 +83,7 @@ class KeyframeView:
 
     def verification_view(self, max_depth_m: float):
         """The :class:`~vlad_localization.verification.View` of this keyframe (image decoded, depth
-        as a depth source) for :func:`~vlad_localization.verification.verify_correspondences`."""
+        as a depth function) for :func:`~vlad_localization.verification.verify_correspondences`."""
         from vlad_localization.verification import View, depth_at
 
         image = None if self.image is None else decode_thumbnail(self.image)

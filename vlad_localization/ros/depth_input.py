@@ -21,7 +21,7 @@ import numpy as np
 from vlad_localization.images.convert import ImageConversionError, depth_msg_to_array, msg_to_rgb
 from vlad_localization.images.stamp_match import Pairing, StampMatcher
 from vlad_localization.verification.depth import StereoRig, stereo_depth_image
-from vlad_localization.verification.depth_sources import fit_depth
+from vlad_localization.verification.depth_sources import DepthSource, fit_depth
 
 DEPTH_WAIT_S = 0.25  # the worker waits up to this long after a frame arrived for its depth to arrive ...
 SILENT_S = 10.0  # ... unless the depth topic has been silent this long (a stopped sensor: no wait)
@@ -44,9 +44,9 @@ class StereoPair:
     def with_right(self, right: np.ndarray | None) -> "StereoPair":
         return replace(self, right=right)
 
-    def depth_source(self, rgb: np.ndarray, rejections: list):
-        """A zero-argument callable for ``LoopClosureDetector.process(depth=)``: the depth (SGBM),
-        or None with ``(reason, text)`` appended to ``rejections``."""
+    def depth_source(self, rgb: np.ndarray, rejections: list) -> DepthSource:
+        """The frame's :class:`DepthSource` for ``LoopClosureDetector.process(depth=)``, computed on
+        demand: the depth (SGBM), or None with ``(reason, text)`` appended to ``rejections``."""
         def compute() -> np.ndarray | None:
             if self.rejection is not None:
                 rejections.append(self.rejection)
@@ -60,7 +60,7 @@ class StereoPair:
                 rejections.append(("stereo_no_valid_depth", "no pixel matched between the stereo images"))
                 return None
             return depth
-        return compute
+        return DepthSource.computed(compute)
 
 
 @dataclass(frozen=True)

@@ -191,13 +191,15 @@ class _Server:
             self.conn.send(("reply", call_id, False, str(exc)))
 
     def _process(self, ref: FrameRef, meta: FrameMeta) -> None:
+        from vlad_localization.verification.depth_sources import DepthSource
+
         frame = self.reader.read(ref)
         if frame is None:  # written over since: the newer frame's reference follows
             self.conn.send(("dropped", ref.camera))
             return
         rgb = frame["image"]
         rejections: list[tuple[str, str]] = []
-        depth = frame.get("depth")
+        depth = DepthSource.given(frame.get("depth"))
         if meta.stereo is not None:
             depth = meta.stereo.with_right(frame.get("right")).depth_source(rgb, rejections)
         try:

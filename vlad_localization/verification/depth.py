@@ -48,7 +48,7 @@ def depth_at(depth_image: np.ndarray, points: np.ndarray, depth_scale: float, ma
 
 
 def depth_lookup(keypoints: np.ndarray, depths: np.ndarray, tolerance_px: float = 0.5):
-    """A depth source from depths stored at known keypoints (e.g. a map keyframe's SIFT keypoints):
+    """A depth function (``DepthFn``) from depths stored at known keypoints (e.g. a map keyframe's SIFT keypoints):
     each queried pixel gets the depth of the stored keypoint within ``tolerance_px``, else NaN."""
     keypoints = np.asarray(keypoints, np.float64).reshape(-1, 2)
     depths = np.asarray(depths, np.float64).ravel()

@@ -1,6 +1,7 @@
-"""Where a frame's depth image comes from: given, computed on first use (a stereo pair's SGBM runs
-only when the frame becomes a keyframe or its loop closure needs the query's depth), or read from a
-folder of depth images named like the images (``build-map --depth``, ``replay --depth``).
+"""Where a frame's depth image comes from (:class:`DepthSource`): given, computed on first use (a stereo
+pair's SGBM runs only when the frame becomes a keyframe or its loop closure needs the query's depth),
+or read from a folder of depth images named like the images (:class:`DepthFolder`: ``build-map --depth``,
+``replay --depth``).
 
 A depth image is registered to its image: integer pixels in ``verification.depth_scale`` metres
 (16UC1 millimetres in ROS), float pixels in metres; zero, negative and non-finite are unknown.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -32,25 +34,35 @@ def fit_depth(depth: np.ndarray, image_hw) -> np.ndarray:
     return cv2.resize(depth, (target_w, target_h), interpolation=cv2.INTER_NEAREST)
 
 
-class FrameDepth:
-    """One frame's depth image: ``source`` an array, a zero-argument callable returning one (or
-    None), or None; the callable runs once, on first use."""
+class DepthSource:
+    """One frame's depth image, what ``LoopClosureDetector.process(depth=)`` takes: :meth:`given`
+    (an array, or None), :meth:`computed` (a zero-argument callable returning one or None, run once,
+    on first use) or ``DepthSource()`` (none)."""
 
-    def __init__(self, source=None):
-        self._source = source
-        self._image = None if callable(source) else source
-        self._pending = callable(source)
+    def __init__(self, image: np.ndarray | None = None, compute: Callable[[], np.ndarray | None] | None = None):
+        self._image = image
+        self._compute = compute
+        self.known = image is not None or compute is not None  # False: the frame has no depth at all
+
+    @classmethod
+    def given(cls, image: np.ndarray | None) -> "DepthSource":
+        return cls(image=image)
+
+    @classmethod
+    def computed(cls, compute: Callable[[], np.ndarray | None]) -> "DepthSource":
+        return cls(compute=compute)
 
     def image(self) -> np.ndarray | None:
-        if self._pending:
-            self._pending = False
-            self._image = self._source()
+        """The depth image (computed now when it is the first call), or None."""
+        if self._compute is not None:
+            compute, self._compute = self._compute, None
+            self._image = compute()
         return self._image
 
     def at(self, depth_scale: float, max_depth_m: float):
-        """A depth source for verification (raw pixels (M, 2) -> metres, NaN unknown), computing the
-        image only when called; None when the frame has no depth at all."""
-        if self._source is None:
+        """A depth function for verification (``verification.DepthFn``: raw pixels (M, 2) -> metres,
+        NaN unknown), computing the image only when called; None when the frame has no depth at all."""
+        if not self.known:
             return None
 
         def depth(points: np.ndarray) -> np.ndarray:
@@ -86,4 +98,4 @@ class DepthFolder:
         return None
 
 
-__all__ = ["DepthFolder", "FrameDepth", "fit_depth"]
+__all__ = ["DepthFolder", "DepthSource", "fit_depth"]

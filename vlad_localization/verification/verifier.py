@@ -34,7 +34,7 @@ DepthFn = Callable[[np.ndarray], np.ndarray]  # raw pixels (M, 2) -> depth (M,) 
 class View:
     """One image of the pair: its camera (intrinsics of the camera image, not the network input),
     the camera image size (H, W), optionally the image itself or its stored SIFT features (for the
-    refinement) and a depth source. A map keyframe without its image can carry ``features``
+    refinement) and a depth function (:data:`DepthFn`). A map keyframe without its image can carry ``features``
     ``(keypoints (N, 2) camera-image pixels, descriptors (N, 128) float32)`` as ``sift_features``
     returns them, and ``depth=depth_lookup(keypoints, depths)``."""
 
