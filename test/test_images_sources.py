@@ -23,6 +23,7 @@ from vlad_localization.images import (
     write_bag,
 )
 from vlad_localization.images.bag import IMAGE, COMPRESSED, POSE_STAMPED, typestore
+from vlad_localization.images.frames import FrameSource
 
 S = 1_000_000_000
 
@@ -46,7 +47,10 @@ def assert_pose_close(a: Pose, b: Pose, tol=1e-9):
 
 def test_campus_folder_with_headerless_xy_yaw_csv(datasets_dir):
     folder = datasets_dir / "campus_loop_72"
-    frames = list(iter_folder(folder, folder / "data.csv"))
+    source = iter_folder(folder, folder / "data.csv")
+    assert isinstance(source, FrameSource) and source.origin == str(folder.absolute()) and not source.camera_models
+    assert source.expected() == 72 and source.summary() == "72 frames" and source.skipped == {}
+    frames = list(source)
     assert [f.source.rsplit("/", 1)[1] for f in frames[:3]] == ["image_0.png", "image_1.png", "image_2.png"]
     assert len(frames) == 72 and frames[10].source.endswith("image_10.png")  # natural order
     assert [f.stamp_ns for f in frames[:3]] == [0, S, 2 * S]  # no stamps in the CSV: index seconds
@@ -165,6 +169,8 @@ def test_bag_round_trip_with_interpolated_odometry(tmp_path, day_frames, storage
     assert list(bag.glob("*.mcap" if storage == "mcap" else "*.db3"))
     assert list_image_topics(bag) == {topic: COMPRESSED if compressed else IMAGE}
     src = iter_bag(bag, topic, pose_topic="/odom")
+    assert isinstance(src, FrameSource) and src.origin == f"{bag.absolute()}:{topic}" and not src.camera_models
+    assert src.expected() == 4
     frames = list(src)
     assert src.skipped == {} and src.summary() == "4 frames"
     assert [f.stamp_ns for f in frames] == [f.stamp_ns for f in day_frames]

@@ -63,12 +63,12 @@ def run(args) -> int:
 
     cfg = load_cli_config(args)
     open_depth(args)  # checks --depth / --depth-topic
-    frames, sources, total = open_frames(args)
+    frames = open_frames(args)
     encoder = Encoder.from_checkpoint(args.checkpoint, cfg.model, args.device)
     out = Path(args.out)
     try:
-        summary = build_map(out, frames, encoder, cfg, sources, append=args.append,
-                            progress=not args.no_progress, total=total, depth_dir=args.depth)
+        summary = build_map(out, frames, encoder, cfg, [frames.origin], append=args.append,
+                            progress=not args.no_progress, total=frames.expected(), depth_dir=args.depth)
     except KeyboardInterrupt:
         raise UserError(f"build interrupted: nothing written; {_previous(out)}") from None
     except Exception:

@@ -137,15 +137,15 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
 
 
 def open_frames(args, max_pixels: int | None = None):
-    """(frames, sources, total or None) of :func:`add_source_args`' options; misuse raises UserError."""
+    """The :class:`~vlad_localization.images.frames.FrameSource` of :func:`add_source_args`' options;
+    misuse raises UserError."""
     from vlad_localization.cli.main import UserError
     from vlad_localization.images import iter_bag, iter_folder, list_image_topics
 
     if args.images:
         if args.image_topic or args.pose_topic:
             raise UserError("--image-topic/--pose-topic apply to --bag; use --poses with --images")
-        frames = iter_folder(args.images, args.poses, fps=args.fps)
-        return frames, [str(Path(args.images).absolute())], len(frames)
+        return iter_folder(args.images, args.poses, fps=args.fps)
     if args.poses:
         raise UserError("--poses applies to --images; use --pose-topic with --bag")
     if not args.image_topic:
@@ -153,20 +153,8 @@ def open_frames(args, max_pixels: int | None = None):
         raise UserError(f"--image-topic is required with --bag; image topics in {args.bag}: "
                         + (", ".join(f"{t} ({m})" for t, m in topics.items()) or "none"))
     extra = {} if max_pixels is None else {"max_pixels": max_pixels}
-    source = iter_bag(args.bag, args.image_topic, args.pose_topic, depth_topic=getattr(args, "depth_topic", None),
-                      **extra)
-    return source, [f"{Path(args.bag).absolute()}:{args.image_topic}"], _count_messages(source)
-
-
-def _count_messages(source) -> int | None:
-    try:
-        from rosbags.highlevel import AnyReader
-
-        path = Path(source.bag_path)
-        with AnyReader([path if path.is_dir() else path.parent]) as reader:
-            return sum(c.msgcount for c in reader.connections if c.topic == source.image_topic)
-    except Exception:  # only for the progress bar's ETA
-        return None
+    return iter_bag(args.bag, args.image_topic, args.pose_topic, depth_topic=getattr(args, "depth_topic", None),
+                    **extra)
 
 
 def positive_int(text: str) -> int:

@@ -91,20 +91,19 @@ def run(args) -> int:
 
     cfg = load_cli_config(args)
     depth_of = open_depth(args)
-    frames, sources, _ = open_frames(args, cfg.localizer.max_image_pixels)
-    if cfg.verification.enabled and cfg.verification.intrinsics is None and getattr(frames, "info_topic", None) is None:
+    frames = open_frames(args, cfg.localizer.max_image_pixels)
+    if cfg.verification.enabled and cfg.verification.intrinsics is None and not frames.camera_models:
         raise UserError("--verify needs the camera intrinsics: --intrinsics fx,fy,cx,cy[,k1,k2,p1,p2], "
                         "verification.intrinsics in the --config file, or a bag with CameraInfo beside the image topic")
     detector = LoopClosureDetector.from_config(cfg, args.checkpoint, args.map, device=args.device)
     out = open(args.out, "w") if args.out else sys.stdout
-    count = closures = 0
+    closures = 0
     decisions: Counter = Counter()
     try:
         for frame in frames:
             depth = None if depth_of is None else DepthSource.computed(lambda f=frame: depth_of(f))  # when needed
             result = detector.process(frame.stamp_ns, frame.rgb, frame.pose, camera_model=frame.camera, depth=depth)
-            frame.image = None if getattr(frame, "loader", None) is not None else frame.image  # free pixels
-            count += 1
+            frame.image = None if frame.loader is not None else frame.image  # free pixels
             record = result.to_record()
             decisions[result.decision.status] += 1
             out.write(json.dumps(record) + "\n")
@@ -114,15 +113,14 @@ def run(args) -> int:
                 print(f"loop closure t={result.loop_closure.t_query:.3f} -> {c.store.label} keyframe "
                       f"{c.map_id} t={result.loop_closure.t_match:.3f} score {c.score:.3f}", file=sys.stderr)
         if args.save_map:
-            manifest = detector.save_map(args.save_map, sources=sources)
+            manifest = detector.save_map(args.save_map, sources=[frames.origin])
             print(f"saved this run's {manifest.keyframes} keyframes as map {args.save_map}", file=sys.stderr)
     finally:
         if args.out:
             out.close()
         detector.release()
-    summary = frames.summary() if hasattr(frames, "summary") else f"{count} frames"
     held = decisions.get("inconsistent", 0)
-    print(f"replayed {sources[0]}: {summary}; {closures} loop closure(s)"
+    print(f"replayed {frames.origin}: {frames.summary()}; {closures} loop closure(s)"
           + (f", {held} confident proposal(s) held back as inconsistent" if held else "")
           + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)
     return 0

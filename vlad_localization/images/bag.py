@@ -69,7 +69,9 @@ class BagError(ValueError):
 
 
 class BagImageSource:
-    """Iterable of :class:`Frame` from one image topic of a bag (see :func:`iter_bag`).
+    """The :class:`Frame` s of one image topic of a bag (see :func:`iter_bag`), a
+    :class:`~vlad_localization.images.frames.FrameSource` (``origin`` ``<bag>:<topic>``; camera models
+    when a CameraInfo topic is beside the image topic).
 
     Bad image messages are skipped with a warning; ``skipped`` counts them by
     :class:`~.convert.ImageConversionError` reason (for a summary after iterating). With a
@@ -96,6 +98,22 @@ class BagImageSource:
             info_topic = camera_info_topic(image_topic)
             info = reader.topics.get(info_topic)
             self.info_topic = info_topic if info is not None and info.msgtype == CAMERA_INFO else None
+
+    @property
+    def origin(self) -> str:
+        return f"{self.bag_path.absolute()}:{self.image_topic}"
+
+    @property
+    def camera_models(self) -> bool:
+        return self.info_topic is not None
+
+    def expected(self) -> int | None:
+        """The image topic's message count from the bag's index (None when it cannot be read)."""
+        try:
+            with _open(self.bag_path) as reader:
+                return sum(c.msgcount for c in reader.connections if c.topic == self.image_topic)
+        except Exception:  # only for a progress bar's ETA
+            return None
 
     def __iter__(self) -> Iterator[Frame]:
         self.skipped.clear()

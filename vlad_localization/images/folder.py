@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -42,8 +43,28 @@ class CsvRow:
     pose: Pose | None
 
 
-def iter_folder(folder: str | Path, poses_csv: str | Path | None = None, fps: float = 1.0) -> list[Frame]:
-    """Frames for the images directly in ``folder`` in natural order (pixels loaded lazily).
+class FolderFrames(list):
+    """The frames of an image folder: a list of :class:`Frame` that is a
+    :class:`~vlad_localization.images.frames.FrameSource` (``origin`` the folder's absolute path; no
+    camera models, nothing skipped: an unreadable image fails when its pixels are read)."""
+
+    camera_models = False
+
+    def __init__(self, frames: Iterable[Frame], origin: str):
+        super().__init__(frames)
+        self.origin = origin
+        self.skipped: dict[str, int] = {}
+
+    def expected(self) -> int:
+        return len(self)
+
+    def summary(self) -> str:
+        return f"{len(self)} frames"
+
+
+def iter_folder(folder: str | Path, poses_csv: str | Path | None = None, fps: float = 1.0) -> FolderFrames:
+    """Frames for the images directly in ``folder`` in natural order (pixels loaded lazily), as a
+    :class:`FolderFrames` list.
 
     Validates the folder and CSV at once (errors are raised here, not mid-iteration).
 
@@ -75,7 +96,7 @@ def iter_folder(folder: str | Path, poses_csv: str | Path | None = None, fps: fl
         stamp = row.stamp_ns if row is not None and row.stamp_ns is not None else round(index * NS_PER_S / fps)
         pose = row.pose if row is not None else None
         frames.append(Frame(stamp, frame_id, str(path), pose, loader=partial(load_rgb, path)))
-    return frames
+    return FolderFrames(frames, str(Path(folder).absolute()))
 
 
 def read_poses_csv(poses_csv: str | Path, folder: str | Path) -> dict[Path, CsvRow]:

@@ -1,10 +1,12 @@
-"""The one frame record every image source yields, poses, and pose interpolation in time."""
+"""The one frame record every image source yields (:class:`Frame`), what a source of frames offers
+(:class:`FrameSource`), poses, and pose interpolation in time."""
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -56,6 +58,28 @@ class Frame:
                 raise ValueError(f"frame {self.source or self.stamp_ns} has neither an image nor a loader")
             self.image = self.loader()
         return self.image
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """What ``build-map`` and ``replay`` read from a source of frames (an image folder:
+    :func:`~vlad_localization.images.iter_folder`; a bag's image topic:
+    :func:`~vlad_localization.images.iter_bag`). Iterating yields its :class:`Frame` s (again on each
+    pass); ``origin`` names it as a map records it in its run's sources; ``camera_models`` says
+    whether its frames carry their camera model (``Frame.camera``, a bag's CameraInfo); after a
+    pass, ``skipped`` counts the frames left out by reason and :meth:`summary` says what was read."""
+
+    origin: str
+    camera_models: bool
+    skipped: Mapping[str, int]
+
+    def __iter__(self) -> Iterator[Frame]: ...
+
+    def expected(self) -> int | None:
+        """How many frames a pass yields at most (for a progress bar), or None when unknown."""
+
+    def summary(self) -> str:
+        """After a pass, e.g. ``"120 frames, skipped 2 (decode_failed: 2)"``."""
 
 
 def interpolate_pose(p0: Pose, p1: Pose, t: float) -> Pose:

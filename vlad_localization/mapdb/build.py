@@ -10,6 +10,8 @@ from typing import Iterable, Sequence
 
 from tqdm import tqdm
 
+from vlad_localization.images.frames import FrameSource
+
 from .keyframes import KeyframeSelector
 from .metadata import Keyframe, encode_thumbnail
 from .patch_store import PATCH_DTYPE
@@ -60,8 +62,8 @@ def build_map(out: str | Path, frames: Iterable, encoder, config, sources: Seque
     ``config.model.batch_size`` and written through :class:`MapWriter` (atomic; ``append`` adds a
     run to the existing map), each with its verification view (:class:`ViewCapture`: the frame's
     own camera model or ``verification.intrinsics``, the image with ``map.store_views``, the depth
-    image of the same name in ``depth_dir``). ``frames.skipped`` (a bag source's bad-frame counts), if present, is
-    merged into the summary. Raises :class:`MapError` when nothing was selected.
+    image of the same name in ``depth_dir``). A :class:`~vlad_localization.images.frames.FrameSource`'s
+    ``skipped`` counts (a bag's bad frames) are merged into the summary. Raises :class:`MapError` when nothing was selected.
     """
     start = time.perf_counter()
     selector = KeyframeSelector.from_config(config.map)
@@ -88,7 +90,7 @@ def build_map(out: str | Path, frames: Iterable, encoder, config, sources: Seque
                 bar.set_postfix(keyframes=writer.added)
         _flush(batch, encoder, selector, writer, config.map, capture)
         bar.close()
-        skipped = Counter(selector.skipped) + read_errors + Counter(dict(getattr(frames, "skipped", {}) or {}))
+        skipped = Counter(selector.skipped) + read_errors + Counter(dict(frames.skipped if isinstance(frames, FrameSource) else {}))
         summary.skipped = dict(skipped)
         summary.keyframes = writer.added
         summary.views = dict(capture.counts)
