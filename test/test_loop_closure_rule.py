@@ -122,7 +122,7 @@ def test_the_proposal_is_the_best_ranked_revisit_and_the_time_gap_holds():
     # the best-ranked revisit (rank 1) is the proposal; it is below the threshold: no closure
     assert closure is None and decision.status == "below_threshold" and decision.rank == 1
     closure, decision = rule.decide(100 * S, [recent, Cand(None, 0.99), old], 0)
-    assert decision.rank == 2 and closure.match_stamp_ns == 20 * S and closure.t_query == 100.0
+    assert decision.rank == 2 and closure.match_stamp_ns == 20 * S and closure.query_stamp_ns == 100 * S
     assert rule.decide(100 * S, [recent], 0)[1].status == "no_candidate"
     assert select_loop_closure(100 * S, [Cand(10 * S, math.nan)], 0.0, 30.0) is None  # not re-ranked
 

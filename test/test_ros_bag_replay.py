@@ -8,7 +8,7 @@ import pytest
 
 from ros_fixtures import campus_map, running_node  # noqa: F401  (fixture)
 from vlad_localization.images.bag import write_bag
-from vlad_localization.images.frames import Frame
+from vlad_localization.images.frames import Frame, seconds
 from vlad_localization.loop_closure import score_of, select_loop_closure
 from vlad_localization.ros.client import wait_for
 from vlad_localization.ros.diagnostics import parse_diagnostics
@@ -73,4 +73,4 @@ def test_loop_closure_rule_matches_published_rows(sim_node):
 
         decided = select_loop_closure(round(rows[0]["query_stamp"] * S), [Row(r) for r in rows], 0.0, 30.0)
         published = [list(r.msg.data) for r in client.get("loop_closure") if r.msg.data[0] == rows[0]["query_stamp"]]
-        assert published == ([[decided.t_query, decided.t_match]] if decided else [])
+        assert published == ([[seconds(decided.query_stamp_ns), seconds(decided.match_stamp_ns)]] if decided else [])

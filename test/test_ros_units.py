@@ -25,7 +25,7 @@ def test_loop_closure_rule_judges_the_best_ranked_revisit():
     # the proposal is rank 1 (rank 0 is inside the time gap); it is below 0.5, and rank 2 is not asked
     assert select_loop_closure(100 * S, cands, score_threshold=0.5, min_time_gap_s=30) is None
     lc = select_loop_closure(100 * S, cands, score_threshold=0.2, min_time_gap_s=30)
-    assert (lc.rank, lc.t_query, lc.t_match) == (1, 100.0, 10.0)
+    assert (lc.rank, lc.query_stamp_ns, lc.match_stamp_ns) == (1, 100 * S, 10 * S)
     assert select_loop_closure(100 * S, cands, 0.95, 0) is None  # only the stamp-less one is that good
     assert select_loop_closure(100 * S, cands, 0.5, 0).rank == 0
     assert select_loop_closure(100 * S, [], 0.0, 0) is None

@@ -42,7 +42,7 @@ def test_positives_respect_distances_time_gap_and_heading():
         d = np.linalg.norm(data.position - data.position[i], axis=1)
         for j in pairs.positives[i]:
             assert j != i and d[j] <= 10.0
-            assert data.run[j] != data.run[i] or abs(data.stamp_s[j] - data.stamp_s[i]) >= 30.0
+            assert data.run[j] != data.run[i] or abs(data.stamp_ns[j] - data.stamp_ns[i]) >= 30 * NS_PER_S
         negs = pairs.negatives(i, len(data))
         assert np.all(d[negs] > 25.0) and i not in negs
         # every frame beyond 25 m is a negative, every one within 10 m of another run a positive

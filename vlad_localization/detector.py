@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from vlad_localization.config import Config
-from vlad_localization.images.frames import NS_PER_S, Pose
+from vlad_localization.images.frames import Pose, nanoseconds, seconds
 from vlad_localization.loop_closure import Decision, LoopClosure, LoopClosureRule
 from vlad_localization.mapdb import KeyframeSelector, KeyframeStore, LiveMap, MapError, Store
 from vlad_localization.mapdb.metadata import Keyframe, encode_thumbnail
@@ -67,7 +67,7 @@ def candidate_record(c: Candidate) -> dict[str, Any]:
     of a candidate that was not re-ranked) plus ``file``, the keyframe's image or bag topic."""
     return {
         "map_id": int(c.map_id),
-        "map_stamp": None if c.stamp_ns is None else c.stamp_ns / NS_PER_S,
+        "map_stamp": None if c.stamp_ns is None else seconds(c.stamp_ns),
         "global_similarity": round(float(c.global_similarity), 6),
         "patch_score": _finite_or_none(c.patch_score),
         "inliers": int(c.inliers),
@@ -122,10 +122,11 @@ class FrameResult:
         """The JSON object of ``replay`` (one line per frame)."""
         closure = self.loop_closure
         return {
-            "query_stamp": self.stamp_ns / NS_PER_S,
+            "query_stamp": seconds(self.stamp_ns),
             "camera": self.camera,
             "candidates": [candidate_record(c) for c in self.candidates],
-            "loop_closure": [closure.t_query, closure.t_match] if closure else None,
+            "loop_closure": None if closure is None
+            else [seconds(closure.query_stamp_ns), seconds(closure.match_stamp_ns)],
             "loop_closure_match": None if closure is None else {
                 "map_id": int(closure.candidate.map_id), "source": int(closure.candidate.store),
                 "rank": closure.rank, "score": float(closure.candidate.score)},
@@ -255,7 +256,7 @@ class LoopClosureDetector:
         t1 = time.perf_counter()
         travel = self._travelled(camera, pose)
         max_travel = travel - lc.min_travel_m if travel is not None and lc.min_travel_m > 0 else None
-        max_stamp = stamp_ns - round(lc.min_time_gap_s * NS_PER_S)
+        max_stamp = stamp_ns - nanoseconds(lc.min_time_gap_s)
         rescore, sequence_ms = None, [0.0]
         if self._history is not None:
             self._history.push(camera, stamp_ns, desc.global_desc.detach().float().cpu().numpy()[0])

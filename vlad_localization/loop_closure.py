@@ -65,15 +65,6 @@ class LoopClosure:
     rank: int
     candidate: object
 
-    @property
-    def t_query(self) -> float:
-        """The query stamp in seconds (for messages and JSON)."""
-        return self.query_stamp_ns / NS_PER_S
-
-    @property
-    def t_match(self) -> float:
-        return self.match_stamp_ns / NS_PER_S
-
 
 @dataclass(frozen=True)
 class Decision:

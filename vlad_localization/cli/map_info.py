@@ -71,7 +71,9 @@ def run(args) -> int:
     print(f"  keyframes {m['keyframes']} ({s['with_pose']} with pose, {s['thumbnails']} thumbnails) "
           f"from {len(m['runs'])} run(s), {s['distinct_sources']} source(s)")
     if s["first_stamp_ns"] is not None:
-        print(f"  stamps    {s['first_stamp_ns'] / 1e9:.3f} .. {s['last_stamp_ns'] / 1e9:.3f} s")
+        from vlad_localization.images.frames import seconds
+
+        print(f"  stamps    {seconds(s['first_stamp_ns']):.3f} .. {seconds(s['last_stamp_ns']):.3f} s")
     v = s["views"]
     if v:
         per = (v["image_bytes"] + v["depth_bytes"]) / max(v["cameras"], 1) / 1e3

@@ -106,12 +106,14 @@ def _camera(args, cfg):
 
 
 def _print_table(path, res, poses) -> None:
+    from vlad_localization.images.frames import seconds
+
     t = res.timings
     print(f"{path}  (encode {t['encode_ms']:.0f} ms, search {t['search_ms']:.1f} ms, rerank {t['rerank_ms']:.0f} ms)")
     print(f"  {'rank':>4} {'map_id':>7} {'global':>7} {'patch':>6} {'inliers':>7} {'stamp_s':>12}  source")
     for rank, (c, pose) in enumerate(zip(res.candidates, poses), 1):
         patch = "-" if math.isnan(c.patch_score) else f"{c.patch_score:.3f}"
-        stamp = "-" if c.stamp_ns is None else f"{c.stamp_ns / 1e9:.3f}"
+        stamp = "-" if c.stamp_ns is None else f"{seconds(c.stamp_ns):.3f}"
         print(f"  {rank:>4} {c.map_id:>7} {c.global_similarity:>7.3f} {patch:>6} {c.inliers:>7} {stamp:>12}  {c.file}")
         if pose is not None:
             kind = "metric" if pose.metric else "unit t"

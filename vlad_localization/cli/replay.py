@@ -87,6 +87,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from vlad_localization.detector import LoopClosureDetector
+    from vlad_localization.images.frames import seconds
     from vlad_localization.verification.depth_sources import DepthSource
 
     cfg = load_cli_config(args)
@@ -110,8 +111,9 @@ def run(args) -> int:
             if result.loop_closure:
                 closures += 1
                 c = result.loop_closure.candidate
-                print(f"loop closure t={result.loop_closure.t_query:.3f} -> {c.store.label} keyframe "
-                      f"{c.map_id} t={result.loop_closure.t_match:.3f} score {c.score:.3f}", file=sys.stderr)
+                print(f"loop closure t={seconds(result.loop_closure.query_stamp_ns):.3f} -> {c.store.label} keyframe "
+                      f"{c.map_id} t={seconds(result.loop_closure.match_stamp_ns):.3f} score {c.score:.3f}",
+                      file=sys.stderr)
         if args.save_map:
             manifest = detector.save_map(args.save_map, sources=[frames.origin])
             print(f"saved this run's {manifest.keyframes} keyframes as map {args.save_map}", file=sys.stderr)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from vlad_localization.images.frames import nanoseconds, seconds
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED_WEIGHTS = REPO.parent / "shared" / "weights" / "vgg16_imagenet_conv5_3.pth"
 NODE_NAME = "vlad_demo"
@@ -120,7 +122,7 @@ def query_frames(inputs: DemoInputs):
     ref = list(iter_folder(inputs.ref_dir, inputs.poses_csv))
     query = list(iter_folder(inputs.query_dir, inputs.poses_csv))
     ref_stamps = [f.stamp_ns for f in ref]
-    offset = max(0, max(ref_stamps) + int(REVISIT_GAP_S * 1e9) - min(f.stamp_ns for f in query))
+    offset = max(0, max(ref_stamps) + nanoseconds(REVISIT_GAP_S) - min(f.stamp_ns for f in query))
     return ref_stamps, [(f.stamp_ns + offset, f.rgb) for f in query]
 
 
@@ -135,7 +137,7 @@ def run(args) -> int:
     say(f"[2/6] {weights_text}")
     config, checkpoint, map_dir = build_model_and_map(inputs, weights, work, args.height, args.width)
     ref_stamps, queries = query_frames(inputs)
-    stamp_to_ref = {round(s * 1e-9, 6): i for i, s in enumerate(ref_stamps)}
+    stamp_to_ref = {round(seconds(s), 6): i for i, s in enumerate(ref_stamps)}
     return replay_through_node(args, work, config, checkpoint, map_dir, inputs, queries, stamp_to_ref, t_start)
 
 
@@ -173,14 +175,14 @@ def replay_through_node(args, work, config, checkpoint, map_dir, inputs, queries
                 best = stamp_to_ref.get(round(rows[0]["map_stamp"], 6)) if rows else None
                 truth = inputs.truth.get(i)
                 hits += int(best is not None and best == truth)
-                closure = [lc for lc in client.get("loop_closure") if abs(lc.msg.data[0] - stamp_ns * 1e-9) < 1e-6]
+                closure = [lc for lc in client.get("loop_closure") if abs(lc.msg.data[0] - seconds(stamp_ns)) < 1e-6]
                 if closure:
                     closures += 1
                     t_match = closure[0].msg.data[1]
                     row = next(r for r in rows if abs(r["map_stamp"] - t_match) < 1e-6)
                     ref = stamp_to_ref.get(round(t_match, 6))
                     mark = "correct" if ref == truth else f"WRONG (truth: ref {truth})"
-                    say(f"  LOOP CLOSURE query {i:3d} t={stamp_ns * 1e-9:8.1f} s -> ref {ref:3d} "
+                    say(f"  LOOP CLOSURE query {i:3d} t={seconds(stamp_ns):8.1f} s -> ref {ref:3d} "
                         f"t={t_match:6.1f} s  score {score_of(row['patch_score'], row['fused_score']):.3f}  "
                         f"patch score {row['patch_score']:.3f}  inliers {row['inliers']:.0f}  {mark}")
                 elif rows:

@@ -25,11 +25,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from vlad_localization.images.frames import nanoseconds
+
 FRAME_PERIOD_S = 1.0
 QUERY_TIME_OFFSET_S = 120.0
 METRES_PER_FRAME = 3.0
 STEP_FRACTION = 0.45  # camera advance per frame, as a fraction of the frame width
-NS_PER_S = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def generate_route(
     digits = max(3, len(str(num_frames - 1)))
     names = [f"{i:0{digits}d}.png" for i in range(num_frames)]
     day = _Light(gamma=1.0, gain=1.0, cast=(1.0, 1.0, 1.0), noise=2.0)
-    query_start_ns = round(((num_frames - 1) * FRAME_PERIOD_S + QUERY_TIME_OFFSET_S) * NS_PER_S)
+    query_start_ns = nanoseconds((num_frames - 1) * FRAME_PERIOD_S + QUERY_TIME_OFFSET_S)
     rows = ["file,stamp_ns,x,y,yaw"]
     for i, name in enumerate(names):
         centre = width + i * step
@@ -103,9 +104,9 @@ def generate_route(
         cv2.imwrite(str(ref_dir / name), world.render(centre, ref_view, day, rng)[:, :, ::-1])
         cv2.imwrite(str(query_dir / name), world.render(centre, query_view, evening, rng)[:, :, ::-1])
         x = i * METRES_PER_FRAME
-        rows.append(f"ref/{name},{i * round(FRAME_PERIOD_S * NS_PER_S)},{x:.3f},0.000,0.000000")
+        rows.append(f"ref/{name},{i * nanoseconds(FRAME_PERIOD_S)},{x:.3f},0.000,0.000000")
         qx = x + query_view.dx / step * METRES_PER_FRAME
-        rows.append(f"query/{name},{query_start_ns + i * round(FRAME_PERIOD_S * NS_PER_S)},{qx:.3f},0.000,0.000000")
+        rows.append(f"query/{name},{query_start_ns + i * nanoseconds(FRAME_PERIOD_S)},{qx:.3f},0.000,0.000000")
     poses_csv = out_dir / "poses.csv"
     poses_csv.write_text("\n".join(rows) + "\n")
     return RouteInfo(

@@ -29,10 +29,12 @@ from .convert import (
     depth_msg_to_array,
     depth_to_image_fields,
     image_msg_to_rgb,
+    ns_to_sec_nanosec,
     rgb_to_compressed,
     rgb_to_image_fields,
+    stamp_to_ns,
 )
-from .frames import NS_PER_S, Frame, Pose, PoseTrack
+from .frames import NS_PER_S, Frame, Pose, PoseTrack, nanoseconds
 from .stamp_match import DEFAULT_TOLERANCE_S, OPEN, StampMatcher
 
 log = logging.getLogger(__name__)
@@ -131,7 +133,7 @@ class BagImageSource:
             images = _connections(reader, self.image_topic, IMAGE_TYPES)
             depths = [] if self.depth_topic is None else _connections(reader, self.depth_topic, (IMAGE,))
             depth_ids = {c.id for c in depths}
-            matcher = StampMatcher(round(DEFAULT_TOLERANCE_S * NS_PER_S))
+            matcher = StampMatcher(nanoseconds(DEFAULT_TOLERANCE_S))
             pending: deque = deque()  # (frame, its depth pairing): a frame waits for a depth stamped at or after it
             for msg, t, conn in _messages(reader, images + depths, True):
                 if conn.id in depth_ids:
@@ -314,7 +316,7 @@ class _MessageBuilder:
         self.t = store.types
 
     def header(self, stamp_ns: int, frame_id: str):
-        sec, nanosec = divmod(int(stamp_ns), NS_PER_S)
+        sec, nanosec = ns_to_sec_nanosec(stamp_ns)
         stamp = self.t["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
         return self.t["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
 
@@ -409,8 +411,7 @@ def _camera_at(cameras, stamp_ns: int, image_hw):
 
 
 def _stamp(msg, receive_ns: int) -> int:
-    stamp = msg.header.stamp
-    ns = int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
+    ns = stamp_to_ns(msg.header.stamp)
     return ns if ns else int(receive_ns)
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .frames import NS_PER_S
 from .io import to_rgb8
 
 DEFAULT_MAX_PIXELS = 24_000_000
@@ -400,3 +401,14 @@ def _as_uint8(data) -> np.ndarray:
         if arr.ndim == 1 and np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= 255:
             return arr.astype(np.uint8)
     raise ImageConversionError("bad_dtype", f"data must be bytes or a uint8 sequence, got {type(data).__name__}")
+
+
+def stamp_to_ns(stamp) -> int:
+    """A ``builtin_interfaces/Time`` (any object with ``sec`` and ``nanosec``) as int nanoseconds."""
+    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
+
+
+def ns_to_sec_nanosec(stamp_ns: int) -> tuple[int, int]:
+    """(sec, nanosec) of a ``builtin_interfaces/Time`` for a stamp in ns."""
+    sec, nanosec = divmod(int(stamp_ns), NS_PER_S)
+    return int(sec), int(nanosec)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from .frames import NS_PER_S, Frame, Pose
+from .frames import NS_PER_S, Frame, Pose, nanoseconds
 from .io import list_images, load_rgb
 
 FILE_COLUMNS = ("file", "filename", "image", "name", "path")
@@ -147,7 +147,7 @@ def _parse_row(values: dict[str, str], folder: Path, csv_dir: Path) -> CsvRow:
         stamp = int(values["stamp_ns"])
     else:
         seconds = next((values[c] for c in SECONDS_COLUMNS if values.get(c)), None)
-        stamp = None if seconds is None else round(float(seconds) * NS_PER_S)
+        stamp = None if seconds is None else nanoseconds(seconds)
     num = {c: float(values[c]) for c in POSE_COLUMNS if values.get(c)}  # the pose cells given
     if num and not ("x" in num and "y" in num):
         raise ValueError(f"a pose needs both x and y (this row gives only {', '.join(num)})")

@@ -10,7 +10,17 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-NS_PER_S = 1_000_000_000
+NS_PER_S = 1_000_000_000  # times are int nanoseconds inside the library; seconds only at its edges
+
+
+def seconds(stamp_ns: int) -> float:
+    """A stamp or duration in ns as seconds, for what the library writes out (JSON, messages, text)."""
+    return stamp_ns / NS_PER_S
+
+
+def nanoseconds(value_s: float) -> int:
+    """Seconds (a setting, a CSV column, a command-line value) as int nanoseconds."""
+    return round(float(value_s) * NS_PER_S)
 
 
 @dataclass(frozen=True)

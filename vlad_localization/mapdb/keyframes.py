@@ -11,7 +11,7 @@ from collections import Counter
 
 import numpy as np
 
-from vlad_localization.images.frames import NS_PER_S
+from vlad_localization.images.frames import nanoseconds
 
 
 class KeyframeSelector:
@@ -19,7 +19,7 @@ class KeyframeSelector:
     ``skipped`` counts rejections by reason (``time_gap``, ``distance``, ``descriptor_change``)."""
 
     def __init__(self, min_time_gap_s: float = 0.0, min_distance_m: float = 0.0, min_descriptor_change: float = 0.0):
-        self.min_gap_ns = int(round(float(min_time_gap_s) * NS_PER_S))
+        self.min_gap_ns = nanoseconds(min_time_gap_s)
         self.min_distance = float(min_distance_m)
         self.min_change = float(min_descriptor_change)
         self.skipped: Counter[str] = Counter()

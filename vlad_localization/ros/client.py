@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vlad_localization.images.frames import seconds
+
 NODE_EXECUTABLE = "vlad_localization_node"
 PARAMS_FILE = Path(__file__).resolve().parents[2] / "config" / "vlad_localization.yaml"
 
@@ -189,7 +191,7 @@ class NodeClient:
         for rec in self.get("candidates"):
             query = candidates_query(rec.msg)
             # float64 seconds hold epoch stamps to ~0.3 us: compare with a 1 us tolerance
-            if query and abs(query[0] - stamp_ns * 1e-9) < 1e-6 and camera in (None, query[1]):
+            if query and abs(query[0] - seconds(stamp_ns)) < 1e-6 and camera in (None, query[1]):
                 return rec
         return None
 

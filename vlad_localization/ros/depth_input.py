@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from vlad_localization.images.convert import ImageConversionError, depth_msg_to_array, msg_to_rgb
+from vlad_localization.images.frames import nanoseconds
 from vlad_localization.images.stamp_match import Pairing, StampMatcher
 from vlad_localization.verification.depth import StereoRig, stereo_depth_image
 from vlad_localization.verification.depth_sources import DepthSource, fit_depth
@@ -100,7 +101,7 @@ class DepthInput:
         self.sources = dict(sources)  # camera -> (kind, topic)
         self.stats, self._report = stats, report
         self.max_pixels, self.max_depth_m, self.wait_s = max_pixels, max_depth_m, wait_s
-        self._matchers = {camera: StampMatcher(round(tolerance_s * 1e9)) for camera in self.sources}
+        self._matchers = {camera: StampMatcher(nanoseconds(tolerance_s)) for camera in self.sources}
         self._infos: dict[tuple[int, str], object] = {}  # (camera, "left" | "right") -> CameraInfo
 
     # -- executor callbacks (never block) --------------------------------------------------------

@@ -29,8 +29,9 @@ from std_msgs.msg import Float64MultiArray, Header, MultiArrayDimension
 
 from vlad_localization.detector import CANDIDATE_FIELDS, candidate_row
 from vlad_localization.images.bag import camera_info_topic  # noqa: F401  (the node's, beside each image topic)
-from vlad_localization.images.convert import rgb_to_image_fields
-from vlad_localization.images.frames import NS_PER_S
+from vlad_localization.images.convert import ns_to_sec_nanosec, rgb_to_image_fields
+from vlad_localization.images.convert import stamp_to_ns  # noqa: F401  (the node's header stamps -> ns)
+from vlad_localization.images.frames import seconds
 from vlad_localization.mapdb.store import Store
 from vlad_localization.verification.camera import camera_from_info  # noqa: F401  (the node's CameraInfo reader)
 
@@ -42,18 +43,23 @@ EDGE_COLUMNS = (
 )
 
 
-def stamp_to_ns(stamp: Time) -> int:
-    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
+def _message_seconds(stamp_ns: int) -> float:
+    """A stamp of the ~/candidates and ~/loop_closure_edges rows in seconds: ``ns * 1e-9`` as these
+    topics have always written it (``images.frames.seconds``, a division, differs in the last bit for
+    about 40 % of stamps)."""
+    return stamp_ns * 1e-9
 
 
 def ns_to_stamp(ns: int) -> Time:
-    return Time(sec=int(ns // NS_PER_S), nanosec=int(ns % NS_PER_S))
+    sec, nanosec = ns_to_sec_nanosec(ns)
+    return Time(sec=sec, nanosec=nanosec)
 
 
 def candidates_msg(query_stamp_ns: int, camera: int, candidates: Sequence) -> Float64MultiArray:
     """The ``~/candidates`` array for one processed frame (K = len(candidates), may be 0)."""
-    rows = [(query_stamp_ns * 1e-9, float(camera)) + candidate_row(c) for c in candidates]
-    return _table_msg(rows, CANDIDATE_COLUMNS, f"candidate@{query_stamp_ns * 1e-9:.9f}/{int(camera)}")
+    query_s = _message_seconds(query_stamp_ns)
+    rows = [(query_s, float(camera)) + candidate_row(c) for c in candidates]
+    return _table_msg(rows, CANDIDATE_COLUMNS, f"candidate@{query_s:.9f}/{int(camera)}")
 
 
 def _table_msg(rows, columns: Sequence[str], row_label: str) -> Float64MultiArray:
@@ -83,7 +89,7 @@ def loop_closure_edge_msg(query_stamp_ns: int, match_stamp_ns: int, map_id: int,
     if pose.status != "ok":
         raise ValueError(f"a rejected pose ({pose.status}) is not a loop-closure edge")
     store = Store.parse(store)
-    row = [query_stamp_ns * 1e-9, match_stamp_ns * 1e-9, float(map_id), float(store),
+    row = [_message_seconds(query_stamp_ns), _message_seconds(match_stamp_ns), float(map_id), float(store),
            *np.asarray(pose.translation, np.float64), *pose.quaternion, float(pose.metric), float(score),
            float(pose.inliers), *np.asarray(pose.covariance, np.float64).ravel(), float(pose.refine != "none")]
     return _table_msg([row], EDGE_COLUMNS, "edge")
@@ -106,9 +112,9 @@ def parse_loop_closure_edges(msg: Float64MultiArray) -> list[dict]:
     return edges
 
 
-def loop_closure_msg(t_query: float, t_match: float) -> Float64MultiArray:
+def loop_closure_msg(query_stamp_ns: int, match_stamp_ns: int) -> Float64MultiArray:
     """LIO-SAM / LVI-SAM external loop closure: ``data = [t_query, t_match]`` (s)."""
-    return Float64MultiArray(data=[float(t_query), float(t_match)])
+    return Float64MultiArray(data=[seconds(query_stamp_ns), seconds(match_stamp_ns)])
 
 
 def pose_array_msg(header: Header, candidates: Sequence) -> PoseArray:

@@ -36,7 +36,7 @@ from std_msgs.msg import Float64MultiArray, Header
 from std_srvs.srv import Trigger
 
 from vlad_localization.images.convert import ImageConversionError, msg_to_rgb
-from vlad_localization.images.frames import Pose, PoseTrack
+from vlad_localization.images.frames import Pose, PoseTrack, seconds
 from vlad_localization.ros import messages
 from vlad_localization.ros.depth_input import DepthInput, StereoPair, depth_sources
 from vlad_localization.ros.diagnostics import NodeStats, diagnostic_array
@@ -543,11 +543,11 @@ class VladLocalizationNode(LifecycleNode):
         header = Header(stamp=messages.ns_to_stamp(result.stamp_ns), frame_id=self.param("map_frame"))
         closure = result.loop_closure
         if closure is not None:
-            self._pubs["loop_closure"].publish(messages.loop_closure_msg(closure.t_query, closure.t_match))
+            self._pubs["loop_closure"].publish(messages.loop_closure_msg(closure.query_stamp_ns, closure.match_stamp_ns))
             c = closure.candidate
             self.get_logger().info(
-                f"loop closure: camera {camera} t={closure.t_query:.3f} -> {c.store.label} keyframe "
-                f"{c.map_id} t={closure.t_match:.3f} (score {c.score:.3f})")
+                f"loop closure: camera {camera} t={seconds(closure.query_stamp_ns):.3f} -> {c.store.label} keyframe "
+                f"{c.map_id} t={seconds(closure.match_stamp_ns):.3f} (score {c.score:.3f})")
             self._publish_edge(closure, result.relative_pose)
             self._publish_map_pose(header, closure, result.relative_pose)
         if any(c.pose is not None for c in result.candidates):

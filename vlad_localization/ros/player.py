@@ -13,6 +13,7 @@ from pathlib import Path
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 
+from vlad_localization.images.frames import seconds
 from vlad_localization.ros.messages import ns_to_stamp
 
 
@@ -40,7 +41,7 @@ def play_bag(node, bag: str | Path, rate: float = 1.0, topics: list[str] | None 
         for conn, t_ns, raw in reader.messages(connections=conns):
             if t_bag0 is None:
                 t_wall0, t_bag0 = time.monotonic(), t_ns
-            delay = t_wall0 + (t_ns - t_bag0) * 1e-9 / rate - time.monotonic()
+            delay = t_wall0 + seconds(t_ns - t_bag0) / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             if clock_pub is not None:

@@ -14,7 +14,6 @@ from typing import Sequence
 import numpy as np
 
 from vlad_localization.images import Frame, iter_bag, iter_folder, load_rgb
-from vlad_localization.images.frames import NS_PER_S
 
 NO_POSE_HINT = "give --poses CSV with --images, --pose-topic with --bag, or a map built with poses"
 
@@ -33,12 +32,12 @@ class Run:
 
 @dataclass
 class TrainingFrames:
-    """Every frame of every run, flattened: ``run`` index, ``stamp_s``, ``position`` (N, 3) m and
+    """Every frame of every run, flattened: ``run`` index, ``stamp_ns``, ``position`` (N, 3) m and
     ``yaw`` (N,) rad of frame i; ``frames[i]`` gives its image."""
 
     frames: list[Frame]
     run: np.ndarray
-    stamp_s: np.ndarray
+    stamp_ns: np.ndarray
     position: np.ndarray
     yaw: np.ndarray
     run_names: list[str]
@@ -59,15 +58,15 @@ class TrainingFrames:
             for f in item.frames:
                 frames.append(f)
                 run.append(r)
-                stamps.append(f.stamp_ns / NS_PER_S)
+                stamps.append(int(f.stamp_ns))
                 pos.append(f.pose.position)
                 yaw.append(f.pose.yaw)
-        return cls(frames, np.array(run, np.int64), np.array(stamps, np.float64), np.array(pos, np.float64),
+        return cls(frames, np.array(run, np.int64), np.array(stamps, np.int64), np.array(pos, np.float64),
                    np.array(yaw, np.float64), [r.name for r in runs])
 
     def subset(self, idx: np.ndarray) -> "TrainingFrames":
         idx = np.asarray(idx, np.int64)
-        return TrainingFrames([self.frames[i] for i in idx], self.run[idx], self.stamp_s[idx], self.position[idx],
+        return TrainingFrames([self.frames[i] for i in idx], self.run[idx], self.stamp_ns[idx], self.position[idx],
                               self.yaw[idx], self.run_names)
 
 

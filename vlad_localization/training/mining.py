@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from vlad_localization.images.frames import nanoseconds
+
 from .data import TrainingDataError, TrainingFrames
 
 
@@ -65,12 +67,13 @@ def place_pairs(data: TrainingFrames, criteria: PlaceCriteria) -> PlacePairs:
     """The positives and near frames of every frame of ``data`` (within ``data`` only)."""
     within_pos = _within(data.position, criteria.positive_m)
     within_neg = _within(data.position, criteria.negative_m)
+    gap_ns = nanoseconds(criteria.min_gap_s)
     positives = []
     for i, cand in enumerate(within_pos):
         cand = np.array(sorted(cand), np.int64)
         keep = cand != i
         same_run = data.run[cand] == data.run[i]
-        keep &= ~(same_run & (np.abs(data.stamp_s[cand] - data.stamp_s[i]) < criteria.min_gap_s))
+        keep &= ~(same_run & (np.abs(data.stamp_ns[cand] - data.stamp_ns[i]) < gap_ns))
         if criteria.positive_deg is not None:
             turn = np.abs((data.yaw[cand] - data.yaw[i] + math.pi) % (2 * math.pi) - math.pi)
             keep &= np.degrees(turn) <= criteria.positive_deg
@@ -153,10 +156,11 @@ def recall_at_k(desc: np.ndarray, data: TrainingFrames, pairs: PlacePairs, crite
         return {str(k): float("nan") for k in ks}
     sims = desc[queries] @ desc.T
     hits = {k: 0 for k in ks}
+    gap_ns = nanoseconds(criteria.min_gap_s)
     for row, q in enumerate(queries):
         s = sims[row]
         s[q] = -np.inf
-        trivial = (data.run == data.run[q]) & (np.abs(data.stamp_s - data.stamp_s[q]) < criteria.min_gap_s)
+        trivial = (data.run == data.run[q]) & (np.abs(data.stamp_ns - data.stamp_ns[q]) < gap_ns)
         s[trivial] = -np.inf
         top = np.argsort(-s, kind="stable")[: max(ks)]
         found = np.isin(top, pairs.positives[q])

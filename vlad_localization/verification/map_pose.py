@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vlad_localization.images.frames import NS_PER_S
+from vlad_localization.images.frames import nanoseconds
 from vlad_localization.verification.relative_pose import quaternion_xyzw
 
 IDENTITY_EXTRINSIC = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # [x, y, z, qx, qy, qz, qw]
@@ -197,7 +197,7 @@ class InitialPoseGate:
         reason = policy.refusal(map_pose, score)
         if reason is not None:
             return reason
-        if self.last_ns is not None and abs(int(stamp_ns) - self.last_ns) < policy.min_interval_s * NS_PER_S:
+        if self.last_ns is not None and abs(int(stamp_ns) - self.last_ns) < nanoseconds(policy.min_interval_s):
             return "rate_limited"
         self.last_ns = int(stamp_ns)
         return "published"
