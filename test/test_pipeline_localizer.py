@@ -8,7 +8,7 @@ import torch
 import pytest
 
 from vlad_localization.images import Pose, load_rgb
-from vlad_localization.mapdb import Keyframe, MapDatabase, MapError, MapWriter
+from vlad_localization.mapdb import Keyframe, MapDatabase, MapError, MapWriter, Store
 from vlad_localization.mapdb.metadata import encode_thumbnail
 from vlad_localization.model.descriptors import Descriptors
 from vlad_localization.pipeline import Candidate, Localizer, QueryResult, scale_keypoints
@@ -51,7 +51,8 @@ def test_query_image_returns_reranked_candidates(loc, images):
     assert all(v >= 0 for v in res.timings.values()) and res.timings["encode_ms"] > 0
     assert len(res.candidates) == 4 and all(isinstance(c, Candidate) for c in res.candidates)
     best = res.candidates[0]
-    assert (best.map_id, best.file, best.stamp_ns, best.frame_id, best.store) == (2, "image_24.png", 24 * 10**9, "camera", 0)
+    assert (best.map_id, best.file, best.stamp_ns, best.frame_id) == (2, "image_24.png", 24 * 10**9, "camera")
+    assert best.store == Store.PREBUILT
     assert isinstance(best.pose, Pose) and best.pose.position == (24.0, 0.0, 0.0)
     assert best.patch_score == pytest.approx(1.0, abs=0.02) and set(best.per_size) == {5}
     fused = [c.fused_score for c in res.candidates]  # the speed preset ranks by the fused P(same place)

@@ -245,7 +245,8 @@ class LoopClosureDetector:
         frame's depth image registered to ``image`` (integer: ``verification.depth_scale`` m per
         unit; float: m) as a :class:`~vlad_localization.verification.depth_sources.DepthSource`
         (given, or computed only when the frame becomes a keyframe with a stored view or its loop
-        closure needs the query's depth: the keyframe has none), or None; with verification, a keyframe stored with depth gives metric poses.
+        closure needs the query's depth: the keyframe has none), or None; with verification, a keyframe
+        stored with depth gives metric poses.
         ``descriptors``: the image's :class:`Descriptors` when already encoded (with this model), else
         None (encoded here)."""
         t0 = time.perf_counter()
@@ -446,7 +447,8 @@ class LoopClosureDetector:
         extra: dict[str, Any] = {"camera": camera}
         if travel is not None:
             extra["travel_m"] = travel
-        keyframe = Keyframe(id=-1, stamp_ns=stamp_ns, frame_id=f"camera{camera}", source=Store.RUN.keyframe_source(camera),
+        keyframe = Keyframe(id=-1, stamp_ns=stamp_ns, frame_id=f"camera{camera}",
+                            source=Store.RUN.keyframe_source(camera),
                             position=position, orientation=None if pose is None else tuple(pose.orientation),
                             extra=extra)
         map_cfg = self.config.map

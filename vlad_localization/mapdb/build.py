@@ -63,7 +63,8 @@ def build_map(out: str | Path, frames: Iterable, encoder, config, sources: Seque
     run to the existing map), each with its verification view (:class:`ViewCapture`: the frame's
     own camera model or ``verification.intrinsics``, the image with ``map.store_views``, the depth
     image of the same name in ``depth_dir``). A :class:`~vlad_localization.images.frames.FrameSource`'s
-    ``skipped`` counts (a bag's bad frames) are merged into the summary. Raises :class:`MapError` when nothing was selected.
+    ``skipped`` counts (a bag's bad frames) are merged into the summary. Raises :class:`MapError` when nothing
+    was selected.
     """
     start = time.perf_counter()
     selector = KeyframeSelector.from_config(config.map)
@@ -90,7 +91,8 @@ def build_map(out: str | Path, frames: Iterable, encoder, config, sources: Seque
                 bar.set_postfix(keyframes=writer.added)
         _flush(batch, encoder, selector, writer, config.map, capture)
         bar.close()
-        skipped = Counter(selector.skipped) + read_errors + Counter(dict(frames.skipped if isinstance(frames, FrameSource) else {}))
+        source_skipped = frames.skipped if isinstance(frames, FrameSource) else {}
+        skipped = Counter(selector.skipped) + read_errors + Counter(dict(source_skipped))
         summary.skipped = dict(skipped)
         summary.keyframes = writer.added
         summary.views = dict(capture.counts)

@@ -57,8 +57,9 @@ TRAVEL_KEY = "travel_m"  # Keyframe.extra key: distance along the trajectory (se
 
 
 class LiveMap:
-    """A :class:`~vlad_localization.mapdb.KeyframeStore` of this run's keyframes in memory: appendable global rows + float16 patch rows + metadata,
-    searchable while the writer inserts, saved atomically in the map-database format.
+    """A :class:`~vlad_localization.mapdb.KeyframeStore` of this run's keyframes in memory: appendable
+    global rows + float16 patch rows + metadata, searchable while the writer inserts, saved atomically
+    in the map-database format.
 
     ``identity`` is ``Encoder.identity()``; the layout (dim, grid, image size, patches per size)
     is fixed by the first :meth:`add`, before which :attr:`manifest` is None and :meth:`search`

@@ -543,7 +543,8 @@ class VladLocalizationNode(LifecycleNode):
         header = Header(stamp=messages.ns_to_stamp(result.stamp_ns), frame_id=self.param("map_frame"))
         closure = result.loop_closure
         if closure is not None:
-            self._pubs["loop_closure"].publish(messages.loop_closure_msg(closure.query_stamp_ns, closure.match_stamp_ns))
+            self._pubs["loop_closure"].publish(
+                messages.loop_closure_msg(closure.query_stamp_ns, closure.match_stamp_ns))
             c = closure.candidate
             self.get_logger().info(
                 f"loop closure: camera {camera} t={seconds(closure.query_stamp_ns):.3f} -> {c.store.label} keyframe "
