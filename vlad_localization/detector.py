@@ -313,10 +313,10 @@ class LoopClosureDetector:
             else:
                 by_group.setdefault((c.store, where[0]), []).append((c, where[1]))
         best: list[tuple[float, Store, int, float]] = []  # (S, store, map id, speed)
-        for (which, group), members in by_group.items():
-            timeline, store = self._timeline(which)
+        for (source, group), members in by_group.items():
+            timeline, store = self._timeline(source)
             stamps, ids = timeline.group(group)
-            usable = self._usable(which, stamps, ids, max_stamp_ns)
+            usable = self._usable(source, stamps, ids, max_stamp_ns)
 
             def similarity(rows, cols, ids=ids, store=store):
                 unique, inverse = np.unique(ids[cols], return_inverse=True)
@@ -327,7 +327,7 @@ class LoopClosureDetector:
                                             usable, lc.sequence_contrast_window)
             for (c, _), value, v in zip(members, scores, speed):
                 c.sequence_similarity = float(value)
-                best.append((float(value), which, c.map_id, float(v)))
+                best.append((float(value), source, c.map_id, float(v)))
         best.sort(reverse=True)
         self._tracks[camera] = (stamp_ns, [b[1:] for b in best[:FOLLOWED_RUNS]])
         return cands
@@ -343,25 +343,25 @@ class LoopClosureDetector:
             return []
         had = {(c.store, c.map_id) for c in cands}
         out = []
-        for which, map_id, speed in previous[1]:
-            timeline, store = self._timeline(which)
+        for source, map_id, speed in previous[1]:
+            timeline, store = self._timeline(source)
             where = timeline.locate(map_id)
             if where is None or store is None:
                 continue
             stamps, ids = timeline.group(where[0])
             target = stamps[where[1]] + speed * (stamp_ns - previous[0])
-            usable = self._usable(which, stamps, ids, max_stamp_ns)
+            usable = self._usable(source, stamps, ids, max_stamp_ns)
             pos = int(np.clip(np.searchsorted(stamps, target), 0, len(stamps) - 1))
             pos = min((p for p in (pos - 1, pos) if 0 <= p < len(stamps) and (usable is None or usable[p])),
                       key=lambda p: abs(stamps[p] - target), default=None)
-            if pos is None or (which, int(ids[pos])) in had:
+            if pos is None or (source, int(ids[pos])) in had:
                 continue
-            had.add((which, int(ids[pos])))
+            had.add((source, int(ids[pos])))
             keyframe = store.keyframes([int(ids[pos])])[0]
-            if which == Store.RUN and max_travel_m is not None and keyframe.extra.get("travel_m", 0.0) > max_travel_m:
+            if source == Store.RUN and max_travel_m is not None and keyframe.extra.get("travel_m", 0.0) > max_travel_m:
                 continue
             similarity = float(store.descriptors([ids[pos]])[0] @ query)
-            out.append(candidate_from_keyframe(keyframe, similarity, which))
+            out.append(candidate_from_keyframe(keyframe, similarity, source))
         return out
 
     def _standing_out(self, cands: list[Candidate], query: np.ndarray, max_stamp_ns: int,
@@ -376,16 +376,16 @@ class LoopClosureDetector:
         window, k = self.config.loop_closure.sequence_contrast_window, self.config.localizer.top_k
         had = {(c.store, c.map_id) for c in cands}
         out = []
-        for which, store in ((Store.PREBUILT, self.map), (Store.RUN, self.run_map)):
+        for source, store in ((Store.PREBUILT, self.map), (Store.RUN, self.run_map)):
             if store is None or store.manifest is None:
                 continue
-            limits = {"max_stamp_ns": max_stamp_ns, "max_travel_m": max_travel_m} if which == Store.RUN else {}
+            limits = {"max_stamp_ns": max_stamp_ns, "max_travel_m": max_travel_m} if source == Store.RUN else {}
             ids, sims = store.similarities(query, **limits)
             if not len(ids):
                 continue
             row = np.full(int(ids.max()) + 1, np.nan)
             row[ids] = sims
-            timeline, _ = self._timeline(which)
+            timeline, _ = self._timeline(source)
             scored = []
             for group in timeline.groups():
                 _, members = timeline.group(group)
@@ -395,9 +395,9 @@ class LoopClosureDetector:
                 top = np.argpartition(-z, k)[:k] if len(z) > k else np.arange(len(z))
                 scored += [(float(z[i]), int(members[i])) for i in top if np.isfinite(z[i])]
             for _, map_id in sorted(scored, reverse=True)[:k]:
-                if (which, map_id) not in had:
-                    had.add((which, map_id))
-                    out.append(candidate_from_keyframe(store.keyframes([map_id])[0], float(row[map_id]), which))
+                if (source, map_id) not in had:
+                    had.add((source, map_id))
+                    out.append(candidate_from_keyframe(store.keyframes([map_id])[0], float(row[map_id]), source))
         return out
 
     def _usable(self, store: Store, stamps: np.ndarray, ids: np.ndarray, max_stamp_ns: int) -> np.ndarray | None:
