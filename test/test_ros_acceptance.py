@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from ros_fixtures import node_setup, running_node  # noqa: F401  (fixture)
+from ros_fixtures import running_node
 from vlad_localization.ros.client import wait_for
 from vlad_localization.ros.diagnostics import parse_diagnostics
 from vlad_localization.ros.messages import parse_candidates
@@ -23,7 +23,7 @@ RULE = {"score_threshold": 0.0, "min_time_gap_s": 30.0, "consistency": 2, "consi
 
 
 @pytest.fixture(scope="module")
-def both_runs(node_setup, datasets_dir, tmp_path_factory):  # noqa: F811
+def both_runs(node_setup, datasets_dir, tmp_path_factory):
     """(node: candidate map ids per frame, closures, diagnostics), (replay: records) on the 72 frames."""
     from vlad_localization.cli.main import main as cli
     from vlad_localization.images.io import load_rgb
@@ -39,7 +39,7 @@ def both_runs(node_setup, datasets_dir, tmp_path_factory):  # noqa: F811
     replay = [json.loads(line) for line in out.read_text().splitlines()]
     log = work / "node.log"
     ids, stamps = {}, {}
-    with running_node(node_setup, log, NAME, (CAM,), 14, mode="loop_closure", **RULE) as client:
+    with running_node(node_setup, log, NAME, (CAM,), mode="loop_closure", **RULE) as client:
         for i in range(72):
             client.publish(load_rgb(images / f"image_{i}.png"), (T0 + i) * S)
             rec = client.wait_candidates((T0 + i) * S, 60.0)

@@ -13,7 +13,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ros_fixtures import campus_map  # noqa: F401  (fixture)
 from test_ros_reliability import answered, status_of, values
 from vlad_localization.ros.client import NodeClient, start_node, stop_node, wait_for
 from vlad_localization.ros.node import MAX_RESTARTS
@@ -57,7 +56,7 @@ def next_inference_pid(client, name, not_in, timeout=90.0) -> int:
     return int(values(status)["inference_pid"])
 
 
-def test_a_killed_inference_process_is_restarted_and_a_crash_loop_ends_in_error(campus_map, ros_domain_id,  # noqa: F811
+def test_a_killed_inference_process_is_restarted_and_a_crash_loop_ends_in_error(campus_map, ros_domain_id,
                                                                                 tmp_path):
     name, log = "vlad_restart", tmp_path / "node.log"
     proc = start_node(campus_map.node_params([TOPIC]), name=name, log_path=log)
@@ -89,9 +88,13 @@ def test_a_killed_inference_process_is_restarted_and_a_crash_loop_ends_in_error(
             gave_up = status_of(client, name, lambda s: "gave up" in s.message, 60)
             assert gave_up is not None, log.read_text()[-3000:]
             assert gave_up.level == ERROR and "SIGKILL" in gave_up.message
-            time.sleep(1.5)  # no further restart: still in ERROR, no inference process
+            # no further restart: the node's next reports still say ERROR, no inference process, no new restart
+            reported = len(client.get("diagnostics"))
+            assert wait_for(lambda: len(client.get("diagnostics")) >= reported + 2, 10)
+            later = [s for r in client.get("diagnostics")[reported:] for s in r.msg.status]
+            assert later and all("gave up" in s.message and values(s)["inference_pid"] == "" and
+                                 values(s)["inference_restarts"] == values(gave_up)["inference_restarts"] for s in later)
             assert not inference_children(proc)
-            assert status_of(client, name, lambda s: "gave up" in s.message and values(s)["inference_pid"] == "", 5)
             assert client.lifecycle() == "active"  # the node itself answers
     finally:
         took = stop_and_check_nothing_left(proc, log)
@@ -99,7 +102,7 @@ def test_a_killed_inference_process_is_restarted_and_a_crash_loop_ends_in_error(
 
 
 @pytest.mark.parametrize("when", ["loading", "processing"])
-def test_sigint_ends_the_node_and_its_inference_process(campus_map, ros_domain_id, tmp_path, when):  # noqa: F811
+def test_sigint_ends_the_node_and_its_inference_process(campus_map, ros_domain_id, tmp_path, when):
     name, log = f"vlad_sigint_{when}", tmp_path / "node.log"
     proc = start_node(campus_map.node_params([TOPIC]), name=name, log_path=log)
     try:
@@ -120,7 +123,8 @@ def test_sigint_ends_the_node_and_its_inference_process(campus_map, ros_domain_i
                         time.sleep(1 / 30)
                 publisher = threading.Thread(target=publish, daemon=True)
                 publisher.start()
-                time.sleep(1.0)  # frames in flight between the node and its inference process
+                answers = len(client.get("candidates"))  # frames in flight between the node and its inference process:
+                assert wait_for(lambda: len(client.get("candidates")) >= answers + 2, 30)  # the stream is answered
                 try:
                     took = stop_and_check_nothing_left(proc, log)
                 finally:

@@ -7,10 +7,8 @@ import shutil
 import signal
 
 import numpy as np
-import pytest
 from std_srvs.srv import Trigger
 
-from ros_fixtures import campus_map  # noqa: F401  (fixture)
 from vlad_localization.mapdb import MapDatabase, MapWriter
 from vlad_localization.ros.messages import parse_candidates
 from vlad_localization.ros.client import NodeClient, start_node, stop_node, wait_for
@@ -50,7 +48,7 @@ def clean_exit(proc, log) -> None:
     assert proc.returncode == 0 and "Traceback" not in text, f"exit {proc.returncode} after {took:.1f} s:\n{text[-3000:]}"
 
 
-def test_damaged_maps_are_refused_at_configure_and_on_reload(campus_map, ros_domain_id, tmp_path):  # noqa: F811
+def test_damaged_maps_are_refused_at_configure_and_on_reload(campus_map, ros_domain_id, tmp_path):
     good, damaged, truncated = (tmp_path / n for n in ("good", "damaged", "truncated"))
     for path in (good, damaged, truncated):
         shutil.copytree(campus_map.map_dir, path)
@@ -102,7 +100,7 @@ def append_copies(map_dir, ids) -> None:
         writer.commit(["copies"])
 
 
-def test_two_nodes_keep_answering_while_the_map_is_swapped_and_reloaded(campus_map, ros_domain_id, tmp_path):  # noqa: F811
+def test_two_nodes_keep_answering_while_the_map_is_swapped_and_reloaded(campus_map, ros_domain_id, tmp_path):
     shared = tmp_path / "shared_map"
     shutil.copytree(campus_map.map_dir, shared)
     names = ("vlad_reader_a", "vlad_reader_b")

@@ -5,28 +5,12 @@ through the real node over DDS (intrinsics from the CameraInfo beside the image 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from ros_fixtures import campus_map, running_node  # noqa: F401  (fixture)
-from test_verification_real import errors, ground_truth
-from vlad_localization.images.io import load_rgb
-from vlad_localization.verification import load_euroc_sensor
+from euroc_fixtures import errors, ground_truth, rotation_matrix
+from ros_fixtures import running_node
 
 MAX_ROTATION_DEG = 3.5  # the helper tests measure 2.2 deg for this pair (the other direction)
 MAX_DIRECTION_DEG = 12.0
-
-
-@pytest.fixture(scope="module")
-def euroc_run(datasets_dir):
-    """(frames in time order [(stamp_ns, index, rgb)], left camera calibration)."""
-    euroc = datasets_dir / "euroc_loop_pairs"
-    stamps = {}
-    for line in (euroc / "gt_poses_from_test.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            fields = line.split()
-            stamps[int(fields[0][-1])] = int(fields[2])
-    frames = [(stamps[i], i, load_rgb(euroc / f"left_img_{i}.png")) for i in (1, 0)]  # img_1 first
-    return frames, load_euroc_sensor(euroc / "sensorLeft.yaml"), euroc
 
 
 def test_detector_verifies_the_revisit_against_ground_truth(euroc_run, speed_checkpoint, speed_config):
@@ -56,7 +40,7 @@ def test_detector_verifies_the_revisit_against_ground_truth(euroc_run, speed_che
     assert record["status"] == "ok" and len(record["covariance"]) == 36 and record["metric"] is False
 
 
-def test_node_publishes_the_verified_edge(euroc_run, campus_map, tmp_path):  # noqa: F811
+def test_node_publishes_the_verified_edge(euroc_run, campus_map, tmp_path):
     from sensor_msgs.msg import CameraInfo
     from std_msgs.msg import Float64MultiArray
 
@@ -66,7 +50,7 @@ def test_node_publishes_the_verified_edge(euroc_run, campus_map, tmp_path):  # n
 
     frames, sensor, euroc = euroc_run
     topic = "/euroc/cam0/image_raw"
-    with running_node(campus_map, tmp_path / "node.log", "vlad_verify", (topic,), 13, mode="loop_closure",
+    with running_node(campus_map, tmp_path / "node.log", "vlad_verify", (topic,), mode="loop_closure",
                       verify=True, score_threshold=0.0, min_time_gap_s=30.0) as client:
         client.subscribe("edges", Float64MultiArray, "/vlad_verify/loop_closure_edges")
         info_pub = client.node.create_publisher(CameraInfo, "/euroc/cam0/camera_info", 5)
@@ -95,16 +79,9 @@ def test_node_publishes_the_verified_edge(euroc_run, campus_map, tmp_path):  # n
     assert abs(edge["query_stamp"] - frames[1][0] * 1e-9) < 1e-6 and abs(edge["match_stamp"] - frames[0][0] * 1e-9) < 1e-6
 
     class Pose:  # what errors() reads
-        rotation = _rotation(edge["quaternion"])
+        rotation = rotation_matrix(edge["quaternion"])
         translation = edge["translation"]
 
     rotation, direction, _ = errors(Pose, ground_truth(euroc, 0, 1))
     assert rotation < MAX_ROTATION_DEG and direction < MAX_DIRECTION_DEG
     assert edge["covariance"].shape == (6, 6) and np.all(np.linalg.eigvalsh(edge["covariance"]) > 0)
-
-
-def _rotation(q):
-    x, y, z, w = q
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
