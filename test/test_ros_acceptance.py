@@ -10,8 +10,7 @@ from collections import Counter
 import pytest
 
 from ros_fixtures import running_node
-from vlad_localization.ros.client import wait_for
-from vlad_localization.ros.diagnostics import parse_diagnostics
+from ros_helpers import node_report
 from vlad_localization.ros.messages import parse_candidates
 
 S = 10**9
@@ -48,12 +47,7 @@ def both_runs(node_setup, datasets_dir, tmp_path_factory):
             ids[i] = [int(r["map_id"]) for r in rows]
             stamps[i] = [round(r["map_stamp"]) - T0 for r in rows]
 
-        def processed_all():
-            found = [parse_diagnostics(r.msg, f"{NAME}: loop closure") for r in client.get("diagnostics")]
-            found = [d for d in found if d]
-            return found[-1] if found and found[-1].get("processed") == "72" else None
-
-        diagnostics = wait_for(processed_all, 10.0)
+        diagnostics = node_report(client, NAME, lambda values: values.get("processed") == "72", 10.0)
         assert diagnostics, "the node never reported all 72 frames processed"
         closures = [(round(q) - T0, round(m) - T0) for q, m in (r.msg.data for r in client.get("loop_closure"))]
     return (ids, stamps, closures, diagnostics), replay
