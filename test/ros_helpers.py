@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vlad_localization.ros.client import wait_for
-from vlad_localization.ros.diagnostics import parse_diagnostics
 
 
 # -- a fake Localizer (unit tests of the adapter without the model) --------------------------------
@@ -145,22 +144,33 @@ def bare_node(overrides, factory=None):
 
     params = [Parameter("map_path", value="fake"), Parameter("checkpoint", value="fake")]
     params += [Parameter(k, value=v) for k, v in overrides.items()]
-    return VladLocalizationNode(detector_factory=factory or (lambda cfg, *a: FakeDetector(cfg)), isolate_inference=False,
-                                parameter_overrides=params)
+    return VladLocalizationNode(detector_factory=factory or (lambda cfg, *a: FakeDetector(cfg)),
+                                isolate_inference=False, parameter_overrides=params)
 
 
 # -- the real node, through a vlad_localization.ros.client.NodeClient -------------------------------
-def node_report(client, node_name: str, predicate=lambda values: True, timeout: float = 30.0) -> dict | None:
-    """The newest /diagnostics key/values of node ``node_name`` for which ``predicate`` holds, once the
-    node has reported them (None after ``timeout`` s)."""
-    status = f"{node_name}: loop closure"
+def status_of(client, node_name: str, predicate=lambda status: True, timeout: float = 30.0):
+    """The newest /diagnostics ``DiagnosticStatus`` of node ``node_name`` for which ``predicate``
+    holds, once the node has reported it (None after ``timeout`` s)."""
+    name = f"{node_name}: loop closure"
 
     def newest():
         for rec in reversed(client.get("diagnostics")):
-            values = parse_diagnostics(rec.msg, status)
-            if values and predicate(values):
-                return values
+            for status in rec.msg.status:
+                if status.name == name and predicate(status):
+                    return status
     return wait_for(newest, timeout)
+
+
+def status_values(status) -> dict[str, str]:
+    return {kv.key: kv.value for kv in status.values}
+
+
+def node_report(client, node_name: str, predicate=lambda values: True, timeout: float = 30.0) -> dict | None:
+    """The key/values of the newest /diagnostics status of ``node_name`` for which ``predicate``
+    holds (:func:`status_of`)."""
+    status = status_of(client, node_name, lambda s: predicate(status_values(s)), timeout)
+    return None if status is None else status_values(status)
 
 
 def report_after_answers(client, node_name: str, timeout: float = 10.0) -> dict:
@@ -170,6 +180,12 @@ def report_after_answers(client, node_name: str, timeout: float = 10.0) -> dict:
     values = node_report(client, node_name, lambda v: int(v.get("processed", -1)) >= answered, timeout)
     assert values is not None, f"the node did not report the {answered} frames answered as processed"
     return values
+
+
+def answered(client, rgb, stamp_ns, timeout=30.0) -> bool:
+    """Publish ``rgb`` stamped ``stamp_ns``: whether the node answered it on ``~/candidates``."""
+    client.publish(rgb, stamp_ns)
+    return client.wait_candidates(stamp_ns, timeout) is not None
 
 
 @contextmanager

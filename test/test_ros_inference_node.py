@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from test_ros_reliability import answered, status_of, values
+from ros_helpers import answered, status_of, status_values
 from vlad_localization.ros.client import NodeClient, start_node, stop_node, wait_for
 from vlad_localization.ros.node import MAX_RESTARTS
 
@@ -50,10 +50,10 @@ def stop_and_check_nothing_left(proc, log) -> float:
 
 
 def next_inference_pid(client, name, not_in, timeout=90.0) -> int:
-    status = status_of(client, name, lambda s: values(s).get("inference_pid", "") not in ("", *map(str, not_in)),
+    status = status_of(client, name, lambda s: status_values(s).get("inference_pid", "") not in ("", *map(str, not_in)),
                        timeout)
     assert status is not None, "the inference process did not come back"
-    return int(values(status)["inference_pid"])
+    return int(status_values(status)["inference_pid"])
 
 
 def test_a_killed_inference_process_is_restarted_and_a_crash_loop_ends_in_error(campus_map, ros_domain_id,
@@ -73,12 +73,13 @@ def test_a_killed_inference_process_is_restarted_and_a_crash_loop_ends_in_error(
             os.kill(pid, signal.SIGKILL)  # what the OOM killer does
             died = status_of(client, name, lambda s: "SIGKILL" in s.message)
             assert died is not None, log.read_text()[-3000:]
-            assert died.level == ERROR and "restarting" in died.message and values(died)["state"] == "active"
-            back = status_of(client, name, lambda s: s.message == "ok" and values(s)["inference_restarts"] == "1", 90)
+            assert died.level == ERROR and "restarting" in died.message and status_values(died)["state"] == "active"
+            back = status_of(client, name, lambda s: s.message == "ok" and status_values(s)["inference_restarts"] == "1",
+                             90)
             assert back is not None, log.read_text()[-3000:]
-            assert int(values(back)["inference_pid"]) != pid
+            assert int(status_values(back)["inference_pid"]) != pid
             assert answered(client, campus_map.image(30), 30 * S)  # the same map, answering again
-            assert values(status_of(client, name, lambda s: s.message == "ok"))["map_size"] == "72"
+            assert status_values(status_of(client, name, lambda s: s.message == "ok"))["map_size"] == "72"
 
             killed = [pid]
             for attempt in range(MAX_RESTARTS + 1):  # killed each time it is back: a crash loop
@@ -91,9 +92,10 @@ def test_a_killed_inference_process_is_restarted_and_a_crash_loop_ends_in_error(
             # no further restart: the node's next reports still say ERROR, no inference process, no new restart
             reported = len(client.get("diagnostics"))
             assert wait_for(lambda: len(client.get("diagnostics")) >= reported + 2, 10)
-            later = [s for r in client.get("diagnostics")[reported:] for s in r.msg.status]
-            assert later and all("gave up" in s.message and values(s)["inference_pid"] == "" and
-                                 values(s)["inference_restarts"] == values(gave_up)["inference_restarts"] for s in later)
+            restarts = status_values(gave_up)["inference_restarts"]
+            later = [(s.message, status_values(s)) for r in client.get("diagnostics")[reported:] for s in r.msg.status]
+            assert later and all("gave up" in message and (v["inference_pid"], v["inference_restarts"]) == ("", restarts)
+                                 for message, v in later), later
             assert not inference_children(proc)
             assert client.lifecycle() == "active"  # the node itself answers
     finally:
