@@ -17,7 +17,6 @@ from ros_helpers import node_report, report_after_answers
 from test_depth_input import depth_msg
 from vlad_localization.images.io import load_rgb
 from vlad_localization.ros.client import image_message, wait_for
-from vlad_localization.ros.diagnostics import parse_diagnostics
 from vlad_localization.ros.messages import ns_to_stamp, parse_loop_closure_edges
 from vlad_localization.verification import StereoRig, load_euroc_sensor
 from vlad_localization.verification.depth import stereo_depth_image
@@ -100,9 +99,9 @@ def metric_run(request, euroc_run, node_setup, tmp_path_factory):
                 publishers[pub].publish(msg)
             warm_up.header.stamp = ns_to_stamp(S)
             publishers[used[-1]].publish(warm_up)
-            values = [parse_diagnostics(r.msg, f"{name}: loop closure") for r in client.get("diagnostics")]
             wanted = {f"camera_info[{LEFT}]": "yes"} | ({f"right_camera_info[{LEFT}]": "yes"} if kind == "stereo" else {})
-            return any(v and v[f"depth_received[{LEFT}]"] != "0" and wanted.items() <= v.items() for v in values)
+            ready = node_report(client, name, lambda v: v[f"depth_received[{LEFT}]"] != "0" and wanted.items() <= v.items(), 0)
+            return ready is not None
 
         assert wait_for(node_receives, 30, period=0.5), log.read_text()[-3000:]
         rig = StereoRig.from_sensors(sensor, load_euroc_sensor(euroc / "sensorRight.yaml"))

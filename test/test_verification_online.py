@@ -8,6 +8,7 @@ import numpy as np
 
 from euroc_fixtures import errors, ground_truth, rotation_matrix
 from ros_fixtures import running_node
+from ros_helpers import node_report
 
 MAX_ROTATION_DEG = 3.5  # the helper tests measure 2.2 deg for this pair (the other direction)
 MAX_DIRECTION_DEG = 12.0
@@ -45,7 +46,6 @@ def test_node_publishes_the_verified_edge(euroc_run, campus_map, tmp_path):
     from std_msgs.msg import Float64MultiArray
 
     from vlad_localization.ros.client import wait_for
-    from vlad_localization.ros.diagnostics import parse_diagnostics
     from vlad_localization.ros.messages import ns_to_stamp, parse_loop_closure_edges
 
     frames, sensor, euroc = euroc_run
@@ -62,8 +62,8 @@ def test_node_publishes_the_verified_edge(euroc_run, campus_map, tmp_path):
 
         def node_has_intrinsics() -> bool:  # a publisher's first messages can precede discovery
             info_pub.publish(info)
-            values = [parse_diagnostics(r.msg, "vlad_verify: loop closure") for r in client.get("diagnostics")]
-            return any(v and v.get(f"camera_info[{topic}]") == "yes" for v in values)
+            ready = node_report(client, "vlad_verify", lambda v: v.get(f"camera_info[{topic}]") == "yes", 0)
+            return ready is not None
 
         assert wait_for(node_has_intrinsics, 30, period=0.5)
         for stamp, _, rgb in frames:
