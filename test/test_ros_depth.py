@@ -94,14 +94,17 @@ def metric_run(request, euroc_run, node_setup, tmp_path_factory):
         warm_up = depth_msg(np.full((480, 752), 1000, np.uint16)) if kind == "depth" else \
             image_message(load_rgb(euroc / "right_img_0.png"))
 
+        wanted = {f"camera_info[{LEFT}]": "yes"} | ({f"right_camera_info[{LEFT}]": "yes"} if kind == "stereo" else {})
+
+        def ready(values) -> bool:  # the calibration and a depth (or right) image are in
+            return values[f"depth_received[{LEFT}]"] != "0" and wanted.items() <= values.items()
+
         def node_receives() -> bool:  # a publisher's first messages wait for discovery to finish (seconds)
             for msg, pub in zip(infos, ("left_info", "right_info")):
                 publishers[pub].publish(msg)
             warm_up.header.stamp = ns_to_stamp(S)
             publishers[used[-1]].publish(warm_up)
-            wanted = {f"camera_info[{LEFT}]": "yes"} | ({f"right_camera_info[{LEFT}]": "yes"} if kind == "stereo" else {})
-            ready = node_report(client, name, lambda v: v[f"depth_received[{LEFT}]"] != "0" and wanted.items() <= v.items(), 0)
-            return ready is not None
+            return node_report(client, name, ready, 0) is not None
 
         assert wait_for(node_receives, 30, period=0.5), log.read_text()[-3000:]
         rig = StereoRig.from_sensors(sensor, load_euroc_sensor(euroc / "sensorRight.yaml"))
