@@ -172,7 +172,6 @@ def nordland_runs(datasets_dir, speed_checkpoint, small_config):
     from vlad_localization.config import apply_overrides, load_config
     from vlad_localization.detector import LoopClosureDetector
     from vlad_localization.images import load_rgb
-    from vlad_localization.pipeline import RUN
 
     first, n, tolerance = 1000, 40, 2
     names = [f"images-{(first + i) * 10:05d}.png" for i in range(n)]
@@ -193,7 +192,8 @@ def nordland_runs(datasets_dir, speed_checkpoint, small_config):
             for i, ((stamp, path), desc) in enumerate(zip(frames, descriptors)):
                 res = det.process(stamp, load_rgb(path), descriptors=desc)
                 place = i - n
-                truth = set() if i < n else {(RUN, j) for j in range(max(0, place - tolerance), place + tolerance + 1)}
+                near = range(max(0, place - tolerance), place + tolerance + 1)
+                truth = set() if i < n else {(Store.RUN, j) for j in near}
                 proposals.append(ev.FrameProposals(stamp, 0, res.candidates, truth))
                 if i < n:
                     continue
