@@ -20,8 +20,11 @@ A per-candidate logistic fit alone lets the many easy negatives and the true mat
 puts first set the ranking (it lost a Gardens Point query to the global ranking in-sample). It
 prints one JSON object: the coefficients, per set recall@1 of the four rankings with the model fitted
 on all sets (in-sample) and leave-one-set-out (the set itself left out of the fit: the honest number),
-and the fused top-1 threshold for 99 % precision on the pooled queries, rounded down. ``--write``
-stores the coefficients and that threshold in the three presets.
+and the fused top-1 threshold for 99 % precision on the pooled queries, rounded down. With ``--runs``
+(the runs ``benchmarks/loop_closure.py`` cached) the single-frame runs' proposals must be ordered
+well too, the runs with sequence scoring fit the ``sequence_*`` / ``contrast_*`` models
+(``fusion_fit.fit_sequence``), and ``acceptance_runs`` compares the fused score with each input
+along every run. ``--write`` stores the coefficients and that threshold in the three presets.
 
     python benchmarks/fit_fusion.py [--sets gardenspoint_10 ...] [--cache /tmp/vlad_fit_fusion] [--write]
 
@@ -160,38 +163,47 @@ def acceptance_table(records, model) -> dict:
             for name, s in scores.items()}
 
 
-def run_acceptance(table, model) -> dict:
-    """Recall at 100 % precision and PR AUC of a run's proposals by the fused score's acceptance part
-    and by each input alone."""
-    x, correct, n = table
-    weights = np.array([model[name] for name in fusion_fit.SCORES])
-    scores = {"fused": x @ weights, **{name: x[:, k] for k, name in enumerate(fusion_fit.SCORES)}}
-    return {name: dict(zip(("recall_at_100_precision", "auc"),
-                           (round(v, 4) for v in fusion_fit.acceptance_metrics(s, correct, n))))
-            for name, s in scores.items()}
-
-
-def run_tables(folder: Path, model) -> dict[str, tuple]:
-    """Proposal tables of the runs ``benchmarks/loop_closure.py`` cached under ``folder`` (one per
-    ``frames_L*.json``: each frame's proposal, single-frame acceptance), with the sequence
-    similarity standing in for the global one where sequence scoring was on."""
+def run_acceptance(frames, model, contrast: bool) -> dict:
+    """Recall at 100 % precision and PR AUC of what the node's rule accepts along a run (consistency
+    k = 1 and 3), by the fused score and by each input alone (``evaluation.closure_curve``)."""
     from loop_closure import GAP_S, _frames_from
 
-    from vlad_localization.loop_closure import proposal_of
+    frames = _frames_from(frames, model, contrast)
+    out = {}
+    for k in (1, 3):
+        for score in ev.ACCEPTANCE_SCORES:
+            summary = ev.closure_curve(frames, {"min_time_gap_s": GAP_S, "consistency": k}, score)
+            if np.isfinite([summary["auc"]]).all() and (score != "sequence_similarity" or summary["n_frames"]):
+                out.setdefault(f"k{k}", {})["fused" if score == "score" else score] = {
+                    "recall_at_100_precision": round(summary["recall_at_100_precision"], 4),
+                    "auc": round(summary["auc"], 4)}
+    return out
 
-    tables = {}
-    for path in sorted(folder.glob("*/frames_L*.json")):
-        frames = _frames_from(json.loads(path.read_text()), model)
-        rows, correct = [], []
-        for f in frames:
-            found = proposal_of(f.stamp_ns, f.candidates, GAP_S)
-            if found is None or not found[1].evidence:
-                continue
-            c = found[1]
-            rows.append([c.ranking_similarity, c.evidence["spatial"], c.evidence["ransac"]])
-            correct.append((c.source, c.map_id) in f.positives)
-        tables[f"{path.parent.name}/{path.stem}"] = (np.array(rows).reshape(-1, 3), np.array(correct, bool),
-                                                     sum(bool(f.positives) for f in frames))
+
+def cached_runs(folder: Path) -> dict[str, list]:
+    """The runs ``benchmarks/loop_closure.py`` cached under ``folder`` (``*/frames_L*_w*.json``: rows
+    of each frame's candidates with their evidence), by name."""
+    return {f"{path.parent.name}/{path.stem}": json.loads(path.read_text())
+            for path in sorted(folder.glob("*/frames_L*_w*.json"))}
+
+
+def contrasted(run_name: str) -> bool:
+    """Whether a cached run (``.../frames_L<L>_w<window>``) scored sequences with SeqSLAM contrast."""
+    return not run_name.endswith("_w0")
+
+
+def proposal_tables(rows_by_run: dict, model) -> list[tuple]:
+    """Single-frame proposal tables (:func:`fusion_fit.proposal_table` of a run) of the runs without
+    sequence scoring."""
+    from loop_closure import GAP_S, _frames_from
+
+    tables = []
+    for rows in rows_by_run.values():
+        frames = _frames_from(rows, model)
+        evidence = [(x[:, :3], y) for x, y in fusion_fit.run_evidence(frames, GAP_S)]
+        best = [(x, y, int(np.argmax(x @ rank_weights(model)))) for x, y in evidence if len(x)]
+        tables.append((np.array([x[i] for x, _, i in best]).reshape(-1, 3), np.array([y[i] for _, y, i in best], bool),
+                       sum(bool(f.positives) for f in frames)))
     return tables
 
 
@@ -202,18 +214,30 @@ def main() -> None:
     parser.add_argument("--refresh", action="store_true", help="recompute cached records")
     parser.add_argument("--write", action="store_true", help="store the coefficients and threshold in config/*.yaml")
     parser.add_argument("--runs", type=Path, metavar="DIR",
-                        help="also order well the proposals of the runs benchmarks/loop_closure.py cached in DIR "
-                             "(single frame and sequence scoring)")
+                        help="the runs benchmarks/loop_closure.py cached in DIR: the single-frame ones' proposals "
+                             "must also be ordered well; the ones with sequence scoring fit the sequence weights "
+                             "(fusion_fit.fit_sequence)")
     parser.add_argument("--ransac-backend", default="auto", choices=list(RANSAC_BACKENDS),
                         help="matching.ransac_backend of the evaluate pass (records are cached per --cache: "
                              "use one cache per backend)")
     args = parser.parse_args()
     per_set = {name: run_set(name, Path(args.cache), args.refresh, args.ransac_backend) for name in args.sets}
-    runs = run_tables(args.runs, load_config("speed").matching.fusion_model) if args.runs else {}
-    model = fusion_fit.fit(per_set, list(runs.values()))
+    from loop_closure import GAP_S, _frames_from
+
+    runs = cached_runs(args.runs) if args.runs else {}
+    single = {name: rows for name, rows in runs.items() if name.endswith("_L0_w0")}
+    sequence = {name: rows for name, rows in runs.items() if name not in single}
+    current = load_config("speed").matching.fusion_model
+    extra = proposal_tables(single, current)
+    model = fusion_fit.fit(per_set, extra)
+    for kind, contrast in (("sequence", False), ("contrast", True)):
+        rows = [rows for name, rows in sequence.items() if contrasted(name) == contrast]
+        if rows:
+            frames = [_frames_from(r, model, contrast) for r in rows]
+            model = fusion_fit.fit_sequence(model, frames, GAP_S, kind)
     table = {}
     for name, records in per_set.items():
-        held_out = fusion_fit.fit({k: v for k, v in per_set.items() if k != name}, list(runs.values())) \
+        held_out = fusion_fit.fit({k: v for k, v in per_set.items() if k != name}, extra) \
             if len(per_set) > 1 else model
         row = {rank: ev.recall_at(records, rank, model, ks=(1,))["1"] for rank in ev.RANKINGS}
         row["fused_leave_one_set_out"] = ev.recall_at(records, "fused", held_out, ks=(1,))["1"]
@@ -224,7 +248,8 @@ def main() -> None:
     loop = ev.precision_recall(*ev.top1_scores(pooled, model))
     print(json.dumps({"model": model, "recall_at_1": table,
                       "acceptance": {name: acceptance_table(records, model) for name, records in per_set.items()},
-                      "acceptance_runs": {name: run_acceptance(table, model) for name, table in runs.items()},
+                      "acceptance_runs": {name: run_acceptance(rows, model, contrasted(name))
+                                          for name, rows in runs.items()},
                       "threshold_at_99_precision": threshold,
                       "pooled_auc": round(loop["auc"], 4), "pooled_recall_at_100_precision": loop["recall_at_100_precision"],
                       "cache": args.cache, "ransac_backend": args.ransac_backend}, indent=1))

@@ -48,6 +48,7 @@ TOLERANCE = 2  # Nordland places
 CONSISTENCY = (1, 2, 3, 5)
 SEQUENCES = (0, 5, 10, 20)
 CONTRASTS = (0, 10)  # sequence_contrast_window
+CAMPUS_RUNS = ((0, 0), (10, 0), (10, 10))  # (sequence_length, sequence_contrast_window)
 CANDIDATE_KEYS = ("map_id", "stamp_ns", "frame_id", "source", "global_similarity", "sequence_similarity",
                   "patch_score", "fused_score")
 
@@ -79,11 +80,13 @@ def _lite(c) -> dict:
     return row
 
 
-def _frames_from(rows, model) -> list[ev.FrameProposals]:
+def _frames_from(rows, model, contrast: bool = False) -> list[ev.FrameProposals]:
     """Frames from the cached rows, the re-ranked head's fused scores (and order) recomputed with the
-    fused ``model`` (so a refit needs no new pass)."""
-    from vlad_localization.matching.fusion import descending_order, fused_scores
+    fused ``model`` (so a refit needs no new pass); ``contrast``: the rows' sequence similarity is
+    contrast-enhanced."""
+    from vlad_localization.matching.fusion import descending_order, fused_scores, sequence_model
     from vlad_localization.pipeline import Candidate
+
 
     out = []
     for r in rows:
@@ -96,8 +99,11 @@ def _frames_from(rows, model) -> list[ev.FrameProposals]:
             cands.append(cand)
         head = [c for c in cands if c.evidence]
         if head:
-            p = fused_scores([c.ranking_similarity for c in head], [c.evidence["spatial"] for c in head],
-                             [c.evidence["ransac"] for c in head], model)
+            sequence = np.array([c.sequence_similarity for c in head])
+            on = np.isfinite(sequence).all()
+            p = fused_scores([c.global_similarity for c in head], [c.evidence["spatial"] for c in head],
+                             [c.evidence["ransac"] for c in head], sequence_model(model, contrast) if on else model,
+                             sequence if on else None)
             for c, value in zip(head, p):
                 c.fused_score = float(value)
             cands = [head[i] for i in descending_order(p)] + cands[len(head):]
@@ -135,9 +141,9 @@ def run_detector(checkpoint, cfg, frames, cache: Path, descriptors=None) -> list
     ``descriptors`` when already encoded; cached as JSON."""
     from vlad_localization.detector import LoopClosureDetector
 
-    model = cfg.matching.fusion_model
+    model, contrast = cfg.matching.fusion_model, cfg.loop_closure.sequence_contrast_window > 0
     if cache.is_file():
-        return _frames_from(json.loads(cache.read_text()), model)
+        return _frames_from(json.loads(cache.read_text()), model, contrast)
     det = LoopClosureDetector.from_config(cfg, checkpoint)
     rows = []
     try:
@@ -149,7 +155,7 @@ def run_detector(checkpoint, cfg, frames, cache: Path, descriptors=None) -> list
         det.release()
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(rows))
-    return _frames_from(rows, model)
+    return _frames_from(rows, model, contrast)
 
 
 def nordland_frames(first: int, places: int, lap_gap: float):
@@ -190,7 +196,17 @@ def variants(frames_by_length: dict[int, list]) -> dict:
                 summary = ev.closure_curve(frames, settings, score)
                 out[name][score] = {key: (round(v, 4) if isinstance(v, float) else v) for key, v in summary.items()
                                     if key != "curve"}
+            out[name]["score"]["at_shipped_threshold"] = at_threshold(ev.closure_curve(frames, settings)["curve"])
     return out
+
+
+def at_threshold(curve, threshold: float | None = None) -> dict:
+    """Precision and recall of what the rule accepts at ``threshold`` (default: the presets'
+    ``score_threshold``) from a :func:`evaluation.closure_curve` curve."""
+    threshold = load_config("speed").loop_closure.score_threshold if threshold is None else threshold
+    rows = [row for row in curve if row[0] >= threshold]
+    precision, recall = (rows[0][1], rows[0][2]) if rows else (1.0, 0.0)
+    return {"threshold": threshold, "precision": round(precision, 4), "recall": round(recall, 4)}
 
 
 def accepted_closures(frames, consistency: int, threshold: float = 0.0) -> list[tuple[int, int]]:
@@ -206,7 +222,20 @@ def accepted_closures(frames, consistency: int, threshold: float = 0.0) -> list[
     return out
 
 
-def cost(checkpoint, hw, keyframes: int = 10_000, frames: int = 20, consistency: int = 3, length: int = 20) -> dict:
+def best_scored(frames, n: int = 3) -> list[list]:
+    """[query index, matched keyframe id, score] of the ``n`` highest-scored proposals of a run."""
+    from vlad_localization.loop_closure import proposal_of
+
+    rows = []
+    for i, f in enumerate(frames):
+        found = proposal_of(f.stamp_ns, f.candidates, GAP_S)
+        if found is not None and np.isfinite(found[1].score):
+            rows.append([i, int(found[1].map_id), round(float(found[1].score), 4)])
+    return sorted(rows, key=lambda r: -r[2])[:n]
+
+
+def cost(checkpoint, hw, keyframes: int = 10_000, frames: int = 20, consistency: int = 3, length: int = 20,
+         contrast: int = 0) -> dict:
     """Per-frame ms of the acceptance rule (``decide_ms``, with consistency k) and of sequence scoring
     (``sequence_ms``, L frames) with ``keyframes`` already in the run's store (real descriptors of
     Nordland frames, replicated with noise, a keyframe a second), against the encoder's ms per image,
@@ -216,7 +245,7 @@ def cost(checkpoint, hw, keyframes: int = 10_000, frames: int = 20, consistency:
     from vlad_localization.mapdb.patch_store import PATCH_DTYPE
 
     images = sorted((DATA / "nordland_64x32" / "winter").glob("*.png"))[1000:1000 + frames]
-    cfg = apply_overrides(_config(hw, length), {"loop_closure.consistency": consistency,
+    cfg = apply_overrides(_config(hw, length, contrast=contrast), {"loop_closure.consistency": consistency,
                                                 "loop_closure.max_keyframes": keyframes})
     det = LoopClosureDetector.from_config(cfg, checkpoint)
     try:
@@ -237,8 +266,14 @@ def cost(checkpoint, hw, keyframes: int = 10_000, frames: int = 20, consistency:
     med = {key: round(float(np.median([t[key] for t in timings[2:]])), 3)
            for key in ("encode_ms", "sequence_ms", "decide_ms", "search_ms", "rerank_ms", "total_ms")}
     return {**med, "keyframes": keyframes, "image_size": list(hw), "consistency": consistency,
-            "sequence_length": length,
+            "sequence_length": length, "sequence_contrast_window": contrast,
             "fraction_of_encode": round((med["sequence_ms"] + med["decide_ms"]) / med["encode_ms"], 4)}
+
+
+def costs(checkpoint, hw) -> dict:
+    """:func:`cost` at the Nordland input and at 640x480, without and with SeqSLAM contrast."""
+    return {f"{name}_contrast_{w}": cost(checkpoint, size, contrast=w) for name, size in
+            (("nordland_128x256", hw), ("speed_480x640", (480, 640))) for w in CONTRASTS}
 
 
 def main() -> None:
@@ -260,7 +295,7 @@ def main() -> None:
     work = args.cache / f"nordland_{args.first}_{args.places}"
     checkpoint = _model(work, summer, hw)
     if args.cost_only:
-        report["cost"] = {"nordland_128x256": cost(checkpoint, hw), "speed_480x640": cost(checkpoint, (480, 640))}
+        report["cost"] = costs(checkpoint, hw)
         print(json.dumps(report, indent=1))
         return
     descs = encoded(checkpoint, _config(hw, 0), [f[1] for f in nordland], work / "descriptors.npz")
@@ -271,14 +306,15 @@ def main() -> None:
     cwork = args.cache / "campus"
     cckpt = _model(cwork, fit_images, (240, 320))
     cdescs = encoded(cckpt, _config((240, 320), 0), [f[1] for f in campus], cwork / "descriptors.npz")
-    cruns = {L: run_detector(cckpt, _config((240, 320), L, 20.0), campus, cwork / f"frames_L{L}.json", cdescs)
-             for L in (0, 10)}
+    cruns = {(L, w): run_detector(cckpt, _config((240, 320), L, 20.0, w), campus, cwork / f"frames_L{L}_w{w}.json",
+                                  cdescs) for L, w in CAMPUS_RUNS}
     threshold = load_config("speed").loop_closure.score_threshold
-    report["campus"] = {f"L{L}_k{k}": {"threshold_0": accepted_closures(frames, k),
-                                       "shipped_threshold": accepted_closures(frames, k, threshold)}
-                        for L, frames in cruns.items() for k in CONSISTENCY}
+    report["campus"] = {f"L{L}_w{w}_k{k}": {"threshold_0": accepted_closures(frames, k),
+                                            "shipped_threshold": accepted_closures(frames, k, threshold),
+                                            "best_scored": best_scored(frames)}
+                        for (L, w), frames in cruns.items() for k in CONSISTENCY}
     if not args.no_cost:
-        report["cost"] = {"nordland_128x256": cost(checkpoint, hw), "speed_480x640": cost(checkpoint, (480, 640))}
+        report["cost"] = costs(checkpoint, hw)
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:

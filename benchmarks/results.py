@@ -73,6 +73,14 @@ def _fit_fusion_tables(output: dict) -> list[str]:
             for name, s in output["acceptance"].items()]
     out += ["", "Acceptance (each set's top-1 proposals ranked by one score): recall at 100 % precision / PR AUC:", ""]
     out += _table(["set"] + scores, rows)
+    runs = output.get("acceptance_runs", {})
+    if runs:
+        scores = list(next(iter(runs.values()))["k1"])
+        rows = [[name, k] + [f"{v[k][s]['recall_at_100_precision']:.3g} / {v[k][s]['auc']:.3g}" if s in v[k] else ""
+                             for s in scores] for name, v in runs.items() for k in v]
+        out += ["", "Acceptance along runs (what the node's rule accepts; consistency k1 / k3): recall at 100 % "
+                "precision / PR AUC:", ""]
+        out += _table(["run", "rule"] + scores, rows)
     out += ["", f"Shipped model: `{json.dumps(output['model'])}`; its 99 %-precision threshold on the pooled sets: "
             f"{output['threshold_at_99_precision']} (pooled PR AUC {output['pooled_auc']}, recall at 100 % precision "
             f"{output['pooled_recall_at_100_precision']:.3g})."]

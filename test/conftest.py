@@ -1,5 +1,6 @@
-"""Shared fixtures: real data in ../shared (skips in a user's clone, fails under CI=true),
-unique ROS_DOMAIN_IDs, and small helpers used across the suite."""
+"""Shared fixtures: real data in ../shared (skips in a user's clone, fails under CI=true), the small
+speed model and its configuration, and small helpers used across the suite. The fixtures of the ROS
+tests (maps, nodes, ROS_DOMAIN_IDs) and of the EuRoC tests live in the modules registered below."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,6 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VLAD_SHARED", REPO.parent / "shared"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+pytest_plugins = ("ros_fixtures", "euroc_fixtures")
 
 
 def _require(path: Path, what: str) -> Path:
@@ -37,19 +40,11 @@ def vgg16_weights() -> Path:
     return _require(SHARED / "weights" / "vgg16_imagenet_conv5_3.pth", "the ImageNet VGG16 weights")
 
 
-_DOMAIN = [int(os.environ.get("VLAD_TEST_DOMAIN_BASE", 40 + (os.getpid() % 40)))]
-
-
-@pytest.fixture
-def ros_domain_id(monkeypatch) -> int:
-    """A ROS_DOMAIN_ID unique to this test (so parallel tests and runs do not cross-talk)."""
-    _DOMAIN[0] = 1 + (_DOMAIN[0] % 200)
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(_DOMAIN[0]))
-    return _DOMAIN[0]
-
-
 # ---------------------------------------------------------------- model fixtures (vlad_localization.model)
 SPEED_IMAGE_SIZE = (240, 320)
+# the model section matching speed_checkpoint: the one small test configuration (speed_config, speed_config_file)
+SPEED_MODEL = {"num_clusters": 16, "num_pcs": 128, "patch_sizes": [5], "strides": [1],
+               "image_height": SPEED_IMAGE_SIZE[0], "image_width": SPEED_IMAGE_SIZE[1], "device": "cpu", "batch_size": 4}
 
 
 def _speed_images(datasets_dir: Path) -> list[Path]:
@@ -91,17 +86,19 @@ def speed_config():
     """A fresh ``Config``: the ``speed`` preset with the model section matching
     :func:`speed_checkpoint` (16 clusters, 128 PCs, patch 5 stride 1, 240x320 input, CPU,
     batch 4). Function-scoped, so tests may modify it."""
-    from vlad_localization.config import load_config
+    from vlad_localization.config import apply_overrides, load_config
 
-    cfg = load_config("speed")
-    cfg.model.num_clusters = 16
-    cfg.model.num_pcs = 128
-    cfg.model.patch_sizes = [5]
-    cfg.model.strides = [1]
-    cfg.model.image_height, cfg.model.image_width = SPEED_IMAGE_SIZE
-    cfg.model.device = "cpu"
-    cfg.model.batch_size = 4
-    return cfg.validate()
+    return apply_overrides(load_config("speed"), {f"model.{k}": v for k, v in SPEED_MODEL.items()}).validate()
+
+
+@pytest.fixture(scope="session")
+def speed_config_file(tmp_path_factory) -> Path:
+    """:func:`speed_config` as a YAML file for the CLI (``base: speed`` and its model section)."""
+    import yaml
+
+    path = tmp_path_factory.mktemp("speed_config") / "small.yaml"
+    path.write_text(yaml.safe_dump({"base": "speed", "model": SPEED_MODEL}))
+    return path
 
 
 @pytest.fixture(scope="session")

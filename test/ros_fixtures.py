@@ -1,8 +1,11 @@
-"""Real-data fixtures for the ROS tests: a map of campus_loop_72 (72 keyframes with poses, stamped
-``i`` seconds; ``image_71`` revisits ``image_0``), built once per session and shared by modules, and
-the same model and preset without a map (mode loop_closure)."""
+"""Fixtures of the ROS tests (registered by conftest's ``pytest_plugins``): a map of campus_loop_72
+(72 keyframes with poses, stamped ``i`` seconds; ``image_71`` revisits ``image_0``), built once per
+session and shared by modules, the same model and preset without a map (mode loop_closure), the one
+ROS_DOMAIN_ID allocator and the real node in its own process on a domain of its own."""
 from __future__ import annotations
 
+import itertools
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,29 +93,61 @@ def campus_map(tmp_path_factory, datasets_dir, speed_checkpoint) -> CampusMap:
     return _CACHE["campus"]
 
 
-def module_domain_id(module_index: int) -> str:
-    """A ROS_DOMAIN_ID for a module-scoped node: 215..232 (valid on Linux), outside the 1..200
-    that conftest's per-test ``ros_domain_id`` hands out, distinct per module and run."""
-    import os
+# -- ROS_DOMAIN_ID: the one allocator of the suite ---------------------------------------------------
+MAX_DOMAIN_ID = 232  # the largest valid ROS_DOMAIN_ID on Linux (0 is everyone's default: never handed out)
+_DOMAIN_BASE = int(os.environ.get("VLAD_TEST_DOMAIN_BASE", 1 + os.getpid() % MAX_DOMAIN_ID))
+_DOMAINS_HANDED_OUT = itertools.count()
 
-    return str(215 + (os.getpid() + module_index) % 18)
+
+def next_domain_id() -> int:
+    """A ROS_DOMAIN_ID no node of this test process had before: ``VLAD_TEST_DOMAIN_BASE`` (default:
+    from the process id), then the next ones, within 1..232. Parallel runs given bases far apart do
+    not cross-talk."""
+    return 1 + (_DOMAIN_BASE - 1 + next(_DOMAINS_HANDED_OUT)) % MAX_DOMAIN_ID
 
 
 @contextmanager
-def running_node(campus: NodeSetup, log: Path, name: str, image_topics, domain_index: int, odom_topic=None,
-                 **params):
-    """The real node with ``campus``'s model (and map, if it has one) in its own process (on its
-    module's ROS_DOMAIN_ID), and a connected :class:`NodeClient` (publishing odometry on
-    ``odom_topic`` when given); the node is stopped on exit."""
+def own_domain():
+    """ROS_DOMAIN_ID set to :func:`next_domain_id` inside the block (for the nodes it starts and the
+    rclpy contexts it creates), the previous value back after it."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("ROS_DOMAIN_ID", module_domain_id(domain_index))
+    domain = next_domain_id()
+    mp.setenv("ROS_DOMAIN_ID", str(domain))
+    try:
+        yield domain
+    finally:
+        mp.undo()
+
+
+@pytest.fixture
+def ros_domain_id() -> int:
+    """A ROS_DOMAIN_ID of this test's own (:func:`own_domain`)."""
+    with own_domain() as domain:
+        yield domain
+
+
+@pytest.fixture
+def rclpy_context(ros_domain_id):
+    """rclpy initialised (default context) on the test's own domain, shut down after it."""
+    import rclpy
+
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+@contextmanager
+def running_node(campus: NodeSetup, log: Path, name: str, image_topics, odom_topic=None, **params):
+    """The real node with ``campus``'s model (and map, if it has one) in its own process, on a
+    ROS_DOMAIN_ID of its own (:func:`own_domain`), and a connected :class:`NodeClient` (publishing
+    odometry on ``odom_topic`` when given); the node is stopped on exit."""
     if odom_topic:
         params["odom_topic"] = odom_topic
-    proc = start_node(campus.node_params(image_topics, **params), name=name, log_path=log)
-    try:
-        with NodeClient(node_name=name, image_topics=tuple(image_topics), odom_topic=odom_topic) as client:
-            assert client.wait_connected(90), f"node did not start:\n{log.read_text()[-3000:]}"
-            yield client
-    finally:
-        stop_node(proc)
-        mp.undo()
+    with own_domain():
+        proc = start_node(campus.node_params(image_topics, **params), name=name, log_path=log)
+        try:
+            with NodeClient(node_name=name, image_topics=tuple(image_topics), odom_topic=odom_topic) as client:
+                assert client.wait_connected(90), f"node did not start:\n{log.read_text()[-3000:]}"
+                yield client
+        finally:
+            stop_node(proc)

@@ -1,14 +1,16 @@
-"""Helpers for the ROS tests: a fake localizer and a message collector (starting the real node and
-talking to it: :mod:`vlad_localization.ros.client`)."""
+"""Helpers for the ROS tests: a fake localizer, the node in-process with it, a message collector,
+what the real node reports on /diagnostics, and parameters changed for a block (starting the real
+node and talking to it: :mod:`vlad_localization.ros.client`)."""
 from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from vlad_localization.ros.client import PARAMS_FILE, wait_for  # noqa: F401  (re-exported for the tests)
+from vlad_localization.ros.client import wait_for
 
 
 # -- a fake Localizer (unit tests of the adapter without the model) --------------------------------
@@ -131,3 +133,72 @@ class Collector:
     def clear(self):
         with self.lock:
             self.msgs.clear()
+
+
+def bare_node(overrides, factory=None):
+    """The node in this process (inference on a thread) with a :class:`FakeDetector` (or ``factory``'s
+    detector), map and checkpoint "fake" and the parameter ``overrides``; not configured."""
+    from rclpy.parameter import Parameter
+
+    from vlad_localization.ros.node import VladLocalizationNode
+
+    params = [Parameter("map_path", value="fake"), Parameter("checkpoint", value="fake")]
+    params += [Parameter(k, value=v) for k, v in overrides.items()]
+    return VladLocalizationNode(detector_factory=factory or (lambda cfg, *a: FakeDetector(cfg)),
+                                isolate_inference=False, parameter_overrides=params)
+
+
+# -- the real node, through a vlad_localization.ros.client.NodeClient -------------------------------
+def status_of(client, node_name: str, predicate=lambda status: True, timeout: float = 30.0):
+    """The newest /diagnostics ``DiagnosticStatus`` of node ``node_name`` for which ``predicate``
+    holds, once the node has reported it (None after ``timeout`` s)."""
+    name = f"{node_name}: loop closure"
+
+    def newest():
+        for rec in reversed(client.get("diagnostics")):
+            for status in rec.msg.status:
+                if status.name == name and predicate(status):
+                    return status
+    return wait_for(newest, timeout)
+
+
+def status_values(status) -> dict[str, str]:
+    return {kv.key: kv.value for kv in status.values}
+
+
+def node_report(client, node_name: str, predicate=lambda values: True, timeout: float = 30.0) -> dict | None:
+    """The key/values of the newest /diagnostics status of ``node_name`` for which ``predicate``
+    holds (:func:`status_of`)."""
+    status = status_of(client, node_name, lambda s: predicate(status_values(s)), timeout)
+    return None if status is None else status_values(status)
+
+
+def report_after_answers(client, node_name: str, timeout: float = 10.0) -> dict:
+    """The node's /diagnostics once it has counted every frame the client got ``~/candidates`` for:
+    its counters then hold all that those frames did (the node counts a frame after publishing it)."""
+    answered = len(client.get("candidates"))
+    values = node_report(client, node_name, lambda v: int(v.get("processed", -1)) >= answered, timeout)
+    assert values is not None, f"the node did not report the {answered} frames answered as processed"
+    return values
+
+
+def answered(client, rgb, stamp_ns, timeout=30.0) -> bool:
+    """Publish ``rgb`` stamped ``stamp_ns``: whether the node answered it on ``~/candidates``."""
+    client.publish(rgb, stamp_ns)
+    return client.wait_candidates(stamp_ns, timeout) is not None
+
+
+@contextmanager
+def changed_parameters(client, **values):
+    """Set parameters of a node shared by several tests for the block; the values they had are set
+    back after it (also when the block fails)."""
+    from rcl_interfaces.srv import GetParameters
+    from rclpy.parameter import parameter_value_to_python
+
+    reply = client.call(GetParameters, "get_parameters", GetParameters.Request(names=list(values)))
+    before = {name: parameter_value_to_python(v) for name, v in zip(values, reply.values)}
+    assert client.set_parameters(**values), f"the node refused {values}"
+    try:
+        yield
+    finally:
+        assert client.set_parameters(**before), f"the node refused its own values {before}"

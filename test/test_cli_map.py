@@ -25,13 +25,10 @@ def image_folder(root: Path, datasets_dir: Path, ids) -> Path:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, datasets_dir, speed_checkpoint):
+def env(tmp_path_factory, datasets_dir, speed_checkpoint, speed_config_file):
     root = tmp_path_factory.mktemp("cli")
-    cfg = root / "small.yaml"
-    cfg.write_text(yaml.safe_dump({"base": "speed", "model": {
-        "num_clusters": 16, "num_pcs": 128, "patch_sizes": [5], "strides": [1],
-        "image_height": 240, "image_width": 320, "device": "cpu", "batch_size": 4}}))
-    return {"root": root, "data": datasets_dir, "common": ["--checkpoint", str(speed_checkpoint), "--config", str(cfg)]}
+    return {"root": root, "data": datasets_dir,
+            "common": ["--checkpoint", str(speed_checkpoint), "--config", str(speed_config_file)]}
 
 
 @pytest.fixture(scope="module")

@@ -161,13 +161,17 @@ def test_both_mode_tags_each_candidate_with_its_map(tmp_path, datasets_dir, spee
     assert [r.keyframe for r in results] == list(range(10))
 
 
-def test_nordland_sequence_scoring_and_consistency_beat_single_frames(datasets_dir, speed_checkpoint, small_config):
-    """The 40-place Nordland summer-then-winter run of the test above, every frame encoded once: with
-    sequence scoring (L = 10) more winter frames propose their true place than frame by frame, and
-    consistency (k = 3) on top accepts closures at least as precise as single frames at threshold 0."""
+@pytest.fixture(scope="module")
+def nordland_runs(datasets_dir, speed_checkpoint, small_config):
+    """The 40-place Nordland summer-then-winter run of the test above, every frame encoded once,
+    through the detector with the presets' fused ranking at threshold 0, frame by frame and with
+    sequence scoring (L = 10) and consistency (k = 3): {(L, k): (right proposals of winter frames,
+    closure precision, closures, the frames as evaluation.FrameProposals)}."""
+    from vlad_localization import evaluation as ev
     from vlad_localization.config import apply_overrides, load_config
     from vlad_localization.detector import LoopClosureDetector
     from vlad_localization.images import load_rgb
+    from vlad_localization.pipeline import RUN
 
     first, n, tolerance = 1000, 40, 2
     names = [f"images-{(first + i) * 10:05d}.png" for i in range(n)]
@@ -184,12 +188,14 @@ def test_nordland_sequence_scoring_and_consistency_beat_single_frames(datasets_d
         try:
             if descriptors is None:
                 descriptors = [det.localizer.encode(load_rgb(path)) for _, path in frames]
-            right_top, accepted = 0, []
+            right_top, accepted, proposals = 0, [], []
             for i, ((stamp, path), desc) in enumerate(zip(frames, descriptors)):
                 res = det.process(stamp, load_rgb(path), descriptors=desc)
+                place = i - n
+                truth = set() if i < n else {(RUN, j) for j in range(max(0, place - tolerance), place + tolerance + 1)}
+                proposals.append(ev.FrameProposals(stamp, 0, res.candidates, truth))
                 if i < n:
                     continue
-                place = i - n
                 proposal = res.candidates[res.decision.rank] if res.decision.rank is not None else None
                 right_top += proposal is not None and abs(proposal.map_id - place) <= tolerance
                 if res.loop_closure is not None:
@@ -199,10 +205,56 @@ def test_nordland_sequence_scoring_and_consistency_beat_single_frames(datasets_d
                     assert res.timings["sequence_ms"] > 0
         finally:
             det.release()
-        outcome[length, k] = (right_top, sum(accepted) / max(len(accepted), 1), len(accepted))
-    print(f"nordland 40 places (right proposals, precision, closures): {outcome}")
+        outcome[length, k] = (right_top, sum(accepted) / max(len(accepted), 1), len(accepted), proposals)
+    return outcome
+
+
+def test_nordland_sequence_scoring_and_consistency_beat_single_frames(nordland_runs):
+    """With sequence scoring (L = 10) more winter frames propose their true place than frame by frame,
+    and consistency (k = 3) on top accepts closures at least as precise as single frames at threshold 0."""
+    outcome = nordland_runs
+    print(f"nordland 40 places (right proposals, precision, closures): { {k: v[:3] for k, v in outcome.items()} }")
     assert outcome[10, 1][0] > outcome[0, 1][0]
     assert outcome[10, 3][1] >= outcome[0, 1][1] and outcome[10, 3][2] > 0
+
+
+def test_sequence_model_fitted_on_a_real_run_orders_its_proposals(nordland_runs):
+    """``fusion_fit.fit_sequence`` on the L = 10 run: the fused score of the fitted sequence model orders
+    the run's proposals (what the rule accepts along it) at least as well as the global similarity,
+    the spatial and RANSAC scores and the sequence similarity alone; the single-frame model is kept."""
+    from vlad_localization import evaluation as ev
+    from vlad_localization import fusion_fit
+    from vlad_localization.choices import FUSED_FEATURES, sequence_keys
+    from vlad_localization.config import load_config
+    from vlad_localization.matching.fusion import sequence_model
+
+    frames = nordland_runs[10, 1][3]
+    single = {k: load_config("speed").matching.fusion_model[k] for k in ("bias", *FUSED_FEATURES)}
+    model = fusion_fit.fit_sequence(single, [frames], GAP_S)
+    assert set(model) == set(single) | set(sequence_keys("sequence"))
+    assert {k: model[k] for k in single} == single
+    assert min(model[k] for k in sequence_keys("sequence")[1:]) >= 0
+    ranked = [ev.FrameProposals(f.stamp_ns, f.camera, _rescored(f.candidates, sequence_model(model, False)), f.positives)
+              for f in frames]
+    settings = {"min_time_gap_s": GAP_S, "consistency": 1}
+    fused = ev.closure_curve(ranked, settings)
+    for score in ("global_similarity", "spatial", "ransac", "sequence_similarity"):
+        alone = ev.closure_curve(ranked, settings, score)
+        assert fused["auc"] >= alone["auc"] - 1e-9, (score, fused["auc"], alone["auc"])
+        assert fused["recall_at_100_precision"] >= alone["recall_at_100_precision"] - 1e-9, score
+
+
+def _rescored(candidates, model):
+    """The candidates with the re-ranked head's fused scores (and order) under the sequence ``model``."""
+    import dataclasses
+
+    from vlad_localization.matching.fusion import descending_order, fused_scores
+
+    head = [c for c in candidates if c.evidence]
+    p = fused_scores([c.global_similarity for c in head], [c.evidence["spatial"] for c in head],
+                     [c.evidence["ransac"] for c in head], model, [c.sequence_similarity for c in head])
+    head = [dataclasses.replace(c, fused_score=float(v)) for c, v in zip(head, p)]
+    return [head[i] for i in descending_order(p)] + candidates[len(head):]
 
 
 def test_sequence_candidates_respect_the_time_gap_and_travel(tmp_path, datasets_dir, speed_checkpoint, small_config):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from vlad_localization import evaluation as ev
 from vlad_localization.choices import FUSED_FEATURES
@@ -31,15 +30,6 @@ def linked(folder: Path, images: list[Path]) -> Path:
     for i, src in enumerate(images):
         (folder / f"{i:02d}_{src.name}").symlink_to(src)
     return folder
-
-
-@pytest.fixture(scope="module")
-def config_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("eval_cfg") / "small.yaml"
-    path.write_text(yaml.safe_dump({"base": "speed", "model": {
-        "num_clusters": 16, "num_pcs": 128, "patch_sizes": [5], "strides": [1],
-        "image_height": 240, "image_width": 320, "device": "cpu", "batch_size": 4}}))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +187,10 @@ def _recall_by_hand(lines: list[dict], k: int) -> float:
     return float(np.mean([str(i) in [str(c["map_id"]) for c in line["candidates"][:k]] for i, line in enumerate(lines)]))
 
 
-def test_evaluate_matches_recall_computed_from_query_json(tmp_path, datasets_dir, speed_checkpoint, config_file, capsys):
+def test_evaluate_matches_recall_computed_from_query_json(tmp_path, datasets_dir, speed_checkpoint, speed_config_file,
+                                                          capsys):
     garden = datasets_dir / "gardenspoint_10"
-    common = ["--checkpoint", str(speed_checkpoint), "--config", str(config_file)]
+    common = ["--checkpoint", str(speed_checkpoint), "--config", str(speed_config_file)]
     assert main(["build-map", *common, "--images", str(garden / "ref"), "--out", str(tmp_path / "map"),
                  "--no-progress"]) == 0
     out = tmp_path / "eval.json"
@@ -221,10 +212,10 @@ def test_evaluate_matches_recall_computed_from_query_json(tmp_path, datasets_dir
             assert report["rankings"][ranking]["recall"][str(k)] == pytest.approx(_recall_by_hand(lines, k)), (ranking, k)
 
 
-def test_evaluate_user_errors_are_one_line(tmp_path, datasets_dir, speed_checkpoint, config_file, capsys):
+def test_evaluate_user_errors_are_one_line(tmp_path, datasets_dir, speed_checkpoint, speed_config_file, capsys):
     garden = datasets_dir / "gardenspoint_10"
     base = ["evaluate", "--map", str(tmp_path / "nomap"), "--queries", str(garden / "query"),
-            "--checkpoint", str(speed_checkpoint), "--config", str(config_file), "--json", str(tmp_path / "e.json")]
+            "--checkpoint", str(speed_checkpoint), "--config", str(speed_config_file), "--json", str(tmp_path / "e.json")]
     for extra, message in (([ "--poses", "x.csv"], "--radius"), (["--same-index", "--tolerance", "-1"], "--tolerance"),
                            (["--same-index"], "nomap")):
         assert main(base + extra) == 2
@@ -235,13 +226,13 @@ def test_evaluate_user_errors_are_one_line(tmp_path, datasets_dir, speed_checkpo
     assert os.path.exists(tmp_path / "e.json") is False
 
 
-def test_evaluate_with_positions_from_the_map_or_a_csv(tmp_path, datasets_dir, speed_checkpoint, config_file, capsys):
+def test_evaluate_with_positions_from_the_map_or_a_csv(tmp_path, datasets_dir, speed_checkpoint, speed_config_file, capsys):
     campus = datasets_dir / "campus_loop_72"
     for folder, ids in (("map", range(6)), ("queries", (30, 70, 71))):
         (tmp_path / folder).mkdir()
         for i in ids:  # copies: the CSV's rows are matched to the images' own paths
             shutil.copy(campus / f"image_{i}.png", tmp_path / folder)
-    common = ["--checkpoint", str(speed_checkpoint), "--config", str(config_file)]
+    common = ["--checkpoint", str(speed_checkpoint), "--config", str(speed_config_file)]
     assert main(["build-map", *common, "--images", str(tmp_path / "map"), "--poses", str(campus / "data.csv"),
                  "--out", str(tmp_path / "mapdb"), "--no-progress"]) == 0
     reports = []

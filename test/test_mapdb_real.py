@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from vlad_localization.cli.main import main
 from vlad_localization.images import Frame, Pose, load_rgb, write_bag
@@ -39,23 +38,13 @@ def campus_frames(datasets_dir: Path, ids, step_ns: int = 10**9) -> list[Frame]:
 
 
 @pytest.fixture(scope="module")
-def config_file(tmp_path_factory) -> Path:
-    """The speed_config fixture as a YAML file for the CLI (speed_checkpoint's model)."""
-    path = tmp_path_factory.mktemp("cfg") / "speed_small.yaml"
-    path.write_text(yaml.safe_dump({"base": "speed", "model": {
-        "num_clusters": 16, "num_pcs": 128, "patch_sizes": [5], "strides": [1],
-        "image_height": 240, "image_width": 320, "device": "cpu", "batch_size": 4}}))
-    return path
-
-
-@pytest.fixture(scope="module")
-def mcap_map(tmp_path_factory, datasets_dir, speed_checkpoint, config_file) -> Path:
+def mcap_map(tmp_path_factory, datasets_dir, speed_checkpoint, speed_config_file) -> Path:
     """Raw bgr8 images + Odometry in an .mcap bag -> map via the CLI."""
     root = tmp_path_factory.mktemp("mcap")
     bag = write_bag(root / "run1", campus_frames(datasets_dir, MAP_IDS), "/camera/image_raw",
                     encoding="bgr8", pose_topic="/odom", storage="mcap")
     out = root / "map"
-    rc = main(["build-map", "--checkpoint", str(speed_checkpoint), "--config", str(config_file), "--bag", str(bag),
+    rc = main(["build-map", "--checkpoint", str(speed_checkpoint), "--config", str(speed_config_file), "--bag", str(bag),
                "--image-topic", "/camera/image_raw", "--pose-topic", "/odom", "--out", str(out), "--no-progress"])
     assert rc == 0
     return out
@@ -81,14 +70,14 @@ def test_build_from_mcap_bag_and_query(mcap_map, datasets_dir, speed_checkpoint,
     loc.release()
 
 
-def test_build_from_db3_compressed_with_keyframe_selection(tmp_path, datasets_dir, speed_checkpoint, config_file):
+def test_build_from_db3_compressed_with_keyframe_selection(tmp_path, datasets_dir, speed_checkpoint, speed_config_file):
     """CompressedImage + PoseStamped in a .db3 file; --min-time-gap keeps every other frame,
     --append adds a second run from the same bag."""
     bag = write_bag(tmp_path / "run2", campus_frames(datasets_dir, [6, 18, 30, 42], step_ns=5 * 10**8),
                     "/cam/compressed", compressed=True, pose_topic="/pose", pose_type=POSE_STAMPED, storage="sqlite3")
     db3 = next(bag.glob("*.db3"))
     out = tmp_path / "map"
-    args = ["build-map", "--checkpoint", str(speed_checkpoint), "--config", str(config_file), "--bag", str(db3),
+    args = ["build-map", "--checkpoint", str(speed_checkpoint), "--config", str(speed_config_file), "--bag", str(db3),
             "--image-topic", "/cam/compressed", "--pose-topic", "/pose", "--out", str(out), "--no-progress"]
     assert main(args + ["--min-time-gap", "0.9"]) == 0
     with MapDatabase.open(out) as db:
@@ -101,15 +90,15 @@ def test_build_from_db3_compressed_with_keyframe_selection(tmp_path, datasets_di
         assert db.manifest.runs[1].skipped == {"distance": 2}
 
 
-def test_missing_topic_is_a_clear_error(tmp_path, mcap_map, speed_checkpoint, config_file, capsys):
+def test_missing_topic_is_a_clear_error(tmp_path, mcap_map, speed_checkpoint, speed_config_file, capsys):
     bag = next(p for p in mcap_map.parent.iterdir() if p.name == "run1")
-    rc = main(["build-map", "--checkpoint", str(speed_checkpoint), "--config", str(config_file), "--bag", str(bag),
+    rc = main(["build-map", "--checkpoint", str(speed_checkpoint), "--config", str(speed_config_file), "--bag", str(bag),
                "--out", str(tmp_path / "m")])
     assert rc == 2 and "/camera/image_raw" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
 
-def test_sigkill_real_build_keeps_previous_map(tmp_path, datasets_dir, speed_checkpoint, config_file, mcap_map):
+def test_sigkill_real_build_keeps_previous_map(tmp_path, datasets_dir, speed_checkpoint, speed_config_file, mcap_map):
     """SIGKILL a real CLI build mid-way: the previous map at --out is intact, no partial map."""
     import shutil
 
@@ -121,7 +110,7 @@ def test_sigkill_real_build_keeps_previous_map(tmp_path, datasets_dir, speed_che
     for i in range(0, 72, 3):
         (images / f"image_{i}.png").symlink_to(datasets_dir / "campus_loop_72" / f"image_{i}.png")
     cmd = [sys.executable, "-m", "vlad_localization.cli", "build-map", "--checkpoint", str(speed_checkpoint),
-           "--config", str(config_file), "--images", str(images), "--out", str(out), "--batch-size", "1",
+           "--config", str(speed_config_file), "--images", str(images), "--out", str(out), "--batch-size", "1",
            "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

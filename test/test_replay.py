@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-from ros_fixtures import campus_map  # noqa: F401  (fixture)
 from vlad_localization.cli.main import main as cli
 from vlad_localization.images.bag import write_bag
 from vlad_localization.images.frames import Frame
@@ -11,7 +10,7 @@ from vlad_localization.images.frames import Frame
 S = 10**9
 
 
-def test_replay_writes_candidates_and_the_loop_closure(campus_map, tmp_path, capsys):  # noqa: F811
+def test_replay_writes_candidates_and_the_loop_closure(campus_map, tmp_path, capsys):
     frames = [Frame(stamp_ns=i * S, frame_id="camera", image=campus_map.image(i)) for i in (3, 40, 71)]
     bag = write_bag(tmp_path / "bag", frames, "/cam/image_raw/compressed", compressed=True, storage="mcap")
     out = tmp_path / "candidates.jsonl"
@@ -36,7 +35,7 @@ def test_replay_writes_candidates_and_the_loop_closure(campus_map, tmp_path, cap
     assert all(c["source"] == 0 for r in records for c in r["candidates"]) and all(r["keyframe"] is None for r in records)
 
 
-def test_replay_reports_a_missing_topic(campus_map, tmp_path, capsys):  # noqa: F811
+def test_replay_reports_a_missing_topic(campus_map, tmp_path, capsys):
     bag = write_bag(tmp_path / "bag", [campus_map.image(0)], "/cam/image_raw", storage="sqlite3")
     rc = cli(["replay", "--bag", str(bag), "--image-topic", "/nope", "--map", str(campus_map.map_dir),
               "--checkpoint", str(campus_map.checkpoint), "--config", str(campus_map.config)])

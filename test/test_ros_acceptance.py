@@ -9,9 +9,8 @@ from collections import Counter
 
 import pytest
 
-from ros_fixtures import node_setup, running_node  # noqa: F401  (fixture)
-from vlad_localization.ros.client import wait_for
-from vlad_localization.ros.diagnostics import parse_diagnostics
+from ros_fixtures import running_node
+from ros_helpers import node_report
 from vlad_localization.ros.messages import parse_candidates
 
 S = 10**9
@@ -23,7 +22,7 @@ RULE = {"score_threshold": 0.0, "min_time_gap_s": 30.0, "consistency": 2, "consi
 
 
 @pytest.fixture(scope="module")
-def both_runs(node_setup, datasets_dir, tmp_path_factory):  # noqa: F811
+def both_runs(node_setup, datasets_dir, tmp_path_factory):
     """(node: candidate map ids per frame, closures, diagnostics), (replay: records) on the 72 frames."""
     from vlad_localization.cli.main import main as cli
     from vlad_localization.images.io import load_rgb
@@ -39,7 +38,7 @@ def both_runs(node_setup, datasets_dir, tmp_path_factory):  # noqa: F811
     replay = [json.loads(line) for line in out.read_text().splitlines()]
     log = work / "node.log"
     ids, stamps = {}, {}
-    with running_node(node_setup, log, NAME, (CAM,), 14, mode="loop_closure", **RULE) as client:
+    with running_node(node_setup, log, NAME, (CAM,), mode="loop_closure", **RULE) as client:
         for i in range(72):
             client.publish(load_rgb(images / f"image_{i}.png"), (T0 + i) * S)
             rec = client.wait_candidates((T0 + i) * S, 60.0)
@@ -48,12 +47,7 @@ def both_runs(node_setup, datasets_dir, tmp_path_factory):  # noqa: F811
             ids[i] = [int(r["map_id"]) for r in rows]
             stamps[i] = [round(r["map_stamp"]) - T0 for r in rows]
 
-        def processed_all():
-            found = [parse_diagnostics(r.msg, f"{NAME}: loop closure") for r in client.get("diagnostics")]
-            found = [d for d in found if d]
-            return found[-1] if found and found[-1].get("processed") == "72" else None
-
-        diagnostics = wait_for(processed_all, 10.0)
+        diagnostics = node_report(client, NAME, lambda values: values.get("processed") == "72", 10.0)
         assert diagnostics, "the node never reported all 72 frames processed"
         closures = [(round(q) - T0, round(m) - T0) for q, m in (r.msg.data for r in client.get("loop_closure"))]
     return (ids, stamps, closures, diagnostics), replay

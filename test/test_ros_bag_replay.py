@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from ros_fixtures import campus_map, running_node  # noqa: F401  (fixture)
+from ros_fixtures import running_node
 from vlad_localization.images.bag import write_bag
 from vlad_localization.images.frames import Frame
 from vlad_localization.loop_closure import score_of, select_loop_closure
@@ -22,7 +22,7 @@ RATE = 4.0  # replay speed (the newest frame of a burst is always processed)
 
 
 @pytest.fixture(scope="module")
-def bags(campus_map, tmp_path_factory):  # noqa: F811
+def bags(campus_map, tmp_path_factory):
     out = tmp_path_factory.mktemp("bags")
     frames = [Frame(stamp_ns=i * S, frame_id="camera", image=campus_map.image(i)) for i in FRAMES]
     return {
@@ -32,15 +32,15 @@ def bags(campus_map, tmp_path_factory):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def sim_node(campus_map, tmp_path_factory):  # noqa: F811
+def sim_node(campus_map, tmp_path_factory):
     log = tmp_path_factory.mktemp("bagnode") / "node.log"
-    with running_node(campus_map, log, NAME, (RAW, COMPRESSED), 7, use_sim_time=True,
+    with running_node(campus_map, log, NAME, (RAW, COMPRESSED), use_sim_time=True,
                       score_threshold=0.0, min_time_gap_s=30.0) as client:
         yield client
 
 
 @pytest.mark.parametrize("storage,camera", [("mcap", 0), ("db3", 1)])
-def test_bag_replay_with_clock_gives_the_loop_closure(sim_node, bags, campus_map, storage, camera):  # noqa: F811
+def test_bag_replay_with_clock_gives_the_loop_closure(sim_node, bags, campus_map, storage, camera):
     from vlad_localization.ros.player import play_bag
 
     client = sim_node

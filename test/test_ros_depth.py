@@ -11,13 +11,12 @@ import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
-from ros_fixtures import node_setup, running_node  # noqa: F401  (fixture)
+from euroc_fixtures import errors, ground_truth, rotation_matrix
+from ros_fixtures import running_node
+from ros_helpers import node_report, report_after_answers
 from test_depth_input import depth_msg
-from test_verification_online import _rotation, euroc_run  # noqa: F401  (fixture)
-from test_verification_real import errors, ground_truth
 from vlad_localization.images.io import load_rgb
 from vlad_localization.ros.client import image_message, wait_for
-from vlad_localization.ros.diagnostics import parse_diagnostics
 from vlad_localization.ros.messages import ns_to_stamp, parse_loop_closure_edges
 from vlad_localization.verification import StereoRig, load_euroc_sensor
 from vlad_localization.verification.depth import stereo_depth_image
@@ -51,7 +50,7 @@ def test_camera_infos_give_back_the_calibrated_rig(datasets_dir):
 
 
 @pytest.fixture(scope="module", params=["depth", "stereo"])
-def metric_run(request, euroc_run, node_setup, tmp_path_factory):  # noqa: F811
+def metric_run(request, euroc_run, node_setup, tmp_path_factory):
     """The node on the revisit with a depth topic or the right images; then, with a depth topic, three
     frames with bad depth (wrong encoding, wrong size, all NaN). Returns (the edges, the last
     diagnostics, frames, euroc folder, the stamps of the bad-depth frames that were answered)."""
@@ -62,7 +61,7 @@ def metric_run(request, euroc_run, node_setup, tmp_path_factory):  # noqa: F811
     name = f"vlad_{kind}"
     topics = {"depth_topics": [DEPTH]} if kind == "depth" else {"right_image_topics": [RIGHT]}
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    with running_node(node_setup, log, name, (LEFT,), 14 if kind == "depth" else 15, mode="loop_closure", verify=True,
+    with running_node(node_setup, log, name, (LEFT,), mode="loop_closure", verify=True,
                       score_threshold=0.0, min_time_gap_s=30.0, **topics) as client:
         node = client.node
         publishers = {"left_info": node.create_publisher(CameraInfo, "/euroc/left/camera_info", 5),
@@ -72,7 +71,11 @@ def metric_run(request, euroc_run, node_setup, tmp_path_factory):  # noqa: F811
         used = ["left_info", "depth"] if kind == "depth" else ["left_info", "right_info", "right"]
         assert wait_for(lambda: all(publishers[p].get_subscription_count() for p in used), 20)
 
+        def depth_received() -> int:  # depth (or right) images the node reported received, so far
+            return int(node_report(client, name)[f"depth_received[{LEFT}]"])
+
         def publish(stamp: int, index: int, rgb, depth: Image | None = None) -> bool:
+            received = depth_received()
             for msg, pub in zip(infos, ("left_info", "right_info")):
                 msg.header.stamp = ns_to_stamp(stamp)
                 publishers[pub].publish(msg)
@@ -83,21 +86,25 @@ def metric_run(request, euroc_run, node_setup, tmp_path_factory):  # noqa: F811
             elif depth is not None:
                 depth.header.stamp = ns_to_stamp(stamp)
                 publishers["depth"].publish(depth)
-            wait_for(lambda: False, 0.2)  # usually before the image (the node waits 0.25 s for a late one)
+            if kind == "stereo" or depth is not None:  # the node has it before the image (it would wait 0.25 s)
+                assert node_report(client, name, lambda v: int(v[f"depth_received[{LEFT}]"]) > received, 10)
             client.publish(rgb, stamp)
             return client.wait_candidates(stamp, 60) is not None
 
         warm_up = depth_msg(np.full((480, 752), 1000, np.uint16)) if kind == "depth" else \
             image_message(load_rgb(euroc / "right_img_0.png"))
 
+        wanted = {f"camera_info[{LEFT}]": "yes"} | ({f"right_camera_info[{LEFT}]": "yes"} if kind == "stereo" else {})
+
+        def ready(values) -> bool:  # the calibration and a depth (or right) image are in
+            return values[f"depth_received[{LEFT}]"] != "0" and wanted.items() <= values.items()
+
         def node_receives() -> bool:  # a publisher's first messages wait for discovery to finish (seconds)
             for msg, pub in zip(infos, ("left_info", "right_info")):
                 publishers[pub].publish(msg)
             warm_up.header.stamp = ns_to_stamp(S)
             publishers[used[-1]].publish(warm_up)
-            values = [parse_diagnostics(r.msg, f"{name}: loop closure") for r in client.get("diagnostics")]
-            wanted = {f"camera_info[{LEFT}]": "yes"} | ({f"right_camera_info[{LEFT}]": "yes"} if kind == "stereo" else {})
-            return any(v and v[f"depth_received[{LEFT}]"] != "0" and wanted.items() <= v.items() for v in values)
+            return node_report(client, name, ready, 0) is not None
 
         assert wait_for(node_receives, 30, period=0.5), log.read_text()[-3000:]
         rig = StereoRig.from_sensors(sensor, load_euroc_sensor(euroc / "sensorRight.yaml"))
@@ -114,10 +121,9 @@ def metric_run(request, euroc_run, node_setup, tmp_path_factory):  # noqa: F811
                    depth_msg(np.full((100, 100), 1500, np.uint16)),  # not the image's size, nor scaled
                    depth_msg(np.full((480, 752), np.nan, np.float32)))  # no valid pixel
             answered = [after + i * S for i, msg in enumerate(bad) if publish(after + i * S, 2, img_2, msg)]
-        wait_for(lambda: False, 1.2)  # one more diagnostics period
-        diagnostics = [parse_diagnostics(r.msg, f"{name}: loop closure") for r in client.get("diagnostics")]
+        diagnostics = report_after_answers(client, name)  # once the node counted every frame answered
         edges = [e for rec in client.get("loop_closure_edges") for e in parse_loop_closure_edges(rec.msg)]
-    return kind, edges, [d for d in diagnostics if d][-1], frames, euroc, answered
+    return kind, edges, diagnostics, frames, euroc, answered
 
 
 def test_the_revisit_edge_is_metric_and_near_the_ground_truth(metric_run):
@@ -128,7 +134,7 @@ def test_the_revisit_edge_is_metric_and_near_the_ground_truth(metric_run):
     assert (edge["map"], edge["map_id"], edge["metric"]) == ("run", 0, True)
 
     class Pose:  # what errors() reads
-        rotation = _rotation(edge["quaternion"])
+        rotation = rotation_matrix(edge["quaternion"])
         translation = edge["translation"]
 
     truth = ground_truth(euroc, 0, 1)

@@ -7,14 +7,13 @@ import time
 
 import pytest
 
-from ros_fixtures import campus_map  # noqa: F401  (fixture)
 from vlad_localization.ros.client import NodeClient, start_node, stop_node, wait_for
 
 S = 10**9
 TOPIC = "/lc_cam/image_raw"
 
 
-def test_lifecycle_transitions_via_services(campus_map, ros_domain_id, tmp_path):  # noqa: F811
+def test_lifecycle_transitions_via_services(campus_map, ros_domain_id, tmp_path):
     name = "vlad_lifecycle"
     log = tmp_path / "node.log"
     proc = start_node(campus_map.node_params([TOPIC], autostart=False, map_path=str(tmp_path / "missing")),
@@ -27,7 +26,8 @@ def test_lifecycle_transitions_via_services(campus_map, ros_domain_id, tmp_path)
             assert "configure failed" in log.read_text()
             assert client.set_parameters(map_path=str(campus_map.map_dir))
             assert client.lifecycle("configure") and client.lifecycle() == "inactive"
-            time.sleep(0.5)
+            # what configure created (the output publishers) is discovered here: no image subscription among it
+            assert wait_for(lambda: client.node.count_publishers(f"/{name}/candidates"), 10)
             assert all(p.get_subscription_count() == 0 for p in client.publishers)  # not yet subscribed
             assert client.lifecycle("activate") and client.lifecycle() == "active"
             assert client.wait_connected(10)
@@ -50,7 +50,7 @@ def test_lifecycle_transitions_via_services(campus_map, ros_domain_id, tmp_path)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT])  # SIGTERM: end of the lifecycle test
-def test_clean_shutdown_while_busy(campus_map, ros_domain_id, tmp_path, sig):  # noqa: F811
+def test_clean_shutdown_while_busy(campus_map, ros_domain_id, tmp_path, sig):
     name = "vlad_shutdown"
     log = tmp_path / "node.log"
     proc = start_node(campus_map.node_params([TOPIC]), name=name, log_path=log)

@@ -10,14 +10,12 @@ import pytest
 import yaml
 from std_srvs.srv import Trigger
 
+from euroc_fixtures import extrinsic_values, pose_errors
 from ros_fixtures import NodeSetup, running_node
-from ros_helpers import FakeDetector
-from test_map_pose_euroc import MAX_POSITION_ERROR_M, MAX_ROTATION_DEG, extrinsic_values, pose_errors, posed  # noqa: F401
-from test_ros_units import _bare_node, rclpy_context  # noqa: F401  (fixture)
-from test_verification_map import env  # noqa: F401  (fixture)
+from ros_helpers import FakeDetector, bare_node, changed_parameters, report_after_answers
+from test_map_pose_euroc import MAX_POSITION_ERROR_M, MAX_ROTATION_DEG
 from vlad_localization.images.io import load_rgb
 from vlad_localization.ros.client import wait_for
-from vlad_localization.ros.diagnostics import parse_diagnostics
 from vlad_localization.ros.messages import parse_loop_closure_edges, stamp_to_ns
 
 TOPIC, NAME, FRAME = "/euroc/cam0/image_raw", "vlad_pose", "vicon_world"
@@ -31,47 +29,47 @@ def record_of(msg) -> dict:
 
 
 @pytest.fixture(scope="module")
-def node_run(env, posed, tmp_path_factory):  # noqa: F811
+def node_run(euroc_env, posed_maps, tmp_path_factory):
     """Frames: A img_1 (pose), B another place resized to the camera (closure accepted at score 0,
     verification fails), then the map without poses: C img_1 (verified edge, no pose), then the posed
     map again: D img_1 (pose; ~/initialpose_out rate-limited). Returns what the node published."""
     root = tmp_path_factory.mktemp("ros_pose")
-    cam = env["sensor"].camera
-    config = yaml.safe_load(posed["config"].read_text())
+    cam = euroc_env["sensor"].camera
+    config = yaml.safe_load(posed_maps["config"].read_text())
     config["verification"] = {"intrinsics": [cam.fx, cam.fy, cam.cx, cam.cy, *cam.distortion[:4]]}  # no extrinsic
     (root / "node.yaml").write_text(yaml.safe_dump(config))
-    setup = NodeSetup(env["common"][1], root / "node.yaml")
-    start = posed["vicon"][1][0]
+    setup = NodeSetup(euroc_env["common"][1], root / "node.yaml")
+    start = posed_maps["vicon"][1][0]
     stamps = {name: start + i * S for i, name in enumerate("ABCD")}
-    query = load_rgb(env["euroc"] / "left_img_1.png")
-    elsewhere = cv2.resize(load_rgb(env["euroc"].parent / "gardenspoint_10" / "query" / "4.jpg"), query.shape[1::-1])
+    query = load_rgb(euroc_env["euroc"] / "left_img_1.png")
+    elsewhere = cv2.resize(load_rgb(euroc_env["euroc"].parent / "gardenspoint_10" / "query" / "4.jpg"),
+                           query.shape[1::-1])
     log = root / "node.log"
-    with running_node(setup, log, NAME, (TOPIC,), 16, mode="localize", map_path=posed["metric"], verify=True,
+    with running_node(setup, log, NAME, (TOPIC,), mode="localize", map_path=posed_maps["metric"], verify=True,
                       score_threshold=0.0, min_time_gap_s=30.0, map_frame=FRAME,
-                      camera_to_base=extrinsic_values(env["sensor"].body_T_sensor), publish_initialpose=True,
+                      camera_to_base=extrinsic_values(euroc_env["sensor"].body_T_sensor), publish_initialpose=True,
                       initialpose_min_score=0.0, initialpose_min_interval_s=1000.0) as client:
         def send(name: str, rgb) -> None:
             client.publish(rgb, stamps[name])
             assert client.wait_candidates(stamps[name], 90), f"no ~/candidates for {name}:\n{log.read_text()[-3000:]}"
 
-        def switch_map(path) -> None:
-            assert client.set_parameters(map_path=str(path))
+        def reload_map() -> None:
             assert client.call(Trigger, "reload_map", timeout=60).success
 
         send("A", query)
         send("B", elsewhere)
-        switch_map(posed["no_pose"])
-        send("C", query)
-        switch_map(posed["metric"])
+        with changed_parameters(client, map_path=str(posed_maps["no_pose"])):
+            reload_map()
+            send("C", query)
+        reload_map()  # the posed map again
         send("D", query)
         assert wait_for(lambda: any(stamp_to_ns(r.msg.header.stamp) == stamps["D"] for r in client.get("pose")), 20), \
             log.read_text()[-3000:]
-        wait_for(lambda: False, 1.2)  # one more diagnostics period
-        diagnostics = [parse_diagnostics(r.msg, f"{NAME}: loop closure") for r in client.get("diagnostics")]
+        diagnostics = report_after_answers(client, NAME)  # once the node counted the four frames
         edges = [e for r in client.get("loop_closure_edges") for e in parse_loop_closure_edges(r.msg)]
         return {"stamps": stamps, "poses": [r.msg for r in client.get("pose")],
                 "initialposes": [r.msg for r in client.get("initialpose_out")], "edges": edges,
-                "diagnostics": [d for d in diagnostics if d][-1], "truth": posed["vicon"][1][1]}
+                "diagnostics": diagnostics, "truth": posed_maps["vicon"][1][1]}
 
 
 def test_the_revisit_is_published_with_its_stamp_frame_and_pose(node_run):
@@ -103,7 +101,7 @@ def test_initialpose_out_republishes_once_then_rate_limits(node_run):
     assert diagnostics["initialpose[published]"] == "1" and diagnostics["initialpose[rate_limited]"] == "1"
 
 
-def test_extrinsic_parameters_are_checked(rclpy_context):  # noqa: F811
+def test_extrinsic_parameters_are_checked(rclpy_context):
     """camera_to_base: 7 numbers per camera with a unit quaternion (refused when set otherwise), one
     extrinsic per image topic at configure; camera_to_base_from_tf without tf2_ros: a failed configure
     that says what to do; the extrinsic reaches the detector's configuration."""
@@ -112,9 +110,9 @@ def test_extrinsic_parameters_are_checked(rclpy_context):  # noqa: F811
     from vlad_localization.ros.extrinsics import tf2_missing
 
     fakes = []
-    node = _bare_node({"image_topics": ["/cam0/image_raw", "/cam1/image_raw"],
-                       "camera_to_base": [0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]},
-                      factory=lambda cfg, *a: fakes.append(FakeDetector(cfg)) or fakes[-1])
+    node = bare_node({"image_topics": ["/cam0/image_raw", "/cam1/image_raw"],
+                      "camera_to_base": [0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]},
+                     factory=lambda cfg, *a: fakes.append(FakeDetector(cfg)) or fakes[-1])
     try:
         assert node.trigger_configure().name == "FAILURE" and not fakes
         assert "camera_to_base holds 1 extrinsic(s) for 2 image_topics" in node._last_error
@@ -135,7 +133,7 @@ def test_extrinsic_parameters_are_checked(rclpy_context):  # noqa: F811
         node.destroy_node()
 
 
-def test_camera_to_base_from_tf_replaces_the_parameter_once_every_camera_is_known(rclpy_context, monkeypatch):  # noqa: F811
+def test_camera_to_base_from_tf_replaces_the_parameter_once_every_camera_is_known(rclpy_context, monkeypatch):
     """With camera_to_base_from_tf the node looks base_frame <- each image's frame_id up (here a stand-in
     tf2_ros module: the real one comes with a ROS install) once per camera; until every camera's is
     known ~/pose waits, then the transforms replace camera_to_base in the detector's configuration."""
@@ -161,8 +159,8 @@ def test_camera_to_base_from_tf_replaces_the_parameter_once_every_camera_is_know
                                  TransformListener=lambda buffer, node: types.SimpleNamespace())
     monkeypatch.setitem(sys.modules, "tf2_ros", fake)
     detectors = []
-    node = _bare_node({"image_topics": ["/cam0/image_raw", "/cam1/image_raw"], "camera_to_base_from_tf": True,
-                       "base_frame": "body"}, factory=lambda cfg, *a: detectors.append(FakeDetector(cfg)) or detectors[-1])
+    node = bare_node({"image_topics": ["/cam0/image_raw", "/cam1/image_raw"], "camera_to_base_from_tf": True,
+                      "base_frame": "body"}, factory=lambda cfg, *a: detectors.append(FakeDetector(cfg)) or detectors[-1])
     try:
         assert node.trigger_configure().name == "SUCCESS"
         tf = node._tf

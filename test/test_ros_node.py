@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 
 import cv2
 import numpy as np
@@ -11,12 +12,13 @@ import pytest
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
-from ros_fixtures import campus_map, running_node  # noqa: F401  (fixture)
+from ros_fixtures import running_node
+from ros_helpers import changed_parameters, report_after_answers
 from vlad_localization.images.convert import rgb_to_compressed
 from vlad_localization.loop_closure import score_of
 from vlad_localization.ros.client import wait_for
 from vlad_localization.ros.diagnostics import parse_diagnostics
-from vlad_localization.ros.messages import parse_candidates
+from vlad_localization.ros.messages import parse_candidates, stamp_to_ns
 
 S = 10**9
 MS = 10**6  # answers are matched to queries by stamp to 1 us (float64 s): keep queries >= 1 ms apart
@@ -27,11 +29,10 @@ ANSWER_S = 30.0
 
 
 @pytest.fixture(scope="module")
-def node(campus_map, tmp_path_factory):  # noqa: F811
+def node(campus_map, tmp_path_factory):
     """(client, log path): the node subscribed to a raw and a compressed camera."""
     log = tmp_path_factory.mktemp("node") / "node.log"
-    with running_node(campus_map, log, NAME, (RAW, COMPRESSED), 0,
-                      score_threshold=0.0, min_time_gap_s=30.0) as client:
+    with running_node(campus_map, log, NAME, (RAW, COMPRESSED), score_threshold=0.0, min_time_gap_s=30.0) as client:
         yield client, log, campus_map
 
 
@@ -40,6 +41,11 @@ def ask(client, rgb, stamp_ns, camera=0):
     rec = client.wait_candidates(stamp_ns, ANSWER_S, camera)
     assert rec is not None, f"no ~/candidates for the frame stamped {stamp_ns} ns"
     return parse_candidates(rec.msg)
+
+
+def decisions(report) -> dict[str, int]:
+    """The loop-closure rule's decisions counted on /diagnostics, by status."""
+    return {k[len("decisions["):-1]: int(v) for k, v in report.items() if k.startswith("decisions[")}
 
 
 def closures_for(client, stamp_ns):
@@ -72,12 +78,16 @@ def test_loop_closure_fires_for_the_real_revisit_only_above_threshold_and_outsid
     assert campus.is_true_loop_closure(*closure[0]), closure  # image_0 (5.5 m) or image_1 (8.6 m)
     score = next(score_of(r["patch_score"], r["fused_score"]) for r in rows if r["map_stamp"] == closure[0][1])
 
-    assert client.set_parameters(score_threshold=float(score) + 1e-3)  # just above its score
-    ask(client, campus.image(71), 71 * S + 1 * MS)
-    assert client.set_parameters(score_threshold=0.0, min_time_gap_s=100.0)  # nothing 100 s away
-    ask(client, campus.image(71), 71 * S + 2 * MS)
-    assert client.set_parameters(min_time_gap_s=30.0)
-    wait_for(lambda: False, 0.5)
+    before = report_after_answers(client, NAME)
+    with changed_parameters(client, score_threshold=float(score) + 1e-3):  # just above its score
+        ask(client, campus.image(71), 71 * S + 1 * MS)
+    with changed_parameters(client, min_time_gap_s=100.0):  # nothing 100 s away
+        ask(client, campus.image(71), 71 * S + 2 * MS)
+    after = report_after_answers(client, NAME)  # the node counted both frames (and published all they did)
+    decided = Counter(decisions(after))
+    decided.subtract(decisions(before))
+    assert +decided == Counter({"below_threshold": 1, "no_candidate": 1}), decided  # the rule's decision per frame
+    assert after["loop_closures"] == before["loop_closures"]
     assert closures_for(client, 71 * S + 1 * MS) == [] and closures_for(client, 71 * S + 2 * MS) == []
 
 
@@ -147,10 +157,17 @@ def test_match_image_while_subscribed(node):
     client, _, campus = node  # (not computed without a subscriber: test_ros_units, fake localizer)
     client.subscribe("match_image", Image, f"/{NAME}/match_image", depth=5)
     assert wait_for(lambda: client.node.count_publishers(f"/{NAME}/match_image"), 5)
-    wait_for(lambda: False, 0.5)  # the node sees the new subscriber
-    rows = ask(client, campus.image(50), 50 * S + 7 * MS)
-    img = wait_for(lambda: [r.msg for r in client.get("match_image")
-                            if (r.msg.header.stamp.sec, r.msg.header.stamp.nanosec) == (50, 7 * MS)], 10)
+
+    def match_images(stamp_ns):  # published right after the frame's ~/candidates
+        return wait_for(lambda: [r.msg for r in client.get("match_image")
+                                 if stamp_to_ns(r.msg.header.stamp) == stamp_ns], 1)
+
+    for attempt in range(10):  # until the node has discovered the new subscriber (it then draws every frame)
+        stamp = 50 * S + (7 + attempt) * MS
+        rows = ask(client, campus.image(50), stamp)
+        img = match_images(stamp)
+        if img:
+            break
     assert img and img[0].encoding == "rgb8" and img[0].width == 2 * 320 and img[0].height == 240
     assert rows[0]["map_stamp"] == 50
 

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from std_srvs.srv import Trigger
 
-from ros_fixtures import campus_map, running_node  # noqa: F401  (fixture)
-from vlad_localization.ros.client import wait_for
-from vlad_localization.ros.diagnostics import parse_diagnostics
+from ros_fixtures import running_node
+from ros_helpers import report_after_answers
 from vlad_localization.ros.messages import parse_candidates
 
 S = 10**9
@@ -28,14 +27,14 @@ def _yaw_quaternion(yaw: float):
 
 
 @pytest.fixture(scope="module")
-def online_run(campus_map, tmp_path_factory):  # noqa: F811
+def online_run(campus_map, tmp_path_factory):
     """Stream the 72 campus frames (stamps T0 + i s) with odometry at 10 Hz; returns the candidates
     rows per frame, the closures (as frame indices), the last diagnostics and the saved map path."""
     work = tmp_path_factory.mktemp("online")
     saved = work / "run_map"
     poses = np.loadtxt(campus_map.images / "data.csv", delimiter=",", usecols=(1, 2, 3))
     rows, log = {}, work / "node.log"
-    with running_node(campus_map, log, NAME, (CAM,), 11, odom_topic=ODOM, mode="loop_closure",
+    with running_node(campus_map, log, NAME, (CAM,), odom_topic=ODOM, mode="loop_closure",
                       score_threshold=0.0, min_time_gap_s=30.0, min_travel_m=20.0,
                       save_map_path=str(saved)) as client:
         for i in range(72):
@@ -49,15 +48,14 @@ def online_run(campus_map, tmp_path_factory):  # noqa: F811
             rec = client.wait_candidates((T0 + i) * S, ANSWER_S)
             assert rec is not None, f"no ~/candidates for frame {i}:\n{log.read_text()[-2000:]}"
             rows[i] = parse_candidates(rec.msg)
-        wait_for(lambda: False, 1.2)  # one more diagnostics period
-        diagnostics = [parse_diagnostics(r.msg, f"{NAME}: loop closure") for r in client.get("diagnostics")]
+        diagnostics = report_after_answers(client, NAME)  # once the node counted the 72 frames
         response = client.call(Trigger, "save_map")
         closures = [[q - T0, m - T0] for q, m in (r.msg.data for r in client.get("loop_closure"))]
     assert response is not None and response.success, response
-    return rows, closures, [d for d in diagnostics if d][-1], saved, poses
+    return rows, closures, diagnostics, saved, poses
 
 
-def test_the_revisit_is_published_with_its_matched_stamp(online_run, campus_map):  # noqa: F811
+def test_the_revisit_is_published_with_its_matched_stamp(online_run, campus_map):
     rows, closures, _, _, _ = online_run
     at_71 = [c for c in closures if c[0] == 71.0]
     assert len(at_71) == 1 and campus_map.is_true_loop_closure(*at_71[0]), at_71  # image_0 or image_1
@@ -81,7 +79,7 @@ def test_diagnostics_report_the_runs_keyframes_and_bytes(online_run):
     assert diagnostics["map_size"] == "0"
 
 
-def test_saved_run_serves_a_localize_node_with_the_same_keyframes(online_run, campus_map, tmp_path):  # noqa: F811
+def test_saved_run_serves_a_localize_node_with_the_same_keyframes(online_run, campus_map, tmp_path):
     """The saved map holds the run's keyframes with their stamps and odometry poses: a second node
     in localize mode on it finds, for frames of the run, the keyframe each frame became."""
     _, _, _, saved, poses = online_run
@@ -92,7 +90,7 @@ def test_saved_run_serves_a_localize_node_with_the_same_keyframes(online_run, ca
         assert all(k.position is not None for k in db.keyframes(list(range(72))))  # every frame had odometry
         kf = db.keyframe(40)
         assert kf.stamp_ns == (T0 + 40) * S and np.allclose(kf.position[:2], poses[40, :2], atol=1e-6)
-    with running_node(campus_map, tmp_path / "node2.log", "vlad_saved", ("/saved_cam/image_raw",), 12,
+    with running_node(campus_map, tmp_path / "node2.log", "vlad_saved", ("/saved_cam/image_raw",),
                       mode="localize", map_path=str(saved)) as client:
         for i in (3, 40, 71):
             client.publish(campus_map.image(i), (1000 + i) * S)

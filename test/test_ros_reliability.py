@@ -7,10 +7,9 @@ import shutil
 import signal
 
 import numpy as np
-import pytest
 from std_srvs.srv import Trigger
 
-from ros_fixtures import campus_map  # noqa: F401  (fixture)
+from ros_helpers import answered, status_of, status_values
 from vlad_localization.mapdb import MapDatabase, MapWriter
 from vlad_localization.ros.messages import parse_candidates
 from vlad_localization.ros.client import NodeClient, start_node, stop_node, wait_for
@@ -25,32 +24,13 @@ def flip_bit(path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
-def status_of(client, name: str, predicate, timeout: float = 30.0):
-    """The newest DiagnosticStatus of node ``name`` satisfying ``predicate`` (waits for it)."""
-    def find():
-        for rec in reversed(client.get("diagnostics")):
-            for status in rec.msg.status:
-                if status.name == f"{name}: loop closure" and predicate(status):
-                    return status
-    return wait_for(find, timeout)
-
-
-def values(status) -> dict:
-    return {kv.key: kv.value for kv in status.values}
-
-
-def answered(client, rgb, stamp_ns, timeout=30.0) -> bool:
-    client.publish(rgb, stamp_ns)
-    return client.wait_candidates(stamp_ns, timeout) is not None
-
-
 def clean_exit(proc, log) -> None:
     took = stop_node(proc, signal.SIGINT)
     text = log.read_text()
     assert proc.returncode == 0 and "Traceback" not in text, f"exit {proc.returncode} after {took:.1f} s:\n{text[-3000:]}"
 
 
-def test_damaged_maps_are_refused_at_configure_and_on_reload(campus_map, ros_domain_id, tmp_path):  # noqa: F811
+def test_damaged_maps_are_refused_at_configure_and_on_reload(campus_map, ros_domain_id, tmp_path):
     good, damaged, truncated = (tmp_path / n for n in ("good", "damaged", "truncated"))
     for path in (good, damaged, truncated):
         shutil.copytree(campus_map.map_dir, path)
@@ -64,21 +44,21 @@ def test_damaged_maps_are_refused_at_configure_and_on_reload(campus_map, ros_dom
             refused = status_of(client, name, lambda s: "patches_p5.f16" in s.message, 90)
             assert refused, f"diagnostics never named the damaged file:\n{log.read_text()[-3000:]}"
             assert refused.level == b"\x02" and "sha256" in refused.message  # ERROR
-            assert values(refused)["state"] == "unconfigured" and values(refused)["map_size"] == "0"
+            assert status_values(refused)["state"] == "unconfigured" and status_values(refused)["map_size"] == "0"
             assert client.lifecycle() == "unconfigured"
             assert all(p.get_subscription_count() == 0 for p in client.publishers)
 
             assert client.set_parameters(map_path=str(good))
             assert client.lifecycle("configure") and client.lifecycle("activate")
             assert client.wait_connected(10) and answered(client, campus_map.image(5), 5 * S)
-            assert status_of(client, name, lambda s: s.message == "ok" and values(s)["state"] == "active")
+            assert status_of(client, name, lambda s: s.message == "ok" and status_values(s)["state"] == "active")
 
             for bad, verify, file in ((damaged, True, "patches_p5.f16"), (truncated, False, "global.f32")):
                 assert client.set_parameters(map_path=str(bad), verify_map=verify)
                 result = client.call(Trigger, "reload_map", timeout=30)
                 assert not result.success and file in result.message and "previous map stays loaded" in result.message
-                warned = status_of(client, name, lambda s: file in s.message and values(s)["state"] == "active")
-                assert warned.level == b"\x01" and values(warned)["map_size"] == "72"  # WARN, old map in use
+                warned = status_of(client, name, lambda s: file in s.message and status_values(s)["state"] == "active")
+                assert warned.level == b"\x01" and status_values(warned)["map_size"] == "72"  # WARN, old map in use
                 assert answered(client, campus_map.image(30), 30 * S + len(file))  # still answering
 
             assert client.set_parameters(map_path=str(good))
@@ -102,7 +82,7 @@ def append_copies(map_dir, ids) -> None:
         writer.commit(["copies"])
 
 
-def test_two_nodes_keep_answering_while_the_map_is_swapped_and_reloaded(campus_map, ros_domain_id, tmp_path):  # noqa: F811
+def test_two_nodes_keep_answering_while_the_map_is_swapped_and_reloaded(campus_map, ros_domain_id, tmp_path):
     shared = tmp_path / "shared_map"
     shutil.copytree(campus_map.map_dir, shared)
     names = ("vlad_reader_a", "vlad_reader_b")

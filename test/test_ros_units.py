@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
-from ros_helpers import PARAMS_FILE, Collector, FakeCandidate, FakeDetector, wait_for
+from ros_helpers import Collector, FakeCandidate, FakeDetector, bare_node
 from vlad_localization.loop_closure import select_loop_closure
+from vlad_localization.ros.client import PARAMS_FILE, wait_for
 from vlad_localization.ros.params import PARAMETERS, markdown_table
 from vlad_localization.ros.worker import LatestFrameWorker
 
@@ -210,8 +211,8 @@ def test_node_with_fake_localizer_publishes_and_counts(fake_node):
     assert wait_for(lambda: len(got.get("cand")) == 2, 5)
     rows = parse_candidates(got.get("cand")[1])
     assert rows[0]["map_id"] == 1 and rows[0]["camera"] == 1
-    time.sleep(0.3)
-    assert len(got.get("lc")) == 1  # |120 - 100| < 50 s
+    assert wait_for(lambda: node.stats.processed == 2, 5)  # counted after its messages were published
+    assert node.stats.loop_closures == 1 and len(got.get("lc")) == 1  # |120 - 100| < 50 s
 
     bad = Image(height=4, width=4, encoding="rgb8", step=12, data=b"\0" * 10)
     raw.publish(bad)
@@ -259,31 +260,11 @@ def test_stats_snapshot_reports_rates_counts_and_latency():
     assert parse_diagnostics(array, "n: loop closure")["processed"] == "1"
 
 
-def _bare_node(overrides, factory=None):
-    from rclpy.parameter import Parameter
-
-    from vlad_localization.ros.node import VladLocalizationNode
-
-    params = [Parameter("map_path", value="fake"), Parameter("checkpoint", value="fake")]
-    params += [Parameter(k, value=v) for k, v in overrides.items()]
-    return VladLocalizationNode(detector_factory=factory or (lambda cfg, *a: FakeDetector(cfg)), isolate_inference=False,
-                                parameter_overrides=params)
-
-
-@pytest.fixture
-def rclpy_context(ros_domain_id):
-    import rclpy
-
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
-
-
 def test_parameters_accept_natural_yaml_types_and_refuse_bad_values(rclpy_context):
     from rclpy.parameter import Parameter
 
-    node = _bare_node({"compressed": True, "max_rate_hz": 5, "score_threshold": "high", "top_k": "many",
-                       "qos_reliability": "sometimes", "matcher": "sift"})
+    node = bare_node({"compressed": True, "max_rate_hz": 5, "score_threshold": "high", "top_k": "many",
+                      "qos_reliability": "sometimes", "matcher": "sift"})
     try:
         assert node.param("compressed") == "true"  # a YAML bool, as the README writes it
         assert node.param("max_rate_hz") == 5.0 and isinstance(node.param("max_rate_hz"), float)
@@ -302,8 +283,8 @@ def test_failed_activate_and_error_leave_nothing_running(rclpy_context, monkeypa
     from rclpy.parameter import Parameter
 
     fakes = []
-    node = _bare_node({"image_topics": ["/cam0/image_raw", "/cam1/image raw"]},
-                      factory=lambda cfg, *a: fakes.append(FakeDetector(cfg)) or fakes[-1])
+    node = bare_node({"image_topics": ["/cam0/image_raw", "/cam1/image raw"]},
+                     factory=lambda cfg, *a: fakes.append(FakeDetector(cfg)) or fakes[-1])
     try:
         assert node.trigger_configure().name == "FAILURE" and not fakes  # bad name: refused before loading
         node.set_parameters([Parameter("image_topics", value=["/cam0/image_raw", "/cam1/image_raw"])])
@@ -338,7 +319,7 @@ def test_gpu_reactivation_reloads_what_was_configured(rclpy_context):
     from rclpy.parameter import Parameter
 
     loads = []
-    node = _bare_node({"device": "cuda"}, factory=lambda cfg, c, m: loads.append((m, c)) or FakeDetector(cfg))
+    node = bare_node({"device": "cuda"}, factory=lambda cfg, c, m: loads.append((m, c)) or FakeDetector(cfg))
     try:
         assert node.trigger_configure().name == "SUCCESS" and node.trigger_activate().name == "SUCCESS"
         node.set_parameters([Parameter("map_path", value="elsewhere")])

@@ -5,28 +5,13 @@ through the real node over DDS (intrinsics from the CameraInfo beside the image 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from ros_fixtures import campus_map, running_node  # noqa: F401  (fixture)
-from test_verification_real import errors, ground_truth
-from vlad_localization.images.io import load_rgb
-from vlad_localization.verification import load_euroc_sensor
+from euroc_fixtures import errors, ground_truth, rotation_matrix
+from ros_fixtures import running_node
+from ros_helpers import node_report
 
 MAX_ROTATION_DEG = 3.5  # the helper tests measure 2.2 deg for this pair (the other direction)
 MAX_DIRECTION_DEG = 12.0
-
-
-@pytest.fixture(scope="module")
-def euroc_run(datasets_dir):
-    """(frames in time order [(stamp_ns, index, rgb)], left camera calibration)."""
-    euroc = datasets_dir / "euroc_loop_pairs"
-    stamps = {}
-    for line in (euroc / "gt_poses_from_test.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            fields = line.split()
-            stamps[int(fields[0][-1])] = int(fields[2])
-    frames = [(stamps[i], i, load_rgb(euroc / f"left_img_{i}.png")) for i in (1, 0)]  # img_1 first
-    return frames, load_euroc_sensor(euroc / "sensorLeft.yaml"), euroc
 
 
 def test_detector_verifies_the_revisit_against_ground_truth(euroc_run, speed_checkpoint, speed_config):
@@ -56,17 +41,16 @@ def test_detector_verifies_the_revisit_against_ground_truth(euroc_run, speed_che
     assert record["status"] == "ok" and len(record["covariance"]) == 36 and record["metric"] is False
 
 
-def test_node_publishes_the_verified_edge(euroc_run, campus_map, tmp_path):  # noqa: F811
+def test_node_publishes_the_verified_edge(euroc_run, campus_map, tmp_path):
     from sensor_msgs.msg import CameraInfo
     from std_msgs.msg import Float64MultiArray
 
     from vlad_localization.ros.client import wait_for
-    from vlad_localization.ros.diagnostics import parse_diagnostics
     from vlad_localization.ros.messages import ns_to_stamp, parse_loop_closure_edges
 
     frames, sensor, euroc = euroc_run
     topic = "/euroc/cam0/image_raw"
-    with running_node(campus_map, tmp_path / "node.log", "vlad_verify", (topic,), 13, mode="loop_closure",
+    with running_node(campus_map, tmp_path / "node.log", "vlad_verify", (topic,), mode="loop_closure",
                       verify=True, score_threshold=0.0, min_time_gap_s=30.0) as client:
         client.subscribe("edges", Float64MultiArray, "/vlad_verify/loop_closure_edges")
         info_pub = client.node.create_publisher(CameraInfo, "/euroc/cam0/camera_info", 5)
@@ -78,8 +62,8 @@ def test_node_publishes_the_verified_edge(euroc_run, campus_map, tmp_path):  # n
 
         def node_has_intrinsics() -> bool:  # a publisher's first messages can precede discovery
             info_pub.publish(info)
-            values = [parse_diagnostics(r.msg, "vlad_verify: loop closure") for r in client.get("diagnostics")]
-            return any(v and v.get(f"camera_info[{topic}]") == "yes" for v in values)
+            ready = node_report(client, "vlad_verify", lambda v: v.get(f"camera_info[{topic}]") == "yes", 0)
+            return ready is not None
 
         assert wait_for(node_has_intrinsics, 30, period=0.5)
         for stamp, _, rgb in frames:
@@ -95,16 +79,9 @@ def test_node_publishes_the_verified_edge(euroc_run, campus_map, tmp_path):  # n
     assert abs(edge["query_stamp"] - frames[1][0] * 1e-9) < 1e-6 and abs(edge["match_stamp"] - frames[0][0] * 1e-9) < 1e-6
 
     class Pose:  # what errors() reads
-        rotation = _rotation(edge["quaternion"])
+        rotation = rotation_matrix(edge["quaternion"])
         translation = edge["translation"]
 
     rotation, direction, _ = errors(Pose, ground_truth(euroc, 0, 1))
     assert rotation < MAX_ROTATION_DEG and direction < MAX_DIRECTION_DEG
     assert edge["covariance"].shape == (6, 6) and np.all(np.linalg.eigvalsh(edge["covariance"]) > 0)
-
-
-def _rotation(q):
-    x, y, z, w = q
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from euroc_fixtures import CHI2_6DOF_999, errors, ground_truth
 from vlad_localization.config import VerificationConfig
 from vlad_localization.images.io import load_rgb
 from vlad_localization.matching.matcher import PatchMatcher
@@ -31,37 +32,6 @@ MAX_DIRECTION_DEG = 10.0
 MAX_SCALE_ERROR = 0.08
 
 
-def ground_truth(euroc, query: int, match: int) -> np.ndarray:
-    """T_query_match (4x4) of the left cameras: world_T_body (:func:`vicon_poses`) times body_T_camera
-    (T_BS of sensorLeft.yaml)."""
-    body_T_cam = load_euroc_sensor(euroc / "sensorLeft.yaml").body_T_sensor
-    poses = {i: world_T_body @ body_T_cam for i, (_, world_T_body) in vicon_poses(euroc).items()}
-    return np.linalg.inv(poses[query]) @ poses[match]
-
-
-def vicon_poses(euroc) -> dict[int, tuple[int, np.ndarray]]:
-    """{image index: (EuRoC stamp ns, world_T_body 4x4)} of gt_poses_from_test.txt (w x y z quaternion order)."""
-    poses = {}
-    for line in (euroc / "gt_poses_from_test.txt").read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        fields = line.split()
-        qw, qx, qy, qz, x, y, z = map(float, fields[3:10])
-        norm = np.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
-        qw, qx, qy, qz = qw / norm, qx / norm, qy / norm, qz / norm
-        world_T_body = np.eye(4)
-        world_T_body[:3, :3] = [
-            [1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qz * qw), 2 * (qx * qz + qy * qw)],
-            [2 * (qx * qy + qz * qw), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qx * qw)],
-            [2 * (qx * qz - qy * qw), 2 * (qy * qz + qx * qw), 1 - 2 * (qx * qx + qy * qy)]]
-        world_T_body[:3, 3] = x, y, z
-        poses[int(fields[0][-1])] = (int(fields[2]), world_T_body)
-    return poses
-
-
-CHI2_6DOF_999 = 22.46  # 99.9 % quantile of chi-square with 6 degrees of freedom
-
-
 def mahalanobis_sq(pose, truth) -> float:
     """Squared Mahalanobis distance of the ground truth from the estimate under the pose's covariance
     (the documented perturbation: R_gt = exp([dr]x) R, t_gt = t + dt; a monocular t_gt as a unit vector)."""
@@ -69,14 +39,6 @@ def mahalanobis_sq(pose, truth) -> float:
     t_gt = truth[:3, 3] if pose.metric else truth[:3, 3] / np.linalg.norm(truth[:3, 3])
     delta = np.concatenate([t_gt - pose.translation, dr])
     return float(delta @ np.linalg.solve(pose.covariance, delta))
-
-
-def errors(pose, truth):
-    """(rotation error deg, translation direction error deg, |t| / |t_gt|)."""
-    rotation = np.degrees(np.linalg.norm(cv2.Rodrigues(pose.rotation.T @ truth[:3, :3])[0]))
-    t, t_gt = pose.translation, truth[:3, 3]
-    direction = np.degrees(np.arccos(np.clip(t @ t_gt / np.linalg.norm(t) / np.linalg.norm(t_gt), -1, 1)))
-    return float(rotation), float(direction), float(np.linalg.norm(t) / np.linalg.norm(t_gt))
 
 
 @pytest.fixture(scope="module")

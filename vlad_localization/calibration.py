@@ -62,8 +62,8 @@ def calibrate(records: Sequence[ev.QueryRecord], model: Mapping[str, float], pre
 
     if not 0 < precision <= 1:
         raise ValueError(f"--precision must be in (0, 1], got {precision}")
-    if refit:
-        model = fusion_fit.fit({"calibration": records})
+    if refit:  # the single-frame model; the sequence groups (fitted on runs) are kept
+        model = {**model, **fusion_fit.fit({"calibration": records})}
     rows = [row for row in acceptance_curve(records, model, lc, keyframes) if row[1] >= precision and row[2] > 0]
     threshold, got, recall = max(rows, key=lambda row: (row[2], -row[0])) if rows else (None, 1.0, 0.0)
     return Calibration(dict(model), threshold, got, recall, len(records), sum(bool(r.positives) for r in records),

@@ -42,6 +42,29 @@ FUSED_FEATURES = {
     "ransac_gap": "ransac minus the highest of the query's re-ranked candidates (<= 0)",
 }
 
+# While sequence scoring is on (``loop_closure.sequence_length`` > 0) the fused model has a fifth
+# and sixth input, the candidate's sequence similarity S and its gap, and a model of its own (the
+# frame's evidence weighs differently beside its sequence's): optional keys of
+# ``matching.fusion_model``, one group per kind of S (their scales differ), all of a group or none
+# (none: S is not used, the single-frame model scores). A group's keys are ``<kind>_bias``,
+# ``<kind>_<feature>`` for each of FUSED_FEATURES, ``<kind>_similarity`` and ``<kind>_gap``.
+SEQUENCE_FEATURES = {
+    "sequence_similarity": "sequence scoring's S of the candidate (vlad_localization.sequence)",
+    "sequence_gap": "sequence_similarity minus the highest of the query's re-ranked candidates (<= 0)",
+}
+SEQUENCE_KINDS = {
+    "sequence": "the mean similarity along the sequence (loop_closure.sequence_contrast_window 0)",
+    "contrast": "the mean contrast-enhanced similarity (loop_closure.sequence_contrast_window > 0)",
+}
+
+
+def sequence_keys(kind: str) -> list[str]:
+    """The ``matching.fusion_model`` keys of one :data:`SEQUENCE_KINDS` kind, in the order
+    ``bias``, FUSED_FEATURES, SEQUENCE_FEATURES."""
+    return [f"{kind}_{name}" for name in ("bias", *FUSED_FEATURES)] + \
+        [kind + name[len("sequence"):] for name in SEQUENCE_FEATURES]
+
+
 MODES = {
     "localize": "search the prebuilt map only (read-only)",
     "loop_closure": "search this run's own keyframes only (no map needed)",

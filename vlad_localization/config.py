@@ -31,7 +31,9 @@ from vlad_localization.choices import (
     MODES,
     RANSAC_BACKENDS,
     REFINEMENTS,
+    SEQUENCE_KINDS,
     names,
+    sequence_keys,
 )
 
 PRESETS = ("performance", "speed", "storage")
@@ -79,7 +81,7 @@ class MatchingConfig:
     matcher: str = "ransac"  # ransac | spatial (the official "spatialApproximator")
     patch_weights: list[float] = field(default_factory=lambda: [0.45, 0.15, 0.4])
     fusion: str = "absolute"  # absolute ([0, 1]) | reference (official z-scores) | fused (P(same place))
-    # fused: logistic coefficients {bias, global_similarity, spatial, ransac} (benchmarks/fit_fusion.py)
+    # fused: logistic coefficients (choices.FUSED_FEATURES + bias, optionally SEQUENCE_FEATURES; fusion_fit)
     fusion_model: dict[str, float] | None = None
     ransac_threshold_factor: float = 1.5  # reprojection threshold = stride * patch stride * this
     ransac_seed: int | None = 0  # seeds the batched RANSAC's draws (OpenCV 5's findHomography draws from a fixed seed)
@@ -99,9 +101,12 @@ class MatchingConfig:
         _one_of("matching.fusion", self.fusion, FUSIONS)
         if self.fusion_model is not None:
             expected = {"bias", *FUSED_FEATURES}
-            if set(self.fusion_model) != expected:
-                raise ConfigError(f"matching.fusion_model needs exactly the keys {sorted(expected)}, "
-                                  f"got {sorted(self.fusion_model)}")
+            keys = set(self.fusion_model)
+            groups = [set(sequence_keys(kind)) for kind in SEQUENCE_KINDS]
+            if not expected <= keys or any(0 < len(keys & g) < len(g) for g in groups) \
+                    or keys - expected - set().union(*groups):
+                raise ConfigError(f"matching.fusion_model needs exactly the keys {sorted(expected)}, optionally "
+                                  f"with all of {' or all of '.join(str(sorted(g)) for g in groups)}, got {sorted(keys)}")
             if not all(math.isfinite(v) for v in self.fusion_model.values()):
                 raise ConfigError(f"matching.fusion_model values must be finite, got {self.fusion_model}")
         elif self.fusion == "fused":

@@ -315,8 +315,8 @@ class LoopClosureDetector:
 
             def similarity(rows, cols, ids=ids, store=store):
                 unique, inverse = np.unique(ids[cols], return_inverse=True)
-                vectors = store.descriptors(unique)
-                return np.einsum("nd,nd->n", history[rows], vectors[inverse])
+                table = history @ store.descriptors(unique).T  # (frames, keyframes): one product, no gather
+                return table[rows, inverse.reshape(-1)]
 
             scores, speed = sequence_scores(similarity, np.array([pos for _, pos in members]), stamps, ages, speeds,
                                             usable, lc.sequence_contrast_window)

@@ -19,6 +19,10 @@ Two questions, two fits, all weights non-negative (more evidence never lowers th
    ``g = lambda * ranking direction - a`` (``lambda`` as small as keeps ``g >= 0``, then fitted on every
    candidate) so the ranking of step 1 is kept.
 
+While sequence scoring is on, a model of its own over the four scores (the three and the sequence
+similarity S) is fitted the same way on runs (:func:`fit_sequence`: each frame a query, its proposal
+the best-ranked candidate outside the time gap), one per kind of S (``choices.SEQUENCE_KINDS``).
+
 Each set weighs the same in every fit. ``benchmarks/fit_fusion.py`` runs this on the shared data
 sets; ``vlad-localization calibrate`` on a user's runs.
 """
@@ -30,11 +34,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from vlad_localization.choices import FUSED_FEATURES
+from vlad_localization.choices import FUSED_FEATURES, SEQUENCE_FEATURES, sequence_keys
 from vlad_localization.matching.fusion import descending_order, fused_scores, rank_weights
 
 FEATURES = list(FUSED_FEATURES)
 SCORES = ("global_similarity", "spatial", "ransac")  # the ranked scores; each has a ``*_gap`` twin
+SEQUENCE_SCORES = SCORES + ("sequence_similarity",)  # while sequence scoring is on
 ABSOLUTE = [FEATURES.index(name) for name in SCORES]
 GAP = [FEATURES.index(name.replace("_similarity", "") + "_gap") for name in SCORES]
 RANKING_L2 = 1.0  # chosen on the shared sets: 0.1 and weaker miss Gardens Point in-sample, 0.2 to 10 meet the target
@@ -126,9 +131,13 @@ def conditional_logit(groups, l2: float):
 def ranking_direction(per_set: Mapping[str, Sequence], l2: float = RANKING_L2) -> np.ndarray:
     """Non-negative weights of :data:`SCORES` that rank each query's true match first: McFadden's
     conditional logit over the query's re-ranked candidates (a ranking objective, not a per-pair one)."""
-    n = len(SCORES)
+    return _ranking_weights(query_groups(per_set), len(SCORES), l2)
+
+
+def _ranking_weights(groups, n: int, l2: float = RANKING_L2) -> np.ndarray:
+    """The non-negative minimiser of :func:`conditional_logit` over ``n`` scores (every face)."""
     faces = [np.eye(n)[:, list(c)] for k in range(1, n + 1) for c in itertools.combinations(range(n), k)]
-    return minimise_on_faces(conditional_logit(query_groups(per_set), l2), faces, np.arange(n))
+    return minimise_on_faces(conditional_logit(groups, l2), faces, np.arange(n))
 
 
 def logistic(a: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float):
@@ -183,19 +192,24 @@ def dominance_margin(tables, w: np.ndarray) -> float:
     return float(margin) if np.isfinite(margin) else 0.0
 
 
+def simplex_grid(dims: int, steps: int):
+    """Every non-negative weight vector of ``dims`` entries in multiples of 1/``steps`` summing to 1."""
+    for cut in itertools.combinations(range(steps + dims - 1), dims - 1):  # stars and bars
+        parts = np.diff(np.concatenate([[-1], cut, [steps + dims - 1]])) - 1
+        yield parts.astype(np.float64) / steps
+
+
 def acceptance_direction(tables, steps: int = GRID_STEPS) -> np.ndarray:
-    """Non-negative weights (summing to 1) of the proposal's :data:`SCORES` for acceptance: on the
-    simplex grid, those whose ordering of every table's proposals is no worse than any input alone
+    """Non-negative weights (summing to 1) of the proposal's scores for acceptance: on the simplex
+    grid, those whose ordering of every table's proposals is no worse than any input alone
     (:func:`dominance_margin` >= 0; else the largest margin), and among them the best mean AUC."""
     best_key, best = None, None
-    for i in range(steps + 1):
-        for j in range(steps + 1 - i):
-            w = np.array([i, j, steps - i - j], np.float64) / steps
-            margin = dominance_margin(tables, w)
-            auc = np.mean([acceptance_metrics(x @ w, y, n)[1] for x, y, n in tables if len(y)])
-            key = (min(margin, 0.0), auc)
-            if best_key is None or key > best_key:
-                best_key, best = key, w
+    for w in simplex_grid(tables[0][0].shape[1], steps):
+        margin = dominance_margin(tables, w)
+        auc = np.mean([acceptance_metrics(x @ w, y, n)[1] for x, y, n in tables if len(y)])
+        key = (min(margin, 0.0), auc)
+        if best_key is None or key > best_key:
+            best_key, best = key, w
     return best
 
 
@@ -211,16 +225,17 @@ def calibrate(tables, direction: np.ndarray, l2: float = CALIBRATION_L2) -> tupl
     return float(bias), float(scale)
 
 
-def ranking_scale(per_set, model_without_gaps: dict, direction: np.ndarray, minimum: float) -> float:
+def ranking_scale(heads, model_without_gaps: dict, direction: np.ndarray, minimum: float) -> float:
     """lambda >= ``minimum`` of ``a + g = lambda * direction``: the logistic loss of every re-ranked
-    candidate's fused probability (each set weighs the same), by a log-spaced search."""
-    tables = [[head_evidence(r) for r in records] for records in per_set.values()]
-    weights = equal_per_set([sum(len(y) for _, y in t) for t in tables])
+    candidate's fused probability (``heads``: per set, each query's (scores, same place); each set
+    weighs the same), by a log-spaced search."""
+    weights = equal_per_set([sum(len(y) for _, y in t) for t in heads])
+    y = np.concatenate([y for t in heads for _, y in t])
     best, best_loss = minimum, np.inf
     for lam in minimum * np.logspace(0, 2, 41):
         model = gap_model(model_without_gaps, direction, lam)
-        p = np.concatenate([fused_scores(*x.T, model) for t in tables for x, _ in t])
-        y = np.concatenate([y for t in tables for _, y in t])
+        p = np.concatenate([fused_scores(*x.T[:3], model, x[:, 3] if x.shape[1] > 3 else None)
+                            for t in heads for x, _ in t if len(x)])
         p = np.clip(p, 1e-12, 1 - 1e-12)
         loss = -np.sum(weights * (y * np.log(p) + (1 - y) * np.log(1 - p)))
         if loss < best_loss:
@@ -228,33 +243,94 @@ def ranking_scale(per_set, model_without_gaps: dict, direction: np.ndarray, mini
     return best
 
 
+def _gap(name: str) -> str:
+    return name.replace("_similarity", "") + "_gap"
+
+
 def gap_model(model: Mapping[str, float], direction: np.ndarray, lam: float) -> dict:
     """``model`` with each gap weight set so that absolute + gap = ``lam`` * ``direction``."""
     out = dict(model)
-    for k in range(len(SCORES)):
-        out[FEATURES[GAP[k]]] = max(0.0, lam * direction[k] - model[FEATURES[ABSOLUTE[k]]])
+    for k, name in enumerate(SEQUENCE_SCORES[:len(direction)]):
+        out[_gap(name)] = max(0.0, lam * direction[k] - model[name])
     return out
 
 
-def fit(per_set: Mapping[str, Sequence], extra_tables: Sequence = ()) -> dict:
-    """The fused model of the module doc from ``{set name: records}``; ``extra_tables``: further
-    (proposal scores, correct, queries with a match) tables acceptance must also order well (e.g.
-    the proposals of a run with sequence scoring, see ``benchmarks/loop_closure.py``)."""
-    direction = ranking_direction(per_set)
-    tables = [proposal_table(records, direction) for records in per_set.values()] + list(extra_tables)
-    accept = acceptance_direction(tables)
+def _fitted(groups, tables, heads, dims: int, steps: int) -> dict:
+    """The fused model over the first ``dims`` of :data:`SEQUENCE_SCORES` (3: a single frame, 4: with
+    the sequence similarity), from the ranking ``groups`` (:func:`query_groups`), the acceptance
+    ``tables`` (functions of the ranking weights giving (proposal scores, correct, queries with a
+    match)) and the candidates' ``heads`` (:func:`ranking_scale`): the steps of the module doc."""
+    names = SEQUENCE_SCORES[:dims]
+    direction = _ranking_weights(groups, dims)
+    tables = [table(direction) for table in tables]
+    accept = acceptance_direction(tables, steps)
     bias, scale = calibrate(tables, accept)
     absolute = scale * accept
-    model = {"bias": bias, **{FEATURES[ABSOLUTE[k]]: float(absolute[k]) for k in range(len(SCORES))},
-             **{FEATURES[GAP[k]]: 0.0 for k in range(len(SCORES))}}
+    model = {"bias": bias, **{name: float(absolute[k]) for k, name in enumerate(names)},
+             **{_gap(name): 0.0 for name in names}}
     positive = direction > 0
     minimum = float(np.max(absolute[positive] / direction[positive])) if positive.any() else 1.0
     if np.any(absolute[~positive] > 0):  # a score acceptance uses but the ranking does not: rank by it a little
         direction = np.where(positive, direction, 1e-6)
         minimum = float(np.max(absolute / direction))
-    lam = ranking_scale(per_set, model, direction, max(minimum, 1e-6))
-    model = gap_model(model, direction, lam)
+    lam = ranking_scale(heads, model, direction, max(minimum, 1e-6))
+    return gap_model(model, direction, lam)
+
+
+def fit(per_set: Mapping[str, Sequence], extra_tables: Sequence = ()) -> dict:
+    """The fused model of the module doc from ``{set name: records}``; ``extra_tables``: further
+    (proposal scores, correct, queries with a match) tables acceptance must also order well (e.g.
+    the single-frame proposals of a run, see ``benchmarks/loop_closure.py``)."""
+    tables = [lambda d, records=records: proposal_table(records, d) for records in per_set.values()]
+    tables += [lambda d, t=t: t for t in extra_tables]
+    heads = [[head_evidence(r) for r in records] for records in per_set.values()]
+    model = _fitted(query_groups(per_set), tables, heads, len(SCORES), GRID_STEPS)
     return {name: round(float(model[name]), 4) for name in ("bias", *FEATURES)}
+
+
+# ----------------------------------------------------------------------------- sequence evidence
+SEQUENCE_GRID_STEPS = 20  # the 4-score acceptance direction is searched in steps of 1/20
+
+
+def run_evidence(frames, min_time_gap_s: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per frame of a run with sequence scoring (:class:`~vlad_localization.evaluation.FrameProposals`):
+    (the :data:`SEQUENCE_SCORES` (n, 4) of its re-ranked candidates outside the time gap, whether each
+    shows the frame's place (n,))."""
+    from vlad_localization.images.frames import NS_PER_S
+
+    out = []
+    for f in frames:
+        head = [c for c in f.candidates if c.evidence and c.stamp_ns is not None
+                and abs(f.stamp_ns - c.stamp_ns) >= min_time_gap_s * NS_PER_S]
+        x = np.array([[c.global_similarity, c.evidence["spatial"], c.evidence["ransac"], c.sequence_similarity]
+                      for c in head], np.float64).reshape(-1, 4)
+        out.append((x, np.array([(c.source, c.map_id) in f.positives for c in head], bool)))
+    return out
+
+
+def _run_proposals(evidence, num_positive: int, ranking: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`proposal_table` of a run's frames (:func:`run_evidence`) ranked by ``ranking``."""
+    best = [(x, y, int(descending_order(x @ ranking)[0])) for x, y in evidence if len(x)]
+    return (np.array([x[i] for x, _, i in best], np.float64).reshape(-1, len(ranking)),
+            np.array([y[i] for _, y, i in best], bool), num_positive)
+
+
+def fit_sequence(model: Mapping[str, float], runs: Sequence, min_time_gap_s: float, kind: str = "sequence") -> dict:
+    """``model`` with the group of fused-model keys of one kind of sequence similarity
+    (``kind``: :data:`~vlad_localization.choices.SEQUENCE_KINDS`) fitted on ``runs``: lists of
+    :class:`~vlad_localization.evaluation.FrameProposals` of runs scored with it, each run weighing
+    the same. The model over the four scores (global similarity, spatial, RANSAC, sequence
+    similarity) is fitted as the single-frame one (:func:`fit`): ranking each frame's true match
+    first, acceptance no worse than each input alone on every run, calibration, gaps."""
+    evidence = [run_evidence(frames, min_time_gap_s) for frames in runs]
+    positives = [sum(bool(f.positives) for f in frames) for frames in runs]
+    per_query = [[(x, y) for x, y in ev if y.any() and not y.all()] for ev in evidence]
+    weights = equal_per_set([len(rows) for rows in per_query])
+    groups = [(x, y, w) for (x, y), w in zip([row for rows in per_query for row in rows], weights)]
+    tables = [lambda d, ev=ev, n=n: _run_proposals(ev, n, d) for ev, n in zip(evidence, positives)]
+    fitted = _fitted(groups, tables, evidence, len(SEQUENCE_SCORES), SEQUENCE_GRID_STEPS)
+    plain = ("bias", *FEATURES, *SEQUENCE_FEATURES)
+    return {**model, **{key: round(float(fitted[name]), 4) for name, key in zip(plain, sequence_keys(kind))}}
 
 
 def threshold_at_precision(per_set: Mapping[str, Sequence], model: Mapping[str, float], precision: float
@@ -273,5 +349,5 @@ def threshold_at_precision(per_set: Mapping[str, Sequence], model: Mapping[str, 
 
 
 __all__ = ["ABSOLUTE", "FEATURES", "GAP", "SCORES", "acceptance_direction", "calibrate", "conditional_logit",
-           "dominance_margin", "fit", "head_evidence", "proposal_table", "query_groups", "rank_weights",
+           "dominance_margin", "fit", "fit_sequence", "head_evidence", "run_evidence", "proposal_table", "query_groups", "rank_weights",
            "ranking_direction", "threshold_at_precision"]

@@ -70,8 +70,8 @@ class Candidate:
 
     @property
     def ranking_similarity(self) -> float:
-        """The global evidence the candidate is ranked and fused with: its sequence similarity when
-        sequence scoring computed one, else its global similarity."""
+        """What the search's candidates are ordered by before re-ranking: the sequence similarity when
+        sequence scoring computed one, else the global similarity."""
         return self.global_similarity if math.isnan(self.sequence_similarity) else self.sequence_similarity
 
     @property
@@ -281,7 +281,10 @@ class Localizer:
         stored = _patches_of(stores, cands)
         cand_patches = {p: torch.from_numpy(a.astype(np.float32)).to(device) for p, a in stored.items()}
         query_patches = {p: t[0].float() for p, t in desc.patches.items()}
-        return matcher.score(query_patches, cand_patches, np.array([c.ranking_similarity for c in cands]))
+        sequence = np.array([c.sequence_similarity for c in cands])
+        return matcher.score(query_patches, cand_patches, np.array([c.global_similarity for c in cands]),
+                             sequence if np.isfinite(sequence).all() else None,
+                             self.config.loop_closure.sequence_contrast_window > 0)
 
     def _matcher_for(self, db: MapDatabase):
         from vlad_localization.matching.matcher import PatchMatcher

@@ -328,7 +328,7 @@ class LiveMap:
         """(ids, similarities) of one query (D,) with every keyframe :meth:`search` could return."""
         q = np.asarray(query, np.float32).reshape(1, -1)
         g, ids, allowed = self._searchable(q, max_stamp_ns, max_travel_m)
-        return ids[allowed], g[allowed] @ q[0]
+        return ids[allowed], (g @ q[0])[allowed]  # the product first: no copy of the rows
 
     def _searchable(self, q: np.ndarray, max_stamp_ns, max_travel_m):
         """(global rows, their ids, which pass the limits) of a consistent snapshot."""

@@ -31,6 +31,7 @@ from vlad_localization.matching.fusion import (
     fused_scores,
     normalised_weights,
     reference_order,
+    sequence_model,
 )
 from vlad_localization.matching.keypoints import patch_keypoints
 from vlad_localization.matching.mutual import mutual_nearest_neighbours
@@ -179,9 +180,12 @@ class PatchMatcher:
             out[size] = t
         return out
 
-    def score(self, query: dict, candidates: dict, global_similarity=None) -> MatchResult:
+    def score(self, query: dict, candidates: dict, global_similarity=None, sequence_similarity=None,
+              contrast: bool = False) -> MatchResult:
         """Score K candidates: ``query`` {P: (Pq, D)}, ``candidates`` {P: (K, Pc, D)};
-        ``global_similarity`` (K,): the candidates' global similarities (needed by ``fused``)."""
+        ``global_similarity`` (K,): the candidates' global similarities (needed by ``fused``);
+        ``sequence_similarity`` (K,): their sequence similarities while sequence scoring is on
+        (``contrast``: contrast-enhanced, :func:`~vlad_localization.matching.fusion.sequence_model`)."""
         query = self._checked("query", query, batched=False)
         candidates = self._checked("candidate", candidates, batched=True)
         num_cand = {int(t.shape[0]) for t in candidates.values()}
@@ -215,7 +219,9 @@ class PatchMatcher:
             if global_similarity is None or np.shape(global_similarity) != (num_cand,):
                 raise ValueError(f"fusion fused needs the {num_cand} candidates' global similarities")
             evidence = {self.cfg.matcher: fused, other: absolute_fusion(other_size, self.cfg.patch_weights)}
-            probability = fused_scores(global_similarity, evidence["spatial"], evidence["ransac"], self.cfg.fusion_model)
+            model = self.cfg.fusion_model if sequence_similarity is None else sequence_model(self.cfg.fusion_model, contrast)
+            probability = fused_scores(global_similarity, evidence["spatial"], evidence["ransac"], model,
+                                       sequence_similarity)
             order = descending_order(probability)
         elif self.cfg.fusion == "reference":
             order = reference_order(raw, self.cfg.patch_weights)

@@ -103,7 +103,7 @@ PARAMETERS: tuple[Param, ...] = (
           choices=tuple(MATCHERS), config="matching.matcher", keep=""),
     Param("score_threshold", -1.0,
           "Minimum candidate score in [0, 1] (fused P(same place) when computed, else the patch score) for a "
-          "~/loop_closure (-1 = the preset's loop_closure.score_threshold, 0.931 in the shipped presets).",
+          "~/loop_closure (-1 = the preset's loop_closure.score_threshold, 0.744 in the shipped presets).",
           config="loop_closure.score_threshold", keep=-1.0),
     Param("min_time_gap_s", _LC.min_time_gap_s,
           "Loop closures and the run's own search skip keyframes less than this many s before the frame.",
