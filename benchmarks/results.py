@@ -114,14 +114,27 @@ def _generic_tables(output: dict) -> list[str]:
 
 
 def _train_tables(output: dict) -> list[str]:
-    """benchmarks/train.py: recall@1 before and after training, calibrate, and the epochs."""
+    """benchmarks/train.py: recall@1 before and after training, calibrate, the epochs (and a sweep)."""
     sets = {k: v for k, v in output.items() if isinstance(v, dict) and "global" in v.get("before", {})}
-    out = ["Recall@1 before and after training:", ""]
-    out += _table(["set", "global before", "global after", "fused before", "fused after"],
-                  [[k, v["before"]["global"], v["after"]["global"], v["before"]["fused"], v["after"]["fused"]]
-                   for k, v in sets.items()])
+    out = ["Recall@1 before and after training (fused: the preset's fused model; calibrated: each "
+           "checkpoint's fused model refitted on the validation places):", ""]
+    out += _table(["set", "global before", "global after", "fused before", "fused after", "fused calibrated before",
+                   "fused calibrated after"],
+                  [[k, v["before"]["global"], v["after"]["global"], v["before"]["fused"], v["after"]["fused"],
+                    v["before"].get("fused_calibrated"), v["after"].get("fused_calibrated")] for k, v in sets.items()])
     cal = output.get("calibrate")
-    if cal:
+    if cal and "validation" in cal:
+        val, test = cal["validation"], cal.get("test")
+        line = (f"train's calibration at precision {cal['precision_target']} on its {val['n_queries']} validation "
+                f"frames: ")
+        if val.get("score_threshold") is None:
+            line += "no threshold reaches it."
+        else:
+            line += (f"threshold {val['score_threshold']:.3f}, precision {val['precision']:.3g}, recall "
+                     f"{val['recall']:.3g} there; on the {test['n_queries']} unseen places precision "
+                     f"{test['precision']:.3g}, recall {test['recall']:.3g}.")
+        out += ["", line]
+    elif cal:
         out += ["", f"calibrate at precision {cal['precision_target']}: threshold {cal['threshold']:.3f}; "
                 f"on its own queries precision {cal['calibration_half']['precision']:.3g}, recall "
                 f"{cal['calibration_half']['recall']:.3g}; on the held-out half precision "
@@ -132,6 +145,8 @@ def _train_tables(output: dict) -> list[str]:
         out += _table(["epoch", "train loss", "val loss", "R@1", "R@5", "R@10", "seconds"],
                       [[e["epoch"], e["train_loss"], e["loss"], e["recall"]["1"], e["recall"]["5"], e["recall"]["10"],
                         round(e["seconds"])] for e in epochs])
+    if output.get("sweep"):
+        out += ["", "Variants tried (short runs, same baseline and test places):", ""] + _rows_of(output["sweep"])
     return out
 
 

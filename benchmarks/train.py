@@ -8,8 +8,12 @@ image is its file name, at synthetic positions 10 m apart along the route (place
 2. train from it on the first 60 % of the route (every ``--train-step``-th place, both runs; frozen
    backbone, CPU), 10 % of those places held out for validation;
 3. evaluate both checkpoints on the last 40 % (every 10th place, as fit_fusion: summer map, winter
-   queries, same name = same place) with the ``evaluate`` pass: global and fused recall@1;
-4. no loss elsewhere: both checkpoints on Campus loop and Gardens Point (fit_fusion's sets).
+   queries, same name = same place) with the ``evaluate`` pass: global and fused recall@1 (fused: with
+   the preset's fused model, and with each checkpoint's own calibration on the validation places:
+   ``train``'s at its end, the baseline's calibrated the same way);
+4. ``train``'s calibration (threshold for ``--precision`` on the validation places) applied to the
+   test places: the precision and recall it gives there;
+5. no loss elsewhere: both checkpoints on Campus loop and Gardens Point (fit_fusion's sets).
 
 Prints one JSON object (recall before/after, ratio, training wall time, the training report).
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import shutil
 import json
 import os
 import platform
@@ -78,25 +83,45 @@ def evaluate(checkpoint: Path, ref, query, truth, hw, work: Path, ff, records_ou
     return {name: round(ev.recall_at(records, name, model, ks=(1,))["1"], 4) for name in ("global", "fused")}
 
 
-def calibration_check(records, model, precision: float = 0.99) -> dict:
-    """``calibrate``'s threshold chosen on the first half of the unseen places, applied to the second."""
-    from vlad_localization.calibration import acceptance_curve, at_threshold, calibrate
+def calibration_check(calibration: dict, records, lc) -> dict:
+    """``train``'s calibration on its validation places (threshold and refitted fused model) applied to
+    the unseen test places: the precision and recall it gives there."""
+    from vlad_localization.calibration import acceptance_curve, at_threshold
 
-    half = len(records) // 2
-    chosen = calibrate(records[:half], model, precision)
-    out = {"precision_target": precision, "threshold": chosen.score_threshold, "fusion_model": chosen.fusion_model,
-           "calibration_half": {"precision": chosen.precision, "recall": chosen.recall, "n_queries": half}}
-    if chosen.score_threshold is not None:
-        p, r = at_threshold(acceptance_curve(records[half:], chosen.fusion_model), chosen.score_threshold)
-        out["test_half"] = {"precision": round(p, 4), "recall": round(r, 4), "n_queries": len(records) - half}
+    out = {"validation": {k: calibration.get(k) for k in ("precision", "recall", "n_queries", "n_queries_with_match",
+                                                          "score_threshold", "fusion_model")},
+           "precision_target": calibration.get("precision_target")}
+    if calibration.get("score_threshold") is not None:
+        p, r = at_threshold(acceptance_curve(records, calibration["fusion_model"], lc), calibration["score_threshold"])
+        out["test"] = {"precision": round(p, 4), "recall": round(r, 4), "n_queries": len(records)}
     return out
 
 
+def write_set_config(cfg, path: Path) -> Path:
+    """The benchmark's config as a YAML (``base: speed`` + its model and localizer values), the base
+    of the config ``train`` writes."""
+    import yaml
+
+    model = {k: getattr(cfg.model, k) for k in ("num_clusters", "num_pcs", "image_height", "image_width", "device")}
+    data = {"base": "speed", "model": model, "localizer": {"rerank_k": cfg.localizer.rerank_k,
+                                                            "top_k": cfg.localizer.top_k}}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def main() -> None:
+    from vlad_localization.training import TrainOptions
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--train-step", type=int, default=2, help="every Nth place of the training part")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=TrainOptions.lr)
+    parser.add_argument("--margin", type=float, default=TrainOptions.margin)
+    parser.add_argument("--negatives", type=int, default=TrainOptions.num_negatives)
+    parser.add_argument("--num-pcs", type=int, help="WPCA dimension written (default: the baseline's)")
+    parser.add_argument("--precision", type=float, default=0.99, help="train's calibration target")
+    parser.add_argument("--baseline", type=Path,
+                        help="an init-model checkpoint this script built before (copied to --work; no init-model)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/vlad_train_bench"))
     parser.add_argument("--sets", nargs="*", default=["gardenspoint_10", "campus_loop_72"])
     parser.add_argument("--reuse", action="store_true",
@@ -104,8 +129,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from vlad_localization import evaluation as ev
+    from vlad_localization.calibration import CalibrationRequest, calibrate_runs
     from vlad_localization.model.init_model import build_offtheshelf_checkpoint
-    from vlad_localization.training import PlaceCriteria, TrainOptions, train
+    from vlad_localization.training import PlaceCriteria, TrainingFrames, split_by_place, train
 
     ff = _fit_fusion()
     n = len(list((NORDLAND / "summer").iterdir()))
@@ -114,21 +140,29 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     base, trained = args.work / "baseline.pth.tar", args.work / "trained.pth.tar"
     init_s = train_s = None
-    if not (args.reuse and base.is_file()):
+    if args.baseline:
+        shutil.copyfile(args.baseline, base)
+    elif not (args.reuse and base.is_file()):
         t0 = time.perf_counter()
         build_offtheshelf_checkpoint(WEIGHTS, [Path(f.source) for f in runs[0].frames], base, num_clusters=16,
                                      num_pcs=128, patch_sizes=(5,), strides=(1,), image_size=HW, device="cpu", seed=0,
                                      max_pca_samples=5000, kmeans_iterations=25, progress=False)
         init_s = round(time.perf_counter() - t0, 1)
     cfg = ff.set_config(HW)
+    options = TrainOptions(epochs=args.epochs, lr=args.lr, margin=args.margin, num_negatives=args.negatives,
+                           num_pcs=args.num_pcs, val_fraction=0.1)
+    request = CalibrationRequest(cfg, str(write_set_config(cfg, args.work / "set_config.yaml")), args.precision)
     if args.reuse and trained.is_file():
         report = json.loads((args.work / "trained.pth.tar.train" / "report.json").read_text())
     else:
         t0 = time.perf_counter()
-        report = train(base, runs, trained, cfg.model, PlaceCriteria(),
-                       TrainOptions(epochs=args.epochs, lr=args.lr, val_fraction=0.1), device="cpu", progress=False,
-                       echo=lambda line: print(line, file=sys.stderr))
+        report = train(base, runs, trained, cfg.model, PlaceCriteria(), options, device="cpu", progress=False,
+                       echo=lambda line: print(line, file=sys.stderr), calibration=request)
         train_s = round(time.perf_counter() - t0, 1)
+    # the baseline calibrated as train calibrates (same validation frames): its own refitted fused model
+    data = TrainingFrames.from_runs(runs)
+    _, val = split_by_place(data, options.val_fraction, 2 * PlaceCriteria().negative_m, options.seed)
+    base_cal = calibrate_runs(base, data.subset(val), PlaceCriteria(), request, "cpu", progress=False, work=args.work)
 
     test = [names[i] for i in range(cut, n, 10)]
     ref, query = [NORDLAND / "summer" / m for m in test], [NORDLAND / "winter" / m for m in test]
@@ -138,10 +172,21 @@ def main() -> None:
     for label, ckpt in (("before", base), ("after", trained)):
         result["nordland_unseen"][label] = evaluate(ckpt, ref, query, truth, HW, args.work / f"nordland_{label}", ff,
                                                     records[label])
-    result["calibrate"] = calibration_check(records["after"], cfg.matching.fusion_model)
+    calibration = {**report.get("calibration", {}), "precision_target": args.precision}
+    result["calibrate"] = calibration_check(calibration, records["after"], cfg.loop_closure)
+    unseen = result["nordland_unseen"]
     for k in ("global", "fused"):
-        b, a = result["nordland_unseen"]["before"][k], result["nordland_unseen"]["after"][k]
-        result["nordland_unseen"][f"{k}_ratio"] = round(a / b, 3) if b else None
+        b, a = unseen["before"][k], unseen["after"][k]
+        unseen[f"{k}_ratio"] = round(a / b, 3) if b else None
+    # with the fused model each checkpoint's calibration refitted on the validation places (the config
+    # train writes; the baseline calibrated the same way)
+    unseen["before"]["fused_calibrated"] = round(ev.recall_at(records["before"], "fused", base_cal.fusion_model,
+                                                              ks=(1,))["1"], 4)
+    if calibration.get("fusion_model"):
+        unseen["after"]["fused_calibrated"] = round(ev.recall_at(records["after"], "fused", calibration["fusion_model"],
+                                                                 ks=(1,))["1"], 4)
+        b = unseen["before"]["fused_calibrated"]
+        unseen["fused_calibrated_ratio"] = round(unseen["after"]["fused_calibrated"] / b, 3) if b else None
     for name in args.sets:
         ref, query, truth, hw = ff.dataset(name)
         result[name] = {label: evaluate(ckpt, ref, query, truth, hw, args.work / f"{name}_{label}", ff)
@@ -150,6 +195,9 @@ def main() -> None:
         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine=f"{platform.machine()}, {os.cpu_count()} CPUs "
         "(shared with other jobs)", device="cpu", train_places=len(runs[0].frames), train_frames=2 * len(runs[0].frames),
         epochs=len(report["epochs"]), init_model_s=init_s, train_wall_s=train_s,
+        options={k: v for k, v in report.get("options", {}).items() if k in ("lr", "margin", "num_negatives",
+                                                                             "num_pcs", "epochs", "batch_size")},
+        baseline=str(args.baseline) if args.baseline else "built by this run",
         training={k: report[k] for k in ("before", "after", "best_epoch", "epochs", "n_train_queries", "n_val_queries")},
     )
     print(json.dumps(result, indent=1))

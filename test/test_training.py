@@ -261,3 +261,112 @@ def test_train_layers_conv5_trains_the_last_block_only(small, datasets_dir, devi
     base, trained = read_checkpoint(small["base"]).backbone_state, read_checkpoint(out).backbone_state
     torch.testing.assert_close(trained["21.weight"], base["21.weight"], rtol=0, atol=0)  # conv4_3
     assert not torch.equal(trained["28.weight"], base["28.weight"])  # conv5_3
+
+
+# ------------------------------------------------------------------------------------------ calibrate from runs
+def _posed_runs(tmp_path: Path, datasets_dir: Path, places, stamps: bool) -> dict[str, tuple[Path, Path]]:
+    """Summer and winter folders of Nordland ``places`` with poses CSVs (place i at x = 10 i m; with
+    ``stamps`` frame i is stamped i s, else the CSV has none and frames are 1 s apart)."""
+    names = [p.name for p in list_images(datasets_dir / "nordland_64x32" / "summer")]
+    out = {}
+    for season in ("summer", "winter"):
+        folder = tmp_path / season
+        folder.mkdir()
+        rows = ["file,stamp,x,y" if stamps else "file,x,y"]
+        for i in places:
+            (folder / names[i]).symlink_to(datasets_dir / "nordland_64x32" / season / names[i])
+            rows.append(f"{names[i]},{i},{10 * i},0" if stamps else f"{names[i]},{10 * i},0")
+        (tmp_path / f"{season}.csv").write_text("\n".join(rows) + "\n")
+        out[season] = (folder, tmp_path / f"{season}.csv")
+    return out
+
+
+def _precision_recall_at(checkpoint, config_yaml: Path, data: TrainingFrames, criteria: PlaceCriteria):
+    """(precision, recall) of the config's threshold and fused model on ``data``'s frames (a fresh pass)."""
+    from vlad_localization import evaluation as ev
+    from vlad_localization.calibration import acceptance_curve, at_threshold, run_records
+    from vlad_localization.config import load_config
+
+    cfg = ev.evaluation_config(load_config(str(config_yaml)))
+    records, keyframes = run_records(checkpoint, data, cfg, criteria, "cpu", progress=False)
+    curve = acceptance_curve(records, cfg.matching.fusion_model, cfg.loop_closure, keyframes)
+    return at_threshold(curve, cfg.loop_closure.score_threshold), records
+
+
+def test_calibrate_from_a_map_and_a_run_with_poses(small, datasets_dir, tmp_path, capsys):
+    """calibrate --map (built with poses) --images --poses: ground truth from positions (--positive-m),
+    each frame's own run within --min-gap-s left out; the written config reproduces what it printed."""
+    from vlad_localization.cli.main import main
+    from vlad_localization.training import folder_run, map_run
+
+    runs = _posed_runs(tmp_path, datasets_dir, range(0, 1200, 48), stamps=False)  # 25 places, 480 m apart
+    common = ["--checkpoint", str(small["base"]), "--config", str(small["config"]), "--no-progress"]
+    assert main(["build-map", *common, "--images", str(runs["summer"][0]), "--poses", str(runs["summer"][1]),
+                 "--out", str(tmp_path / "map")]) == 0
+    capsys.readouterr()
+    assert main(["calibrate", *common, "--map", str(tmp_path / "map"), "--images", str(runs["winter"][0]),
+                 "--poses", str(runs["winter"][1]), "--positive-m", "10", "--precision", "0.75",
+                 "--out", str(tmp_path / "cal.yaml"), "--json", str(tmp_path / "cal.json")]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((tmp_path / "cal.json").read_text())
+    assert f"precision {result['precision']:.4f}, recall {result['recall']:.4f} on 50 queries (50 with" in printed
+    assert result["precision"] >= 0.75 and result["recall"] > 0
+    data = TrainingFrames.from_runs([map_run(tmp_path / "map"), folder_run(*runs["winter"])])
+    (precision, recall), records = _precision_recall_at(small["base"], tmp_path / "cal.yaml", data,
+                                                        PlaceCriteria(positive_m=10.0))
+    assert (precision, recall) == (result["precision"], result["recall"])
+    for i, record in enumerate(records):  # the map is frames 0..24, the winter run 25..49, 1 s apart
+        other = 25 * (i < 25)
+        assert record.positives == {other + i % 25}  # the same place in the other run, 480 m from the rest
+        assert len(record.map_ids) == 20 and all(other <= m < other + 25 for m in record.map_ids)
+
+
+def test_calibrate_on_one_run_that_revisits(small, datasets_dir):
+    """One run: 12 summer places at 0..11 s, then the same places in winter at 100..111 s; a frame's
+    positive is its revisit (not itself, not its neighbours of the same pass: < min_gap_s)."""
+    from vlad_localization.calibration import run_records
+    from vlad_localization.config import load_config
+    from vlad_localization import evaluation as ev
+
+    seasons = nordland_runs(datasets_dir, range(0, 1200, 100))
+    frames = [Frame((t + 100 * k) * NS_PER_S, f.frame_id, f.source, f.pose, loader=f.loader)
+              for k, run in enumerate(seasons) for t, f in enumerate(run.frames)]
+    data = TrainingFrames.from_runs([Run("loop", frames)])
+    cfg = ev.evaluation_config(load_config(str(small["config"])))
+    records, _ = run_records(small["base"], data, cfg, PlaceCriteria(positive_m=10.0, min_gap_s=30.0), "cpu",
+                             progress=False)
+    assert len(records) == 24
+    for i, record in enumerate(records):
+        other = 12 * (i < 12)
+        assert record.positives == {other + i % 12}
+        assert sorted(record.map_ids) == list(range(other, other + 12))  # the same pass is left out
+
+
+def test_train_calibrates_on_its_validation_places(small, datasets_dir, tmp_path, capsys):
+    """train (CLI, runs as folders with poses) writes OUT.yaml beside the checkpoint and prints the recall
+    it keeps; the config reproduces that precision and recall on the validation frames; --no-calibrate
+    writes none."""
+    from vlad_localization.cli.main import main
+    from vlad_localization.training import folder_run, split_by_place
+
+    runs = _posed_runs(tmp_path, datasets_dir, range(0, 1200, 30), stamps=True)
+    out = tmp_path / "trained.pth.tar"
+    cmd = ["train", "--checkpoint", str(small["base"]), "--config", str(small["config"]), "--out", str(out),
+           "--epochs", "1", "--batch-size", "8", "--val-fraction", "0.5", "--precision", "0.5", "--no-progress",
+           "--images", str(runs["summer"][0]), "--poses", str(runs["summer"][1]),
+           "--images", str(runs["winter"][0]), "--poses", str(runs["winter"][1])]
+    assert main(cmd) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "trained.pth.tar.train" / "report.json").read_text())
+    cal = report["calibration"]
+    assert cal["config"] == str(tmp_path / "trained.yaml") and cal["n_queries"] == report["n_val_frames"] == 40
+    assert (f"calibrated on the validation places: loop_closure.score_threshold {cal['score_threshold']}: precision "
+            f"{cal['precision']:.4f}, recall {cal['recall']:.4f}") in printed
+    assert cal["precision"] >= 0.5 and cal["recall"] > 0
+    data = TrainingFrames.from_runs([folder_run(*runs["summer"]), folder_run(*runs["winter"])])
+    _, val = split_by_place(data, 0.5, 50.0, 0)
+    (precision, recall), _ = _precision_recall_at(out, tmp_path / "trained.yaml", data.subset(val), PlaceCriteria())
+    assert (precision, recall) == (cal["precision"], cal["recall"])
+    (tmp_path / "trained.yaml").unlink()
+    assert main(cmd + ["--resume", "--no-calibrate"]) == 0  # nothing left to train: refit and write only
+    assert not (tmp_path / "trained.yaml").exists() and "calibrated on" not in capsys.readouterr().out

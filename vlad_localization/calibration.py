@@ -5,13 +5,19 @@ ground truth) it refits the fused score's coefficients (:mod:`vlad_localization.
 ``loop_closure.score_threshold``: the lowest threshold on the fused top-1 score whose accepted
 proposals reach the stated precision (so the most recall at that precision), and writes both as a
 config YAML on top of the preset.
+
+The records come from a map and query images with ground truth (``evaluate``'s pass), or from runs
+with poses (:func:`run_records`: the readers and place pairs of :mod:`vlad_localization.training`;
+what ``train`` calibrates on at its end, its validation places).
 """
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import yaml
 
 from vlad_localization import evaluation as ev
@@ -80,3 +86,91 @@ def config_yaml(config: str, calibration: Calibration, note: str, lc=None) -> st
     if lc is not None:
         closure.update({key: getattr(lc, key) for key in CONSISTENCY_KEYS})
     return f"# {note}\n" + yaml.safe_dump(data, sort_keys=False)
+
+
+@dataclass(frozen=True)
+class CalibrationRequest:
+    """How ``train`` calibrates its checkpoint at its end: the full ``config`` (its evaluation
+    config is derived), the ``base`` the YAML is written on (``--config``: a preset name or a YAML
+    path), the precision to reach and whether the fused model is refitted."""
+
+    config: object
+    base: str
+    precision: float = 0.99
+    refit: bool = True
+
+
+def calibrate_runs(checkpoint: str | Path, data, criteria, request: CalibrationRequest, device: str | None = None,
+                   progress: bool = True, work: str | Path | None = None) -> Calibration:
+    """:func:`calibrate` on the records of runs with poses (:func:`run_records`)."""
+    config = ev.evaluation_config(request.config)
+    records, keyframes = run_records(checkpoint, data, config, criteria, device, progress, work)
+    return calibrate(records, config.matching.fusion_model, request.precision, config.loop_closure, keyframes,
+                     request.refit)
+
+
+def run_records(checkpoint: str | Path, data, config, criteria, device: str | None = None, progress: bool = True,
+                work: str | Path | None = None) -> tuple[list[ev.QueryRecord], list]:
+    """(records, map keyframes) of one evaluate pass over runs with poses (``data``: a
+    :class:`~vlad_localization.training.TrainingFrames`): every frame is a query against a map of all
+    of them (built in a temporary folder under ``work``), leaving out itself and the frames of its run
+    closer in time than ``criteria.min_gap_s`` (:func:`~vlad_localization.training.mining.trivially_similar`,
+    as the node's time gap); its true matches are its positives
+    (:func:`~vlad_localization.training.place_pairs`: within ``positive_m``, and ``positive_deg``).
+    A frame with none is kept: accepting its top-1 is a false closure. ``config`` is the evaluation
+    config (:func:`vlad_localization.evaluation.evaluation_config`)."""
+    from vlad_localization.config import apply_overrides
+    from vlad_localization.mapdb import MapDatabase, build_map
+    from vlad_localization.model.encoder import Encoder
+    from vlad_localization.pipeline import Localizer
+    from vlad_localization.training import TrainingDataError, place_pairs
+    from vlad_localization.training.mining import trivially_similar
+
+    pairs = place_pairs(data, criteria)
+    if not len(pairs.queries):
+        raise TrainingDataError("no two frames show the same place (within --positive-m, of different runs or "
+                                f"more than --min-gap-s {criteria.min_gap_s:g} s apart): give revisits")
+    every_frame = {"map.min_time_gap_s": 0.0, "map.min_distance_m": 0.0, "map.min_descriptor_change": 0.0,
+                   "map.store_views": False, "map.store_thumbnails": False, "map.index": "Flat"}
+    config = apply_overrides(config, every_frame, where="calibrate")
+    encoder = Encoder.from_checkpoint(checkpoint, config.model, device)
+    if work is not None:
+        Path(work).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="calibration_map_", dir=work) as tmp:
+        try:
+            built = build_map(Path(tmp) / "map", data.frames, encoder, config, progress=progress, total=len(data))
+            if built.keyframes != len(data):
+                raise TrainingDataError(f"only {built.keyframes} of {len(data)} frames could be read "
+                                        f"({built.skipped}): fix or remove the unreadable images")
+            exclude = [np.flatnonzero(trivially_similar(data, i, criteria.min_gap_s)) for i in range(len(data))]
+            with MapDatabase.open(Path(tmp) / "map", identity=encoder.identity()) as db:
+                records = ev.evaluate_queries(Localizer(encoder, db, config), data.frames,
+                                              [set(p.tolist()) for p in pairs.positives], progress, exclude)
+                keyframes = db.keyframes(list(range(db.size)))
+        finally:
+            encoder.release()
+    return records, keyframes
+
+
+def config_path_beside(checkpoint: str | Path) -> Path:
+    """``DIR/NAME.yaml`` for a checkpoint ``DIR/NAME.pth.tar`` (or ``.pth`` / ``.tar``)."""
+    path = Path(checkpoint)
+    name = path.name
+    for suffix in (".tar", ".pth"):
+        name = name.removesuffix(suffix)
+    return path.with_name(name + ".yaml")
+
+
+def write_config(path: str | Path, config: str, calibration: Calibration, note: str, lc=None) -> Path:
+    """Write :func:`config_yaml` to ``path`` (its folder created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config_yaml(config, calibration, note, lc))
+    return path
+
+
+def summary_line(calibration: Calibration) -> str:
+    """What ``calibrate`` prints: the threshold and the precision and recall it keeps."""
+    return (f"loop_closure.score_threshold {calibration.score_threshold}: precision {calibration.precision:.4f}, "
+            f"recall {calibration.recall:.4f} on {calibration.n_queries} queries ({calibration.n_queries_with_match} "
+            "with a true match)" + ("" if calibration.refit else ", fused model kept"))

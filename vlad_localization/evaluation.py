@@ -127,30 +127,38 @@ def evaluation_config(config):
                            where="evaluate")
 
 
-def evaluate_queries(localizer, query_paths: Sequence[Path], truth: Sequence[set[int]],
-                     progress: bool = True) -> list[QueryRecord]:
+def evaluate_queries(localizer, queries: Sequence, truth: Sequence[set[int]], progress: bool = True,
+                     exclude: Sequence[np.ndarray] | None = None) -> list[QueryRecord]:
     """One encode, one search and one patch match per query (``localizer`` built with
-    :func:`evaluation_config`)."""
+    :func:`evaluation_config`). ``queries``: image paths or :class:`~vlad_localization.images.Frame`
+    objects; ``exclude[i]``: map ids left out of query i's candidates (when the map holds the queries
+    themselves: the query and the frames trivially similar to it)."""
     from tqdm import tqdm
 
-    from vlad_localization.images import load_rgb
+    from vlad_localization.images import Frame, load_rgb
 
-    if len(truth) != len(query_paths):
-        raise ValueError(f"ground truth covers {len(truth)} queries, but there are {len(query_paths)} query images")
+    if len(truth) != len(queries):
+        raise ValueError(f"ground truth covers {len(truth)} queries, but there are {len(queries)} query images")
     rerank_k = max(1, int(localizer.config.localizer.rerank_k))
+    top_k = int(localizer.config.localizer.top_k)
     records = []
-    for path, positives in zip(tqdm(query_paths, desc="evaluate", unit="query", disable=not progress), truth):
+    for i, (query, positives) in enumerate(zip(tqdm(queries, desc="evaluate", unit="query", disable=not progress),
+                                               truth)):
+        left_out = set() if exclude is None else {int(m) for m in exclude[i]}
         t0 = time.perf_counter()
-        desc = localizer.encode(load_rgb(path))
+        desc = localizer.encode(query.rgb if isinstance(query, Frame) else load_rgb(query))
+        if isinstance(query, Frame) and query.loader is not None:
+            query.image = None  # reloadable: keep the memory flat over long runs
         encode_ms = (time.perf_counter() - t0) * 1e3
-        res = localizer.query(desc)
-        head = res.candidates[:rerank_k]
+        res = localizer.query(desc, k=top_k + len(left_out))
+        cands = [c for c in res.candidates if c.map_id not in left_out][:top_k]
+        head = cands[:rerank_k]
         t1 = time.perf_counter()
         match = localizer.match_candidates(res.map, desc, head)
         rerank_ms = (time.perf_counter() - t1) * 1e3
         records.append(QueryRecord(
-            str(path), np.array([c.map_id for c in res.candidates], np.int64),
-            np.array([c.global_similarity for c in res.candidates]),
+            query.source if isinstance(query, Frame) else str(query), np.array([c.map_id for c in cands], np.int64),
+            np.array([c.global_similarity for c in cands]),
             np.asarray(match.evidence["spatial"]), np.asarray(match.evidence["ransac"]), set(positives),
             {"encode": encode_ms, "search": res.timings["search_ms"], "rerank": rerank_ms},
         ))

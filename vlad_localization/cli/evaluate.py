@@ -59,17 +59,21 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def add_query_args(p) -> None:
-    """The map, queries, checkpoint, config and ground-truth options (of ``evaluate`` and ``calibrate``)."""
-    p.add_argument("--map", required=True, help="map directory (build-map)")
-    p.add_argument("--queries", required=True, help="folder of query images")
+def add_query_args(p, runs: bool = False) -> None:
+    """The map, queries, checkpoint, config and ground-truth options (of ``evaluate`` and ``calibrate``).
+    ``runs`` (calibrate): the queries are optional, as runs with poses may replace them; the caller adds
+    ``--map`` and ``--poses`` (repeatable, :func:`vlad_localization.cli.train.add_run_args`)."""
+    if not runs:
+        p.add_argument("--map", required=True, help="map directory (build-map)")
+    p.add_argument("--queries", required=not runs, help="folder of query images")
     p.add_argument("--checkpoint", required=True, help="the checkpoint the map was built with")
     add_config_args(p)
-    truth = p.add_mutually_exclusive_group(required=True)
+    truth = p.add_mutually_exclusive_group(required=not runs)
     truth.add_argument("--gt", metavar="FILE", help="VPR-Bench ground_truth_new.npy")
     truth.add_argument("--same-index", action="store_true", help="query i <-> map keyframe i")
     truth.add_argument("--same-name", action="store_true", help="query <-> map image of the same file name")
-    truth.add_argument("--poses", metavar="CSV", help="query positions (with --radius)")
+    if not runs:
+        truth.add_argument("--poses", metavar="CSV", help="query positions (with --radius)")
     p.add_argument("--tolerance", type=int, default=0, metavar="N",
                    help="--same-index/--same-name: also accept the N map keyframes either side (default 0)")
     p.add_argument("--map-poses", metavar="CSV", help="map image positions (default: the map's own poses)")

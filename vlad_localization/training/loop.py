@@ -150,9 +150,11 @@ def validation_metrics(model: Model, split: Split, criteria: PlaceCriteria, opti
 
 def train(checkpoint: str | Path, runs: Sequence[Run], out: str | Path, model_cfg, criteria: PlaceCriteria,
           options: TrainOptions, device: str = "auto", resume: bool = False, progress: bool = True,
-          echo: Callable[[str], None] = print, report_path: str | Path | None = None) -> dict:
+          echo: Callable[[str], None] = print, report_path: str | Path | None = None, calibration=None) -> dict:
     """Train, write the best epoch's checkpoint to ``out`` (WPCA refitted) and return the report
-    (also written to ``report_path``, default ``<out>.train/report.json``)."""
+    (also written to ``report_path``, default ``<out>.train/report.json``). With ``calibration`` (a
+    :class:`~vlad_localization.calibration.CalibrationRequest`), calibrate the written checkpoint on
+    the validation places and write the config YAML beside it (:func:`_calibrate`)."""
     out = Path(out)
     work = out.with_name(out.name + ".train")
     report_path = Path(report_path) if report_path else work / "report.json"
@@ -187,7 +189,8 @@ def train(checkpoint: str | Path, runs: Sequence[Run], out: str | Path, model_cf
     image_size = (encoder.cfg.image_height, encoder.cfg.image_width)
     fingerprint = {"checkpoint_sha256": file_sha256(contents.path), "frames": _frames_digest(data), "seed": options.seed,
                    "train_layers": options.train_layers, "criteria": dataclasses.asdict(criteria),
-                   "batch_size": options.batch_size, "lr": options.lr, "image_size": list(image_size)}
+                   "batch_size": options.batch_size, "lr": options.lr, "image_size": list(image_size),
+                   "split": [options.val_fraction, options.place_m]}
     saved_state = _read_state(work / STATE_FILE, fingerprint) if resume else None
     _cached_features(work / FEATURES_FILE, fingerprint, trunk, (train_split, val_split), image_size, dev, progress)
     params = model.parameters()
@@ -255,6 +258,8 @@ def train(checkpoint: str | Path, runs: Sequence[Run], out: str | Path, model_cf
         "validation_recall": report["after"]["recall_wpca"],
     }
     save_checkpoint(out, encoder.backbone, model.pooling, wpca_state, metadata)
+    if calibration is not None:
+        report["calibration"] = _calibrate(out, val_split, criteria, calibration, dev, work, progress, echo)
     report.update(checkpoint=str(out), n_frames=len(data), n_train_frames=len(train_split.data),
                   n_val_frames=len(val_split.data), n_train_queries=len(train_split.queries),
                   n_val_queries=len(val_split.queries), options=dataclasses.asdict(options),
@@ -263,6 +268,39 @@ def train(checkpoint: str | Path, runs: Sequence[Run], out: str | Path, model_cf
     report_path.write_text(json.dumps(report, indent=1) + "\n")
     echo(f"wrote {out} (best epoch {best['epoch']}) and {report_path}")
     return report
+
+
+def _calibrate(out: Path, split: Split, criteria: PlaceCriteria, request, dev, work: Path, progress: bool,
+               echo) -> dict:
+    """``calibrate`` of the written checkpoint on the validation places (every validation frame a query
+    against the others, :func:`vlad_localization.calibration.calibrate_runs`): the config YAML beside
+    ``out`` and what it keeps; a calibration that cannot be made is reported, not raised (the
+    checkpoint is written)."""
+    from vlad_localization.calibration import calibrate_runs, config_path_beside, summary_line, write_config
+
+    if not len(split.queries):
+        echo("not calibrated: no validation place has a positive (raise --val-fraction, or run "
+             "`vlad-localization calibrate` on other revisits)")
+        return {"config": None}
+    echo(f"calibrating the loop-closure threshold on the {len(split.data)} validation frames "
+         f"(precision {request.precision:g})")
+    try:
+        result = calibrate_runs(out, split.data, criteria, request, str(dev), progress, work)
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        echo(f"not calibrated: cannot refit the fused model on the validation places ({exc}); run "
+             "`vlad-localization calibrate` on more revisits")
+        return {"config": None}
+    if result.score_threshold is None:
+        echo(f"not calibrated: no threshold reaches precision {request.precision:g} on the validation places "
+             f"({result.n_queries_with_match} of {result.n_queries} frames with a true match); run "
+             "`vlad-localization calibrate` on more revisits or with a lower --precision")
+        return {**result.as_dict(), "config": None}
+    note = (f"calibrated by vlad-localization train on its {result.n_queries} validation frames: precision "
+            f"{result.precision:.4f}, recall {result.recall:.4f}, checkpoint {out}")
+    path = write_config(config_path_beside(out), request.base, result, note, request.config.loop_closure)
+    echo(f"calibrated on the validation places: {summary_line(result)}")
+    echo(f"wrote {path} (use --config {path})")
+    return {**result.as_dict(), "config": str(path)}
 
 
 def _frames_digest(data: TrainingFrames) -> str:
@@ -278,7 +316,7 @@ def _cached_features(path: Path, fingerprint: dict, trunk, splits: Sequence[Spli
     """Fill each split's ``feats``: from ``path`` when it was written for the same frames, checkpoint,
     split and input size, else computed once (:func:`cache_features`) and saved there."""
     key = json.dumps({k: fingerprint[k] for k in ("checkpoint_sha256", "frames", "seed", "train_layers", "criteria",
-                                                   "image_size")}, sort_keys=True)
+                                                   "image_size", "split")}, sort_keys=True)
     if path.is_file():
         try:
             saved = load_torch_file(path)

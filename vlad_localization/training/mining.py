@@ -67,19 +67,25 @@ def place_pairs(data: TrainingFrames, criteria: PlaceCriteria) -> PlacePairs:
     """The positives and near frames of every frame of ``data`` (within ``data`` only)."""
     within_pos = _within(data.position, criteria.positive_m)
     within_neg = _within(data.position, criteria.negative_m)
-    gap_ns = nanoseconds(criteria.min_gap_s)
     positives = []
     for i, cand in enumerate(within_pos):
         cand = np.array(sorted(cand), np.int64)
-        keep = cand != i
-        same_run = data.run[cand] == data.run[i]
-        keep &= ~(same_run & (np.abs(data.stamp_ns[cand] - data.stamp_ns[i]) < gap_ns))
+        keep = ~trivially_similar(data, i, criteria.min_gap_s, cand)
         if criteria.positive_deg is not None:
             turn = np.abs((data.yaw[cand] - data.yaw[i] + math.pi) % (2 * math.pi) - math.pi)
             keep &= np.degrees(turn) <= criteria.positive_deg
         positives.append(cand[keep])
     near = [np.array(sorted(c), np.int64) for c in within_neg]
     return PlacePairs(positives, near)
+
+
+def trivially_similar(data: TrainingFrames, i: int, min_gap_s: float, among: np.ndarray | None = None) -> np.ndarray:
+    """Mask over ``among`` (default: every frame) of the frames trivially similar to frame ``i``:
+    itself and the frames of its run closer in time than ``min_gap_s``. They are never its
+    positives and are left out of its retrieval (validation recall, calibration)."""
+    among = np.arange(len(data)) if among is None else np.asarray(among, np.int64)
+    near = np.abs(data.stamp_ns[among] - data.stamp_ns[i]) < nanoseconds(min_gap_s)
+    return (among == i) | ((data.run[among] == data.run[i]) & near)
 
 
 def _within(positions: np.ndarray, radius: float) -> list[np.ndarray]:
@@ -156,12 +162,9 @@ def recall_at_k(desc: np.ndarray, data: TrainingFrames, pairs: PlacePairs, crite
         return {str(k): float("nan") for k in ks}
     sims = desc[queries] @ desc.T
     hits = {k: 0 for k in ks}
-    gap_ns = nanoseconds(criteria.min_gap_s)
     for row, q in enumerate(queries):
         s = sims[row]
-        s[q] = -np.inf
-        trivial = (data.run == data.run[q]) & (np.abs(data.stamp_ns - data.stamp_ns[q]) < gap_ns)
-        s[trivial] = -np.inf
+        s[trivially_similar(data, int(q), criteria.min_gap_s)] = -np.inf
         top = np.argsort(-s, kind="stable")[: max(ks)]
         found = np.isin(top, pairs.positives[q])
         for k in ks:
