@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,4 +128,8 @@ def run(args) -> int:
         args.json.write_text(json.dumps({**result.as_dict(), "config": str(args.out)}, indent=1) + "\n")
     print(summary_line(result))
     print(f"wrote {args.out} (use --config {args.out})")
+    if cfg.loop_closure.sequence_length > 0:
+        print("note: the threshold was chosen on single frames; with loop_closure.sequence_length > 0 the node "
+              "scores with matching.fusion_model's sequence group (docs/loop-closure.md), so check it on a replay",
+              file=sys.stderr)
     return 0
