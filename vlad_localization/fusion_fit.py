@@ -296,12 +296,12 @@ def run_evidence(frames, min_time_gap_s: float) -> list[tuple[np.ndarray, np.nda
     """Per frame of a run with sequence scoring (:class:`~vlad_localization.evaluation.FrameProposals`):
     (the :data:`SEQUENCE_SCORES` (n, 4) of its re-ranked candidates outside the time gap, whether each
     shows the frame's place (n,))."""
-    from vlad_localization.images.frames import NS_PER_S
+    from vlad_localization.images.frames import nanoseconds
 
     out = []
     for f in frames:
         head = [c for c in f.candidates if c.evidence and c.stamp_ns is not None
-                and abs(f.stamp_ns - c.stamp_ns) >= min_time_gap_s * NS_PER_S]
+                and abs(f.stamp_ns - c.stamp_ns) >= nanoseconds(min_time_gap_s)]
         x = np.array([[c.global_similarity, c.evidence["spatial"], c.evidence["ransac"], c.sequence_similarity]
                       for c in head], np.float64).reshape(-1, 4)
         out.append((x, np.array([(c.store, c.map_id) in f.positives for c in head], bool)))

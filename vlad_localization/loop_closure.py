@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Protocol, Sequence
 
-from vlad_localization.images.frames import NS_PER_S
+from vlad_localization.images.frames import nanoseconds
 
 DECISIONS = {
     "accepted": "a loop closure",
@@ -84,7 +84,7 @@ def proposal_of(query_stamp_ns: int, candidates: Iterable[_Scored], min_time_gap
     """(rank, candidate) of the best-ranked candidate with a stamp at least ``min_time_gap_s`` from
     the query, or None."""
     for rank, cand in enumerate(candidates):
-        if cand.stamp_ns is not None and abs(query_stamp_ns - cand.stamp_ns) >= min_time_gap_s * NS_PER_S:
+        if cand.stamp_ns is not None and abs(query_stamp_ns - cand.stamp_ns) >= nanoseconds(min_time_gap_s):
             return rank, cand
     return None
 
@@ -97,7 +97,7 @@ def neighbours(previous: _Scored, current: _Scored, window_s: float, window_m: f
     p, q = getattr(previous, "pose", None), getattr(current, "pose", None)
     if window_m > 0 and p is not None and q is not None:
         return math.dist(p.position, q.position) <= window_m
-    return abs(current.stamp_ns - previous.stamp_ns) <= window_s * NS_PER_S
+    return abs(current.stamp_ns - previous.stamp_ns) <= nanoseconds(window_s)
 
 
 class LoopClosureRule:

@@ -125,15 +125,7 @@ def run(args) -> int:
         result = matcher.pair(query, ref)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    sizes = [str(p) for p in result.patch_sizes]
-    report = {
-        "global_similarity": float((query.global_desc[0].float() * ref.global_desc[0].float()).sum()),
-        "patch_score": float(result.fused[0]),
-        "per_size": dict(zip(sizes, map(float, result.per_size[0]))),
-        "inliers": dict(zip(sizes, map(int, result.inliers[0]))),
-        "matcher": result.matcher,
-        "fused_score": None if result.probability is None else float(result.probability[0]),
-    }
+    report = result.record(0)
     if args.pose:
         from ..verification import verify_candidate
 

@@ -78,9 +78,23 @@ class MatchResult:
     correspondences: list[list[Correspondences]]
     evidence: dict[str, np.ndarray] | None = None
     probability: np.ndarray | None = None
+    global_similarity: np.ndarray | None = None  # (K,) as given to score() (the fused model's input)
 
     def __len__(self) -> int:
         return int(self.fused.shape[0])
+
+    def record(self, k: int) -> dict:
+        """Candidate ``k``'s scores as JSON (what ``vlad-localization match`` prints): global
+        similarity, absolute patch score, per-size scores and inliers, matcher, fused score."""
+        sizes = [str(p) for p in self.patch_sizes]
+        return {
+            "global_similarity": None if self.global_similarity is None else float(self.global_similarity[k]),
+            "patch_score": float(self.fused[k]),
+            "per_size": dict(zip(sizes, map(float, self.per_size[k]))),
+            "inliers": dict(zip(sizes, map(int, self.inliers[k]))),
+            "matcher": self.matcher,
+            "fused_score": None if self.probability is None else float(self.probability[k]),
+        }
 
     def matched_keypoints(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Candidate ``k``'s correspondences of all patch sizes stacked: (query (M, 2), candidate (M, 2))."""
@@ -227,8 +241,9 @@ class PatchMatcher:
             order = reference_order(raw, self.cfg.patch_weights)
         else:
             order = descending_order(fused)
+        given = None if global_similarity is None else np.asarray(global_similarity, np.float64).reshape(-1)
         return MatchResult(self.patch_sizes, self.cfg.matcher, per_size, fused, raw, inliers, order, corr,
-                           evidence, probability)
+                           evidence, probability, given)
 
     def ransac_backend(self, device: torch.device) -> str:
         """``batched`` or ``opencv``: where this matcher's RANSAC runs for descriptors on ``device``
