@@ -135,6 +135,27 @@ def test_candidates_message_layout_round_trips():
     assert empty.layout.dim[0].size == 0 and list(empty.data) == [] and parse_candidates(empty) == []
 
 
+def test_every_topic_writes_a_stamp_as_the_same_float():
+    """~/candidates, ~/loop_closure, ~/loop_closure_edges and replay's JSON give one stamp the same
+    float64 seconds (a backend matches frames across them by equality): stamps where ns * 1e-9 and
+    ns / 1e9 differ in the last bit included."""
+    from vlad_localization.images.frames import seconds
+    from vlad_localization.ros.messages import candidates_msg, loop_closure_edge_msg, loop_closure_msg, parse_candidates
+    from vlad_localization.ros.messages import parse_loop_closure_edges
+
+    from vlad_localization.verification import RelativePose
+
+    pose = RelativePose(np.eye(3), np.array([0.0, 0.0, 1.0]), False, 50, np.eye(6), "ok")
+    stamps = [1_700_000_000_123_456_789 + 7919 * i for i in range(200)]
+    assert any(ns * 1e-9 != ns / 1e9 for ns in stamps)  # the case this guards
+    for ns in stamps:
+        query = parse_candidates(candidates_msg(ns, 0, [FakeCandidate(1, ns - 40 * S, 0.5)]))[0]
+        closure = list(loop_closure_msg(ns, ns - 40 * S).data)
+        edge = parse_loop_closure_edges(loop_closure_edge_msg(ns, ns - 40 * S, 1, Store.RUN, pose, 0.5))[0]
+        assert query["query_stamp"] == closure[0] == edge["query_stamp"] == seconds(ns)
+        assert query["map_stamp"] == closure[1] == edge["match_stamp"] == seconds(ns - 40 * S)
+
+
 def test_params_file_declares_every_parameter_with_its_default():
     values = yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"]
     assert list(values) == [p.name for p in PARAMETERS]

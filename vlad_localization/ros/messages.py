@@ -43,13 +43,6 @@ EDGE_COLUMNS = (
 )
 
 
-def _message_seconds(stamp_ns: int) -> float:
-    """A stamp of the ~/candidates and ~/loop_closure_edges rows in seconds: ``ns * 1e-9`` as these
-    topics have always written it (``images.frames.seconds``, a division, differs in the last bit for
-    about 40 % of stamps)."""
-    return stamp_ns * 1e-9
-
-
 def ns_to_stamp(ns: int) -> Time:
     sec, nanosec = ns_to_sec_nanosec(ns)
     return Time(sec=sec, nanosec=nanosec)
@@ -57,7 +50,7 @@ def ns_to_stamp(ns: int) -> Time:
 
 def candidates_msg(query_stamp_ns: int, camera: int, candidates: Sequence) -> Float64MultiArray:
     """The ``~/candidates`` array for one processed frame (K = len(candidates), may be 0)."""
-    query_s = _message_seconds(query_stamp_ns)
+    query_s = seconds(query_stamp_ns)
     rows = [(query_s, float(camera)) + candidate_row(c) for c in candidates]
     return _table_msg(rows, CANDIDATE_COLUMNS, f"candidate@{query_s:.9f}/{int(camera)}")
 
@@ -89,7 +82,7 @@ def loop_closure_edge_msg(query_stamp_ns: int, match_stamp_ns: int, map_id: int,
     if pose.status != "ok":
         raise ValueError(f"a rejected pose ({pose.status}) is not a loop-closure edge")
     store = Store.parse(store)
-    row = [_message_seconds(query_stamp_ns), _message_seconds(match_stamp_ns), float(map_id), float(store),
+    row = [seconds(query_stamp_ns), seconds(match_stamp_ns), float(map_id), float(store),
            *np.asarray(pose.translation, np.float64), *pose.quaternion, float(pose.metric), float(score),
            float(pose.inliers), *np.asarray(pose.covariance, np.float64).ravel(), float(pose.refine != "none")]
     return _table_msg([row], EDGE_COLUMNS, "edge")
