@@ -35,13 +35,11 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from vlad_localization.choices import FUSED_FEATURES, SEQUENCE_FEATURES, sequence_keys
-from vlad_localization.matching.fusion import descending_order, fused_scores, rank_weights
+from vlad_localization.matching.fusion import descending_order, fused_scores, gap_name, rank_weights
 
 FEATURES = list(FUSED_FEATURES)
 SCORES = ("global_similarity", "spatial", "ransac")  # the ranked scores; each has a ``*_gap`` twin
 SEQUENCE_SCORES = SCORES + ("sequence_similarity",)  # while sequence scoring is on
-ABSOLUTE = [FEATURES.index(name) for name in SCORES]
-GAP = [FEATURES.index(name.replace("_similarity", "") + "_gap") for name in SCORES]
 RANKING_L2 = 1.0  # chosen on the shared sets: 0.1 and weaker miss Gardens Point in-sample, 0.2 to 10 meet the target
 CALIBRATION_L2 = 0.1
 GRID_STEPS = 40  # the acceptance direction is searched on the simplex in steps of 1/GRID_STEPS
@@ -243,15 +241,11 @@ def ranking_scale(heads, model_without_gaps: dict, direction: np.ndarray, minimu
     return best
 
 
-def _gap(name: str) -> str:
-    return name.replace("_similarity", "") + "_gap"
-
-
 def gap_model(model: Mapping[str, float], direction: np.ndarray, lam: float) -> dict:
     """``model`` with each gap weight set so that absolute + gap = ``lam`` * ``direction``."""
     out = dict(model)
     for k, name in enumerate(SEQUENCE_SCORES[:len(direction)]):
-        out[_gap(name)] = max(0.0, lam * direction[k] - model[name])
+        out[gap_name(name)] = max(0.0, lam * direction[k] - model[name])
     return out
 
 
@@ -267,7 +261,7 @@ def _fitted(groups, tables, heads, dims: int, steps: int) -> dict:
     bias, scale = calibrate(tables, accept)
     absolute = scale * accept
     model = {"bias": bias, **{name: float(absolute[k]) for k, name in enumerate(names)},
-             **{_gap(name): 0.0 for name in names}}
+             **{gap_name(name): 0.0 for name in names}}
     positive = direction > 0
     minimum = float(np.max(absolute[positive] / direction[positive])) if positive.any() else 1.0
     if np.any(absolute[~positive] > 0):  # a score acceptance uses but the ranking does not: rank by it a little
@@ -348,6 +342,6 @@ def threshold_at_precision(per_set: Mapping[str, Sequence], model: Mapping[str, 
     return math.floor(threshold * 1000) / 1000, recall
 
 
-__all__ = ["ABSOLUTE", "FEATURES", "GAP", "SCORES", "acceptance_direction", "calibrate", "conditional_logit",
+__all__ = ["FEATURES", "SCORES", "acceptance_direction", "calibrate", "conditional_logit",
            "dominance_margin", "fit", "fit_sequence", "head_evidence", "run_evidence", "proposal_table", "query_groups", "rank_weights",
            "ranking_direction", "threshold_at_precision"]

@@ -71,7 +71,8 @@ def reference_order(official: np.ndarray, weights) -> np.ndarray:
     return np.argsort(reference_fusion(official, weights))
 
 
-def _gap_name(score: str) -> str:
+def gap_name(score: str) -> str:
+    """The name of a score's gap feature (``global_similarity`` -> ``global_gap``)."""
     return score.replace("_similarity", "") + "_gap"
 
 
@@ -83,7 +84,7 @@ def rank_weights(model: Mapping[str, float], sequence: bool = False) -> np.ndarr
     """(3,) the weights a query's candidates are ranked by under the fused ``model``: each score's
     absolute + gap weight (global similarity, spatial, RANSAC); (4,) with the sequence similarity
     (``sequence``: a model of :func:`sequence_model`)."""
-    return np.array([model[name] + model[_gap_name(name)] for name in _scores(sequence)], np.float64)
+    return np.array([model[name] + model[gap_name(name)] for name in _scores(sequence)], np.float64)
 
 
 def sequence_model(model: Mapping[str, float], contrast: bool) -> dict:
@@ -110,7 +111,7 @@ def fused_features(global_similarity, spatial, ransac, ranking: np.ndarray, sequ
     columns = {}
     for k, name in enumerate(_scores(sequence_similarity is not None)):
         columns[name] = x[:, k]
-        columns[_gap_name(name)] = x[:, k] - top[k]
+        columns[gap_name(name)] = x[:, k] - top[k]
     names = list(FUSED_FEATURES) + ([] if sequence_similarity is None else list(SEQUENCE_FEATURES))
     return np.stack([columns[name] for name in names], axis=1).reshape(-1, len(names))
 
