@@ -19,7 +19,7 @@ import pytest
 
 import inference_fakes
 from vlad_localization.config import load_config
-from vlad_localization.ros.frame_slots import FrameSlots, SlotReader
+from vlad_localization.ros.frame_slots import FrameSlots, SlotReader, attach
 from vlad_localization.ros.inference_process import (FrameMeta, InferenceError, InferenceEvents, InferenceProcess,
                                                      InferenceSpec, exit_cause)
 
@@ -58,6 +58,30 @@ def test_a_frame_written_while_it_is_read_is_never_torn():
         writer.join(10)
     assert intact > 50 and superseded > 0, (intact, superseded)
     assert reallocations >= 1  # 800x600 did not fit the 640x480 block
+
+
+def test_a_store_the_sequence_number_misses_is_caught_by_the_checksum():
+    """What a core with weak memory ordering (aarch64) may see: part of a newer frame in the block
+    while the sequence number still reads as the old frame's. The reference's checksum drops the
+    copy; the bytes put back, the same reference reads whole again."""
+    slots, reader = FrameSlots(1), SlotReader()
+    block = None
+    try:
+        ref = slots.write(0, inference_fakes.frame_content(5, (48, 64, 3)))
+        block = attach(ref.name)
+        key, dtype, shape, offset = next(entry for entry in ref.layout if entry[0] == "depth")
+        depth = np.ndarray(shape, dtype, block.buf, offset)
+        depth[:3] = 12345  # a newer frame's first rows, the sequence number untouched
+        assert reader.read(ref) is None and reader.checksum_drops == 1
+        depth[:3] = (5 * 7) % 65521
+        frame = reader.read(ref)
+        assert frame is not None and inference_fakes.frame_intact(frame) and reader.checksum_drops == 1
+        del depth
+    finally:
+        reader.close()
+        if block is not None:
+            block.close()
+        slots.close()
 
 
 def test_a_reader_attaching_after_a_reallocation_drops_the_frame():
