@@ -244,13 +244,21 @@ def main() -> None:
         row["n_queries_with_match"] = sum(bool(r.positives) for r in records)
         table[name] = row
     threshold, _ = fusion_fit.threshold_at_precision(per_set, model, 0.99)
+    proposals = [fusion_fit.proposal_table(records, rank_weights(model)) for records in per_set.values()] + extra
+    accept = np.array([model[name] for name in fusion_fit.SCORES])
+    bound, best = fusion_fit.dominance_bound(proposals)
+    dominance = {"note": "single-frame acceptance on the six sets and the single-frame runs' proposals: the smallest "
+                         "(metric by the score) - (best metric of one input alone) over tables and both metrics, "
+                         "for the fitted model and for the best linear weighting of any sign (2-degree grid)",
+                 "fitted": round(fusion_fit.dominance_margin(proposals, accept), 4), "best_linear": round(bound, 4),
+                 "best_linear_direction": [round(float(v), 3) for v in best]}
     pooled = [r for records in per_set.values() for r in records]
     loop = ev.precision_recall(*ev.top1_scores(pooled, model))
     print(json.dumps({"model": model, "recall_at_1": table,
                       "acceptance": {name: acceptance_table(records, model) for name, records in per_set.items()},
                       "acceptance_runs": {name: run_acceptance(rows, model, contrasted(name))
                                           for name, rows in runs.items()},
-                      "threshold_at_99_precision": threshold,
+                      "dominance": dominance, "threshold_at_99_precision": threshold,
                       "pooled_auc": round(loop["auc"], 4), "pooled_recall_at_100_precision": loop["recall_at_100_precision"],
                       "cache": args.cache, "ransac_backend": args.ransac_backend}, indent=1))
     if args.write:

@@ -141,6 +141,20 @@ def assert_acceptance_never_below_an_input(records: dict, model) -> None:
             assert fused[0] >= alone[0] - 1e-9 and fused[1] >= alone[1] - 1e-9, (name, score, fused, alone)
 
 
+def test_dominance_bound_says_when_no_weighting_orders_every_table():
+    """Two tables whose proposals two inputs order in opposite ways: each alone is perfect on one
+    table, so no linear score of any sign can match both (bound < 0); either table alone can be."""
+    from vlad_localization import fusion_fit
+
+    first = (np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), np.array([True, False]), 1)
+    second = (np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]), np.array([True, False]), 1)
+    bound, _ = fusion_fit.dominance_bound([first, second], degrees=5.0)
+    assert bound < 0
+    for table in (first, second):
+        bound, w = fusion_fit.dominance_bound([table], degrees=5.0)
+        assert bound == 0.0 and fusion_fit.acceptance_metrics(table[0] @ w, table[1], 1) == (1.0, 1.0)
+
+
 # ----------------------------------------------------------------------------- the precision-recall curve
 def test_precision_recall_curve_on_real_queries(set_records):
     records, model = set_records

@@ -211,6 +211,26 @@ def acceptance_direction(tables, steps: int = GRID_STEPS) -> np.ndarray:
     return best
 
 
+def sphere_directions(degrees: float = 2.0):
+    """Unit vectors of three weights (of any sign) on a grid of ``degrees`` in both angles: every
+    linear ordering of three scores, up to the grid."""
+    for theta in np.radians(np.arange(0.0, 180.0 + 1e-9, degrees)):
+        for phi in np.radians(np.arange(0.0, 360.0, degrees)):
+            yield np.array([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)])
+
+
+def dominance_bound(tables, degrees: float = 2.0) -> tuple[float, np.ndarray]:
+    """(the largest :func:`dominance_margin` any linear acceptance score of the three scores reaches
+    on ``tables``, its direction): when it is < 0, no weighting, whatever its signs, orders every
+    table's proposals at least as well as each input alone."""
+    best, best_w = -np.inf, None
+    for w in sphere_directions(degrees):
+        margin = dominance_margin(tables, w)
+        if margin > best:
+            best, best_w = margin, w
+    return float(best), best_w
+
+
 def calibrate(tables, direction: np.ndarray, l2: float = CALIBRATION_L2) -> tuple[float, float]:
     """(bias, scale >= 0) of P(proposal is right) = sigmoid(bias + scale * x . direction), logistic
     regression on every table's proposals (each table weighs the same)."""
@@ -343,5 +363,5 @@ def threshold_at_precision(per_set: Mapping[str, Sequence], model: Mapping[str, 
 
 
 __all__ = ["FEATURES", "SCORES", "acceptance_direction", "calibrate", "conditional_logit",
-           "dominance_margin", "fit", "fit_sequence", "head_evidence", "run_evidence", "proposal_table", "query_groups", "rank_weights",
+           "dominance_bound", "dominance_margin", "fit", "fit_sequence", "head_evidence", "run_evidence", "proposal_table", "query_groups", "rank_weights",
            "ranking_direction", "threshold_at_precision"]
