@@ -88,6 +88,37 @@ def test_every_frame_becomes_a_keyframe_and_the_run_saves_as_a_map(campus_replay
         assert db.thumbnail(5) is not None
 
 
+def test_calibrated_on_its_own_run_the_campus_closes_only_its_revisit(tmp_path, datasets_dir, speed_checkpoint):
+    """The workflow the docs give for a threshold that fits the robot: `calibrate --images --poses
+    --keep-model` on the run itself (every frame a query against the rest of the run, same place
+    within 10 m), then `replay` with the config it wrote, the shipped fused model: the one real
+    revisit closes (71 -> 0/1) and nothing else does. (The presets' threshold, fitted on the
+    pooled shared sets, closes nothing here.)"""
+    from vlad_localization.cli.main import main as cli
+    from vlad_localization.config import load_config
+
+    images = datasets_dir / "campus_loop_72"
+    height, width = SPEED_IMAGE_SIZE
+    config = tmp_path / "speed_small_fused.yaml"
+    config.write_text(yaml.safe_dump({"base": "speed", "model": {"image_height": height, "image_width": width,
+                                                                "device": "cpu"}}))
+    common = ["--images", str(images), "--poses", str(images / "data.csv"), "--checkpoint", str(speed_checkpoint)]
+    assert cli(["calibrate", *common, "--config", str(config), "--keep-model", "--min-gap-s", str(GAP_S),
+                "--positive-m", "10", "--precision", "0.99", "--out", str(tmp_path / "cal.yaml"),
+                "--json", str(tmp_path / "cal.json"), "--no-progress"]) == 0
+    calibrated = json.loads((tmp_path / "cal.json").read_text())
+    written = yaml.safe_load((tmp_path / "cal.yaml").read_text())["loop_closure"]["score_threshold"]
+    assert calibrated["precision"] == 1.0 and calibrated["recall"] > 0
+    assert written == pytest.approx(calibrated["score_threshold"])
+    assert written < load_config("speed").loop_closure.score_threshold
+    assert cli(["replay", *common, "--config", str(tmp_path / "cal.yaml"), "--mode", "loop_closure",
+                "--min-gap", str(GAP_S), "--min-travel", str(TRAVEL_M), "--out", str(tmp_path / "run.jsonl")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "run.jsonl").read_text().splitlines()]
+    closures = [(round(r["query_stamp"]), round(r["loop_closure"][1])) for r in records if r["loop_closure"]]
+    print(f"campus calibrated on itself: threshold {written:.3f}, closures {closures}")
+    assert closures and closures[-1][0] == 71 and all(q in (70, 71) and m in (0, 1) for q, m in closures), closures
+
+
 def test_nordland_summer_then_winter_closes_at_the_revisits(tmp_path, datasets_dir, speed_checkpoint, small_config):
     """40 summer frames (stamps 0..39 s) then the same 40 places in winter (100..139 s), one run:
     each winter frame may close a loop with a summer keyframe; correct = within +-2 frames."""
