@@ -12,10 +12,12 @@ copying and the copy's CRC-32 is the reference's, else the frame was superseded 
 its way) and is dropped. The sequence number is the fast path; the checksum is the guarantee: it
 holds whatever order another core sees the stores in (aarch64 reorders stores and loads, and Python
 cannot place a memory fence), because the checksum travels in the reference over the pipe, not
-through the shared block. It costs ~0.2 ms per 640x480 RGB frame on each side (zlib, which releases
-the GIL). A frame larger than the block gets a new, larger block (new name; the old one is left odd
-and unlinked: a reader still holding it, or attaching late, drops the frame). The writer never
-waits for the reader, so a reader that dies mid-copy blocks nothing.
+through the shared block. It costs one CRC-32 pass over the frame on each side (zlib, which releases
+the GIL; a fraction of a millisecond for 640x480 RGB).
+
+A frame larger than the block gets a new, larger block (new name; the old one is left odd and
+unlinked: a reader still holding it, or attaching late, drops the frame). The writer never waits
+for the reader, so a reader that dies mid-copy blocks nothing.
 """
 from __future__ import annotations
 
