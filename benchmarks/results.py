@@ -84,6 +84,12 @@ def _fit_fusion_tables(output: dict) -> list[str]:
     out += ["", f"Shipped model: `{json.dumps(output['model'])}`; its 99 %-precision threshold on the pooled sets: "
             f"{output['threshold_at_99_precision']} (pooled PR AUC {output['pooled_auc']}, recall at 100 % precision "
             f"{output['pooled_recall_at_100_precision']:.3g})."]
+    if "dominance" in output:
+        dom = output["dominance"]
+        out += ["", f"Single-frame acceptance against its best input, over every set and single-frame run "
+                    f"(the smallest difference of recall at 100 % precision or PR AUC): {dom['fitted']} for the "
+                    f"shipped model, {dom['best_linear']} for the best linear weighting of the three scores of "
+                    f"any sign (2-degree grid; direction {dom['best_linear_direction']})."]
     return out
 
 
