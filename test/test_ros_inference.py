@@ -10,6 +10,7 @@ import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -113,6 +114,29 @@ def start(checkpoint="", cameras=2):
     spec = InferenceSpec(inference_fakes.tiny_detector, load_config("speed"), checkpoint, "")
     inference = InferenceProcess(spec, cameras, events.events())
     return inference, events
+
+
+@pytest.mark.parametrize("isolate", [True, False])
+def test_stops_from_several_threads_at_once_all_return_and_none_raises(isolate):
+    """A cancelled load stops the process on the loading thread while the node's shutdown stops it on
+    another (SIGINT during configure): every stop() returns True once it is gone, none raises (a
+    double close of the pipe raised EBADF and the node exited with a traceback)."""
+    import concurrent.futures
+
+    for _ in range(3):
+        events = Events()
+        spec = InferenceSpec(inference_fakes.tiny_detector, load_config("speed"), "", "")
+        inference = InferenceProcess(spec, 1, events.events(), isolate=isolate)
+        inference.start()
+        barrier = threading.Barrier(4)
+
+        def stop():
+            barrier.wait()
+            return inference.stop()
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            assert [f.result(timeout=30) for f in [pool.submit(stop) for _ in range(4)]] == [True] * 4
+        assert not inference.alive() and events.exits.empty()
 
 
 def test_frames_go_through_the_process_and_results_come_back_whole():

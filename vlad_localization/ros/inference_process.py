@@ -278,6 +278,8 @@ class InferenceProcess:
         self._replies: dict[int, list] = {}  # call id -> [Event, ok, value]
         self._ids = itertools.count()
         self._stopping = False
+        self._stop_claimed = False  # one stop() does the work; a concurrent one waits for it
+        self._stop_done = threading.Event()
         self._in_flight = [0] * num_cameras
         if isolate:
             ctx = multiprocessing.get_context("spawn")
@@ -371,9 +373,22 @@ class InferenceProcess:
 
     def stop(self, timeout: float = STOP_GRACE_S) -> bool:
         """Stop the process (ask, then SIGTERM, then SIGKILL; a thread is abandoned after
-        ``timeout``) and unlink the slots. True when it is gone."""
+        ``timeout``) and unlink the slots. True when it is gone. Safe from several threads at once
+        (a cancelled load stops it while the node's shutdown does): the first call does the work,
+        the others wait for it."""
         with self._slots_lock:
             self._stopping = True
+            first, self._stop_claimed = not self._stop_claimed, True
+        if not first:
+            if threading.current_thread() is not self._worker:
+                self._stop_done.wait(timeout + 2 * KILL_WAIT_S)
+            return not self._worker.is_alive()
+        try:
+            return self._stop(timeout)
+        finally:
+            self._stop_done.set()
+
+    def _stop(self, timeout: float) -> bool:
         self._send(("stop",))
         gone = True
         started = self._worker.pid is not None if self.isolate else self._worker.ident is not None
