@@ -35,6 +35,25 @@ def test_replay_writes_candidates_and_the_loop_closure(campus_map, tmp_path, cap
     assert all(c["source"] == 0 for r in records for c in r["candidates"]) and all(r["keyframe"] is None for r in records)
 
 
+def test_replay_without_a_closure_says_how_close_the_best_came_and_how_to_calibrate(campus_map, tmp_path, capsys):
+    """Nothing reaches the threshold: the summary names the best proposal, its score and the threshold,
+    and the command that fits the threshold to the robot; it is the score the JSON records."""
+    frames = [Frame(stamp_ns=i * S, frame_id="camera", image=campus_map.image(i)) for i in (3, 40, 71)]
+    bag = write_bag(tmp_path / "bag", frames, "/cam/image_raw", storage="mcap")
+    out = tmp_path / "candidates.jsonl"
+    assert cli(["replay", "--bag", str(bag), "--image-topic", "/cam/image_raw", "--map", str(campus_map.map_dir),
+                "--checkpoint", str(campus_map.checkpoint), "--config", str(campus_map.config),
+                "--score-threshold", "1.0", "--min-time-gap", "30", "--out", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    scored = [(r["candidates"][r["decision"]["rank"]], r) for r in records if r["decision"]["status"] == "below_threshold"]
+    below = [(c["patch_score"] if c["fused_score"] is None else c["fused_score"], r) for c, r in scored]
+    assert below and not any(r["loop_closure"] for r in records)
+    score, best = max(below, key=lambda row: row[0])
+    err = capsys.readouterr().err
+    assert f"no loop closure: the best proposal (t={best['query_stamp']:.3f} -> prebuilt keyframe" in err
+    assert f"scored {score:.3f}, below loop_closure.score_threshold 1." in err and "vlad-localization calibrate" in err
+
+
 def test_replay_reports_a_missing_topic(campus_map, tmp_path, capsys):
     bag = write_bag(tmp_path / "bag", [campus_map.image(0)], "/cam/image_raw", storage="sqlite3")
     rc = cli(["replay", "--bag", str(bag), "--image-topic", "/nope", "--map", str(campus_map.map_dir),

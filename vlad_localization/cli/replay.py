@@ -100,6 +100,7 @@ def run(args) -> int:
     out = open(args.out, "w") if args.out else sys.stdout
     closures = 0
     decisions: Counter = Counter()
+    best_below = None  # (score, query stamp, candidate) of the highest proposal below the threshold
     try:
         for frame in frames:
             depth = None if depth_of is None else DepthSource.computed(lambda f=frame: depth_of(f))  # when needed
@@ -107,6 +108,10 @@ def run(args) -> int:
             frame.image = None if frame.loader is not None else frame.image  # free pixels
             record = result.to_record()
             decisions[result.decision.status] += 1
+            if result.decision.status == "below_threshold":
+                c = result.candidates[result.decision.rank]
+                if best_below is None or c.score > best_below[0]:
+                    best_below = (c.score, frame.stamp_ns, c)
             out.write(json.dumps(record) + "\n")
             if result.loop_closure:
                 closures += 1
@@ -125,4 +130,10 @@ def run(args) -> int:
     print(f"replayed {frames.origin}: {frames.summary()}; {closures} loop closure(s)"
           + (f", {held} confident proposal(s) held back as inconsistent" if held else "")
           + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)
+    if not closures and best_below is not None:
+        score, stamp_ns, c = best_below
+        print(f"no loop closure: the best proposal (t={seconds(stamp_ns):.3f} -> {c.store.label} keyframe {c.map_id}) "
+              f"scored {score:.3f}, below loop_closure.score_threshold {cfg.loop_closure.score_threshold:g}. If the "
+              "run revisits places, fit the threshold to your robot: vlad-localization calibrate --images RUN "
+              "--poses RUN.csv --keep-model --out robot.yaml, then --config robot.yaml", file=sys.stderr)
     return 0
