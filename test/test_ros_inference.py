@@ -58,7 +58,7 @@ def test_a_frame_written_while_it_is_read_is_never_torn():
         reader.close()
         writer.join(10)
     print(f"{intact} read whole, {superseded} superseded")
-    assert intact > 50 and superseded > 0, (intact, superseded)
+    assert intact >= 20 and superseded > 0, (intact, superseded)  # measured: 500-1850 whole of 6000
     assert reallocations >= 1  # 800x600 did not fit the 640x480 block
 
 
