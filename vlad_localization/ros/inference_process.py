@@ -277,8 +277,7 @@ class InferenceProcess:
         self._slots_lock = threading.Lock()
         self._replies: dict[int, list] = {}  # call id -> [Event, ok, value]
         self._ids = itertools.count()
-        self._stopping = False
-        self._stop_claimed = False  # one stop() does the work; a concurrent one waits for it
+        self._stopping = False  # set by the first stop(), which does the work; a concurrent one waits for it
         self._stop_done = threading.Event()
         self._in_flight = [0] * num_cameras
         if isolate:
@@ -377,8 +376,7 @@ class InferenceProcess:
         (a cancelled load stops it while the node's shutdown does): the first call does the work,
         the others wait for it."""
         with self._slots_lock:
-            self._stopping = True
-            first, self._stop_claimed = not self._stop_claimed, True
+            first, self._stopping = not self._stopping, True
         if not first:
             if threading.current_thread() is not self._worker:
                 self._stop_done.wait(timeout + 2 * KILL_WAIT_S)
