@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=TrainOptions.margin)
     parser.add_argument("--negatives", type=int, default=TrainOptions.num_negatives)
     parser.add_argument("--num-pcs", type=int, help="WPCA dimension written (default: the baseline's)")
+    parser.add_argument("--whitening", default=TrainOptions.whitening, help="learned | pca (train's --whitening)")
     parser.add_argument("--precision", type=float, default=0.99, help="train's calibration target")
     parser.add_argument("--baseline", type=Path,
                         help="an init-model checkpoint this script built before (copied to --work; no init-model)")
@@ -150,7 +151,7 @@ def main() -> None:
         init_s = round(time.perf_counter() - t0, 1)
     cfg = ff.set_config(HW)
     options = TrainOptions(epochs=args.epochs, lr=args.lr, margin=args.margin, num_negatives=args.negatives,
-                           num_pcs=args.num_pcs, val_fraction=0.1)
+                           num_pcs=args.num_pcs, val_fraction=0.1, whitening=args.whitening)
     request = CalibrationRequest(cfg, str(write_set_config(cfg, args.work / "set_config.yaml")), args.precision)
     if args.reuse and trained.is_file():
         report = json.loads((args.work / "trained.pth.tar.train" / "report.json").read_text())
@@ -196,9 +197,10 @@ def main() -> None:
         "(shared with other jobs)", device="cpu", train_places=len(runs[0].frames), train_frames=2 * len(runs[0].frames),
         epochs=len(report["epochs"]), init_model_s=init_s, train_wall_s=train_s,
         options={k: v for k, v in report.get("options", {}).items() if k in ("lr", "margin", "num_negatives",
-                                                                             "num_pcs", "epochs", "batch_size")},
+                                                                             "num_pcs", "epochs", "batch_size", "whitening")},
         baseline=str(args.baseline) if args.baseline else "built by this run",
-        training={k: report[k] for k in ("before", "after", "best_epoch", "epochs", "n_train_queries", "n_val_queries")},
+        training={k: report.get(k) for k in ("before", "after", "best_epoch", "epochs", "n_train_queries",
+                                             "n_val_queries", "whitening")},
     )
     print(json.dumps(result, indent=1))
 

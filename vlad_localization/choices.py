@@ -89,6 +89,13 @@ TRAIN_LAYERS = {
     "layer3": "ResNet layer3 (the last block kept here) trained too (features cached at layer2; GPU advised)",
 }
 
+# The WPCA ``vlad-localization train`` writes (training/whitening.py)
+WHITENING = {
+    "learned": "learned from the pairs of one place: whitens what varies within a place (season, light), "
+               "settings chosen on the validation places (Radenovic et al. 2018)",
+    "pca": "init-model's PCA-whitening refitted on the training images (no pairs)",
+}
+
 
 def names(table: dict[str, str]) -> str:
     """``a | b | c``: the choices of one table, for help texts and error messages."""

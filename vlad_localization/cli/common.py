@@ -157,15 +157,20 @@ def open_frames(args, max_pixels: int | None = None):
                     **extra)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+def positive_int(text: str, least: int = 1) -> int:
+    """argparse type: an integer >= 1 (>= ``least``)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
     return value
+
+
+def count_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return positive_int(text, 0)
 
 
 def float_list(text: str) -> list[float]:
