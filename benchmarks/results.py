@@ -145,6 +145,14 @@ def _train_tables(output: dict) -> list[str]:
                 f"on its own queries precision {cal['calibration_half']['precision']:.3g}, recall "
                 f"{cal['calibration_half']['recall']:.3g}; on the held-out half precision "
                 f"{cal['test_half']['precision']:.3g}, recall {cal['test_half']['recall']:.3g}."]
+    whitening = output.get("training", {}).get("whitening") or {}
+    if whitening.get("method") == "learned":
+        out += ["", f"Learned whitening: {whitening['num_pairs']} pairs of one place, PCA to {whitening['pca_dims']} "
+                f"dims, shrinkage {whitening['shrinkage']:g}, chosen on the validation places (recall@1 "
+                f"{whitening['validation_recall']['1']:.3f}) among:", ""]
+        out += _table(["PCA dims", "shrinkage", "validation R@1", "validation R@5"],
+                      [[g["pca_dims"], g["shrinkage"], round(g["recall"]["1"], 3), round(g["recall"]["5"], 3)]
+                       for g in whitening["grid"]])
     epochs = output.get("training", {}).get("epochs", [])
     if epochs:
         out += ["", "Epochs (validation places):", ""]

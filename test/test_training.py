@@ -370,3 +370,33 @@ def test_train_calibrates_on_its_validation_places(small, datasets_dir, tmp_path
     (tmp_path / "trained.yaml").unlink()
     assert main(cmd + ["--resume", "--no-calibrate"]) == 0  # nothing left to train: refit and write only
     assert not (tmp_path / "trained.yaml").exists() and "calibrated on" not in capsys.readouterr().out
+
+
+def _global_recall_at_1(checkpoint: Path, model_cfg, datasets_dir: Path, places) -> float:
+    """Recall@1 of winter queries against a summer map, global descriptors, on Nordland ``places``."""
+    from vlad_localization.model.encoder import Encoder
+
+    encoder = Encoder.from_checkpoint(checkpoint, model_cfg, "cpu")
+    names = [p.name for p in list_images(datasets_dir / "nordland_64x32" / "summer")]
+    desc = {s: encoder.encode([load_rgb(datasets_dir / "nordland_64x32" / s / names[i]) for i in places])
+            .global_desc.numpy() for s in ("summer", "winter")}
+    encoder.release()
+    return float(np.mean((desc["winter"] @ desc["summer"].T).argmax(1) == np.arange(len(places))))
+
+
+def test_learned_whitening_finds_unseen_places_across_seasons(small, datasets_dir, tmp_path):
+    """--epochs 0: only the whitening, learned from 380 summer/winter pairs (and settings chosen on
+    the validation places), against init-model's PCA-whitening refitted on the same frames, on 130
+    places of the route never seen (summer map, winter queries)."""
+    runs = nordland_runs(datasets_dir, range(0, 2100, 5))
+    out = tmp_path / "trained.pth.tar"
+    options = TrainOptions(epochs=0, val_fraction=0.1, max_pca_samples=2000)
+    recall = {}
+    for whitening in ("pca", "learned"):
+        report = train(small["base"], runs, out, small["model_cfg"], PlaceCriteria(),
+                       TrainOptions(**{**options.__dict__, "whitening": whitening}), device="cpu", progress=False,
+                       echo=lambda _: None)
+        assert report["whitening"]["method"] == whitening and report["epochs"] == []
+        recall[whitening] = _global_recall_at_1(out, small["model_cfg"], datasets_dir, range(2200, 3500, 10))
+    recall["base"] = _global_recall_at_1(small["base"], small["model_cfg"], datasets_dir, range(2200, 3500, 10))
+    assert recall["learned"] >= 1.5 * max(recall["pca"], recall["base"])  # measured 0.24 against 0.13 and 0.10

@@ -10,14 +10,15 @@ the node load the result unchanged.
 
 A few thousand pairs cannot estimate ``C_S`` in 8192 dims, so the centred VLADs are first projected
 on their ``pca_dims`` top principal components (``P``) and ``C_S`` is shrunk toward a scaled
-identity (``shrinkage``), with no more dims than pairs. Both are chosen on the validation places (recall@1, then @5) from a small
-grid (:func:`choose_whitening`).
+identity (``shrinkage``), with no more dims than pairs. Both are chosen on the validation places
+from a small grid (:func:`choose_whitening`), by the one-standard-error rule.
 
 Pairs: each frame with its positive nearest in space (:func:`nearest_pairs`), so the differences are
 those of one place, not of the neighbouring places that ``--positive-m`` also admits.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -29,7 +30,7 @@ from .mining import PlaceCriteria, PlacePairs, recall_at_k
 
 PCA_DIMS = (256, 512, 1024, 2048)  # the grid searched on the validation places
 SHRINKAGE = (0.0, 0.1, 0.2, 0.3)
-DEFAULT = (512, 0.2)  # without validation places (the grid's best on Nordland, docs/training.md)
+DEFAULT = (512, 0.2)  # without validation places: the grid's middle
 
 
 @dataclass
@@ -109,9 +110,9 @@ def choose_whitening(train_vlads: np.ndarray, train_data: TrainingFrames, train_
                      val_vlads: np.ndarray | None = None, val_data: TrainingFrames | None = None,
                      val_pairs: PlacePairs | None = None, criteria: PlaceCriteria | None = None,
                      max_samples: int = 5_000, seed: int = 0) -> Whitening:
-    """The learned whitening with the best validation recall@1 (then @5) over the grid of ``pca_dims``
-    (from ``num_pcs`` up to the samples' rank) and ``shrinkage``; without validation queries, the
-    :data:`DEFAULT` (capped to the rank)."""
+    """The learned whitening chosen on the validation places (:func:`simplest_within_one_se`) over the
+    grid of ``pca_dims`` (from ``num_pcs`` up to the samples' rank and the number of pairs) and
+    ``shrinkage``; without validation queries, the :data:`DEFAULT` (capped)."""
     fitter = WhiteningFitter(train_vlads, nearest_pairs(train_data, train_pairs), max_samples, seed)
     if num_pcs > fitter.max_dims:
         warnings.warn(f"num_pcs {num_pcs} capped to {fitter.max_dims}: only {len(train_vlads)} training frames "
@@ -122,17 +123,23 @@ def choose_whitening(train_vlads: np.ndarray, train_data: TrainingFrames, train_
     dims = [d for d in PCA_DIMS if num_pcs <= d <= cap] or [max(num_pcs, min(cap, DEFAULT[0]))]
     if val_pairs is None or not len(val_pairs.queries):
         return fitter.fit(num_pcs, min(DEFAULT[0], dims[-1]) if num_pcs <= DEFAULT[0] else dims[0], DEFAULT[1])
-    best, grid = None, []
+    fits = []
     for d in dims:
-        for s in SHRINKAGE if d <= len(fitter.pairs) else SHRINKAGE[1:]:
+        for s in SHRINKAGE if d <= len(fitter.pairs) else SHRINKAGE[1:]:  # fewer pairs than num_pcs
             w = fitter.fit(num_pcs, d, s)
             w.validation = recall_at_k(w.apply(val_vlads), val_data, val_pairs, criteria, (1, 5))
-            grid.append({"pca_dims": d, "shrinkage": s, "recall": w.validation})
-            if best is None or _key(w) > _key(best):
-                best = w
-    best.grid = grid
-    return best
+            fits.append(w)
+    chosen = simplest_within_one_se(fits, len(val_pairs.queries))
+    chosen.grid = [{"pca_dims": w.pca_dims, "shrinkage": w.shrinkage, "recall": w.validation} for w in fits]
+    return chosen
 
 
-def _key(w: Whitening) -> tuple:
-    return (w.validation["1"], w.validation["5"])
+def simplest_within_one_se(fits: list[Whitening], n_queries: int) -> Whitening:
+    """The one-standard-error rule (Breiman et al. 1984): among the fits whose validation recall@1 is
+    within one standard error (binomial, ``n_queries``) of the best, the simplest: fewest PCA dims,
+    then most shrinkage. The best fit alone adapts most to the training places' own changes; on
+    Nordland it lost Gardens Point places the simpler fit keeps (docs/cli.md#train)."""
+    best = max(w.validation["1"] for w in fits)
+    se = math.sqrt(best * (1 - best) / max(n_queries, 1))
+    close = [w for w in fits if w.validation["1"] >= best - se - 1e-12]
+    return min(close, key=lambda w: (w.pca_dims, -w.shrinkage, -w.validation["5"]))
