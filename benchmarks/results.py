@@ -145,6 +145,14 @@ def _train_tables(output: dict) -> list[str]:
                 f"on its own queries precision {cal['calibration_half']['precision']:.3g}, recall "
                 f"{cal['calibration_half']['recall']:.3g}; on the held-out half precision "
                 f"{cal['test_half']['precision']:.3g}, recall {cal['test_half']['recall']:.3g}."]
+    if output.get("calibrate_precisions"):
+        out += ["", "The same calibration at other precisions (validation frames), applied to the unseen places "
+                "(recall 0: nothing accepted):", ""]
+        out += _table(["precision asked", "threshold", "validation precision", "validation recall", "unseen precision",
+                       "unseen recall"],
+                      [[c["precision_target"], c["threshold"], c["validation"]["precision"], c["validation"]["recall"],
+                        (c.get("test") or {}).get("precision"), (c.get("test") or {}).get("recall")]
+                       for c in output["calibrate_precisions"]])
     whitening = output.get("training", {}).get("whitening") or {}
     if whitening.get("method") == "learned":
         out += ["", f"Learned whitening: {whitening['num_pairs']} pairs of one place, PCA to {whitening['pca_dims']} "
