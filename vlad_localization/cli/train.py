@@ -24,12 +24,12 @@ Validation: --val-fraction of the places (cells of 2 x --negative-m), never seen
 Method: NetVLAD's triplet margin loss on the global descriptor with hard negatives mined by the
 current model every epoch; backbone frozen (conv features computed once; a CPU is enough) unless
 --train-layers. Then the WPCA is learned (--whitening learned): the whitening of the pairs of one
-place, which removes what changes within a place (season, light) and doubles recall across seasons
-on unseen places where the triplet loss alone gains x1.4 (Nordland, docs/training.md); its two
-settings are chosen on the validation places. The epoch with the best validation recall@1 (or the
-starting layer, when its whitening validates better) is written to --out (official checkpoint
-format: every command and the node load it). --epochs 0 only learns the whitening.
-Each epoch is saved to OUT.train/last.pth.tar (--resume continues from it) and the
+place, which removes what changes within a place (season, light) and doubles recall across
+seasons on unseen places where the triplet loss alone gains x1.4 (Nordland: benchmarks/RESULTS.md);
+its two settings are chosen on the validation places (one-standard-error rule). The epoch with the
+best validation recall@1 (or the starting layer, when its whitening validates better) is written
+to --out (official checkpoint format: every command and the node load it). --epochs 0 only learns
+the whitening. Each epoch is saved to OUT.train/last.pth.tar (--resume continues from it) and the
 report (recall@1/5/10 before, every epoch, after) to OUT.train/report.json.
 
 Calibration (unless --no-calibrate): the written checkpoint is calibrated on the validation places
@@ -52,7 +52,8 @@ Example:
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a checkpoint on your own runs (poses give the places)",
                        description="Fine-tune the NetVLAD layer (and optionally the backbone's last block) of a\n"
-                                   "Patch-NetVLAD checkpoint on your runs, validated on held-out places.",
+                                   "Patch-NetVLAD checkpoint on your runs and learn its whitening, validated on\n"
+                                   "held-out places.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint to start from: official, init-model's or an earlier train output")
