@@ -115,3 +115,7 @@ def test_fitter_needs_pairs_and_keeps_num_pcs_within_the_pca_dims():
     fitter = WhiteningFitter(x, np.array([[0, 1], [2, 3]]))
     with pytest.raises(ValueError, match="num_pcs 8 <= pca_dims 4"):
         fitter.fit(8, 4, 0.2)
+    data = _two_runs(np.arange(10) * 50.0, np.arange(10) * 50.0)
+    with pytest.warns(UserWarning, match="num_pcs 32 capped to 10.*--whitening pca"):
+        w = choose_whitening(x, data, place_pairs(data, PlaceCriteria()), 32)
+    assert w.weight.shape == (10, 10) and w.pca_dims == 10  # no validation places: the default, capped

@@ -116,7 +116,8 @@ def choose_whitening(train_vlads: np.ndarray, train_data: TrainingFrames, train_
     fitter = WhiteningFitter(train_vlads, nearest_pairs(train_data, train_pairs), max_samples, seed)
     if num_pcs > fitter.max_dims:
         warnings.warn(f"num_pcs {num_pcs} capped to {fitter.max_dims}: only {len(train_vlads)} training frames "
-                      f"(use more frames for {num_pcs} PCs)", stacklevel=2)
+                      f"(use more frames for {num_pcs} PCs, or --whitening pca, which also samples patches)",
+                      stacklevel=2)
         num_pcs = fitter.max_dims
     # no more dims than pairs: C_S is then estimated, not only made up by the shrinkage
     cap = min(fitter.max_dims, len(fitter.pairs))
