@@ -83,7 +83,8 @@ class WhiteningFitter:
         if len(x) > max_samples:  # the subspace from a sample; every row is projected below
             rows = x[np.sort(np.random.default_rng(seed).choice(len(x), max_samples, replace=False))]
         self.basis = torch.linalg.svd(rows, full_matrices=False).Vh  # (rank, K*C), by variance
-        self.x, self.pairs = x, pairs
+        self.z = x @ self.basis.T  # every row on every component, once: a fit takes the first pca_dims
+        self.pairs = pairs
 
     @property
     def max_dims(self) -> int:
@@ -92,8 +93,7 @@ class WhiteningFitter:
     def fit(self, num_pcs: int, pca_dims: int, shrinkage: float) -> Whitening:
         if not num_pcs <= pca_dims <= self.max_dims:
             raise ValueError(f"need num_pcs {num_pcs} <= pca_dims {pca_dims} <= {self.max_dims} (the samples' rank)")
-        p = self.basis[:pca_dims]
-        z = self.x @ p.T
+        p, z = self.basis[:pca_dims], self.z[:, :pca_dims]
         diff = z[self.pairs[:, 0]] - z[self.pairs[:, 1]]
         cs = diff.T @ diff / len(diff)
         cs = (1 - shrinkage) * cs + shrinkage * torch.trace(cs) / pca_dims * torch.eye(pca_dims, dtype=cs.dtype)
@@ -123,7 +123,7 @@ def choose_whitening(train_vlads: np.ndarray, train_data: TrainingFrames, train_
     cap = min(fitter.max_dims, len(fitter.pairs))
     dims = [d for d in PCA_DIMS if num_pcs <= d <= cap] or [max(num_pcs, min(cap, DEFAULT[0]))]
     if val_pairs is None or not len(val_pairs.queries):
-        return fitter.fit(num_pcs, min(DEFAULT[0], dims[-1]) if num_pcs <= DEFAULT[0] else dims[0], DEFAULT[1])
+        return fitter.fit(num_pcs, max([d for d in dims if d <= DEFAULT[0]], default=dims[0]), DEFAULT[1])
     fits = []
     for d in dims:
         for s in SHRINKAGE if d <= len(fitter.pairs) else SHRINKAGE[1:]:  # fewer pairs than num_pcs
